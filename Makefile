@@ -1,0 +1,54 @@
+# taskapi — `make run` serves the API, `make test` runs every test. Both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: help install run migrate test lint format services lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install the locked dependencies (no-op when unchanged)
+
+migrate: install  ## create the database if missing and apply migrations
+	$(BIN)/taskapi migrate
+
+run: migrate  ## install, create + migrate the database, serve on HOST:PORT
+	$(BIN)/taskapi serve
+
+services:  ## start PostgreSQL and Redis if they are installed but stopped
+	@bash scripts/ensure-services.sh
+
+test: install services  ## install, make sure PostgreSQL and Redis are up, run the test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check src tests migrations
+	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/mypy
+
+format: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests migrations
+	$(BIN)/ruff format src tests migrations
+
+lock:  ## re-resolve requirements*.lock from pyproject.toml (needs pip-tools in a scratch venv)
+	@tmp=$$(mktemp -d) && $(PYTHON) -m venv $$tmp && $$tmp/bin/pip install --quiet pip-tools && \
+	  $$tmp/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --no-emit-trusted-host -o requirements.lock pyproject.toml && \
+	  $$tmp/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --no-emit-trusted-host --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml; \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
+
+clean:  ## remove the virtualenv and caches (keeps var/)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""The ASGI application: `create_app()` wires settings, lifespan resources, middleware, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from taskapi import __version__
+from taskapi.auth.router import router as auth_router
+from taskapi.auth.service import AuthService
+from taskapi.config import Settings, get_settings
+from taskapi.db import create_engine, create_sessionmaker
+from taskapi.errors import install_error_handlers
+from taskapi.middleware import RequestContextMiddleware
+from taskapi.openapi import Problem
+from taskapi.ops.router import router as ops_router
+from taskapi.security import PasswordHashing, TokenCodec
+from taskapi.tasks.router import router as tasks_router
+from taskapi.users.router import router as users_router
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """
+A multi-user task-management API.
+
+**Try it:** register with `POST /api/v1/auth/register`, then press **Authorize** and log in with
+your username (or email) and password.
+
+Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = create_engine(settings)
+    hashing = PasswordHashing(settings)
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.password_hashing = hashing
+    app.state.auth_service = AuthService(hashing, TokenCodec(settings))
+    try:
+        yield
+    finally:
+        hashing.close()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="taskapi",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    app.include_router(ops_router)
+    app.include_router(auth_router, prefix=API_PREFIX)
+    app.include_router(users_router, prefix=API_PREFIX)
+    app.include_router(tasks_router, prefix=API_PREFIX)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "Location", "Link", "X-Request-ID", "RateLimit", "RateLimit-Policy", "Retry-After"],
+        )
+    # Added last, so it is the outermost of ours: ids and headers on every response, 500s included.
+    app.add_middleware(RequestContextMiddleware)
+
+    _register_problem_schema(app)
+    return app
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Make `#/components/schemas/Problem`, referenced by documented error responses, exist."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in problem_schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["Problem"] = problem_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

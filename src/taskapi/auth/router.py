@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from taskapi.auth.dependencies import AuthServiceDep, CurrentUser
+from taskapi.auth.schemas import LoginIn, RefreshIn, RegisterIn, TokenPair
+from taskapi.db import DbSession
+from taskapi.openapi import problem_responses
+from taskapi.users.schemas import UserOut
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(409, 422),
+    summary="Create an account",
+)
+async def register(data: RegisterIn, session: DbSession, auth: AuthServiceDep) -> UserOut:
+    """Usernames and emails are unique regardless of case."""
+    user = await auth.register(session, data)
+    return UserOut.model_validate(user)
+
+
+@router.post("/login", responses=problem_responses(401, 422), summary="Log in with JSON")
+async def login(data: LoginIn, session: DbSession, auth: AuthServiceDep) -> TokenPair:
+    """`username` may also be the account's email address."""
+    return await auth.login(session, data.username, data.password)
+
+
+@router.post(
+    "/token",
+    responses=problem_responses(401, 422),
+    summary="Log in with a form (OAuth2 password flow)",
+)
+async def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    session: DbSession,
+    auth: AuthServiceDep,
+) -> TokenPair:
+    """The OAuth2 password flow; this is what Swagger UI's *Authorize* button uses."""
+    return await auth.login(session, form.username, form.password)
+
+
+@router.post("/refresh", responses=problem_responses(401, 422), summary="Rotate a refresh token")
+async def refresh(data: RefreshIn, session: DbSession, auth: AuthServiceDep) -> TokenPair:
+    """Returns new tokens; the presented refresh token stops working. Presenting an already
+    rotated token again revokes the whole login it belongs to."""
+    return await auth.refresh(session, data.refresh_token)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 422),
+    summary="End a login",
+)
+async def logout(
+    data: RefreshIn, user: CurrentUser, session: DbSession, auth: AuthServiceDep
+) -> None:
+    """The login the refresh token belongs to ends: its refresh and access tokens stop working."""
+    await auth.logout(session, user.id, data.refresh_token)
+
+
+@router.get("/me", responses=problem_responses(401), summary="The current user")
+async def me(user: CurrentUser) -> UserOut:
+    return UserOut.model_validate(user)

@@ -1,0 +1,166 @@
+"""Settings, read once per process from the environment and `.env`.
+
+Names follow the configuration table of the HTTP contract (API.md).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_KEY_BYTES = 32
+
+# Values people paste from examples; accepting one in production would make every token forgeable.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "secret-key",
+        "secret_key",
+        "dev",
+        "development",
+        "insecure",
+        "please-change-me",
+        "replace-me-with-a-long-random-string-of-at-least-32-bytes",
+    }
+)
+
+
+class SettingsError(RuntimeError):
+    """Configuration that must not be run with; the message is meant for the operator."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    environment: Literal["development", "production", "test"] = "development"
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # asyncpg's prepared-statement cache; set 0 behind pgbouncer in transaction mode.
+    database_statement_cache_size: int = Field(default=100, ge=0)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    secret_key: SecretStr | None = None
+    secret_key_file: Path = Path("var/secret_key")
+    jwt_issuer: str = "taskapi"
+    jwt_audience: str = "taskapi"
+    access_token_ttl_seconds: int = Field(default=15 * 60, ge=1)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=1)
+
+    # Argon2id; defaults are OWASP's minimum profile (m=19 MiB, t=2, p=1).
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_memory_cost_kib: int = Field(default=19 * 1024, ge=8)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    password_hash_threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path = Path("var/storage")
+    s3_bucket: str = "taskapi"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+
+    rate_limit_enabled: bool = True
+    rate_limit_user_burst: int = Field(default=120, ge=1)
+    rate_limit_user_per_minute: int = Field(default=600, ge=1)
+    rate_limit_auth_burst: int = Field(default=20, ge=1)
+    rate_limit_auth_per_minute: int = Field(default=20, ge=1)
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    web_concurrency: int = Field(default=1, ge=1)
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def effective_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "text"
+
+    @property
+    def signing_key(self) -> str:
+        if self.secret_key is None:
+            raise SettingsError("SECRET_KEY is not set; call resolve_secret_key() first.")
+        return self.secret_key.get_secret_value()
+
+
+def _check_production_secret(key: SecretStr | None) -> None:
+    if key is None or not key.get_secret_value():
+        raise SettingsError(
+            "SECRET_KEY is not set: production needs a random key of at least 32 bytes "
+            '(for example: python -c "import secrets; print(secrets.token_urlsafe(48))").'
+        )
+    value = key.get_secret_value()
+    if value.strip().lower() in KNOWN_DEFAULT_SECRETS:
+        raise SettingsError("SECRET_KEY is a well-known default value: set a random key.")
+    if len(value.encode()) < MIN_SECRET_KEY_BYTES:
+        raise SettingsError(
+            f"SECRET_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes: set a longer random key."
+        )
+
+
+def _load_or_create_dev_secret(path: Path) -> SecretStr:
+    """Keep one random key per checkout so tokens survive restarts; never committed (var/)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        existing = path.read_text().strip()
+        if len(existing.encode()) >= MIN_SECRET_KEY_BYTES:
+            return SecretStr(existing)
+        # A truncated or hand-edited file: replace it rather than run with a weak key.
+        path.unlink()
+        return _load_or_create_dev_secret(path)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+    return SecretStr(path.read_text().strip())
+
+
+def resolve_secret_key(settings: Settings) -> Settings:
+    """Validate or provide SECRET_KEY according to the environment."""
+    if settings.is_production:
+        _check_production_secret(settings.secret_key)
+        return settings
+    if settings.secret_key is not None and settings.secret_key.get_secret_value():
+        return settings
+    if settings.environment == "test":
+        key = SecretStr(secrets.token_urlsafe(48))
+    else:
+        key = _load_or_create_dev_secret(settings.secret_key_file)
+    return settings.model_copy(update={"secret_key": key})
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return resolve_secret_key(Settings())

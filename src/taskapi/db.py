@@ -1,0 +1,86 @@
+"""The async engine, the session per request and the declarative base.
+
+One engine per process, created in the application's lifespan; one `AsyncSession` per request
+whose only commit point is in `get_session`, after the handler returns and before the response
+is sent (FastAPI's `scope="function"` for dependencies with yield).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from taskapi.config import Settings
+from taskapi.errors import AppError
+
+# Stable constraint names, so migrations can name what they drop and errors can be mapped by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "pool_size": settings.database_pool_size,
+        "max_overflow": settings.database_max_overflow,
+        "pool_timeout": settings.database_pool_timeout_seconds,
+        "pool_pre_ping": True,
+        "connect_args": {
+            "timeout": settings.database_connect_timeout_seconds,
+            "prepared_statement_cache_size": settings.database_statement_cache_size,
+            "server_settings": {
+                "application_name": "taskapi",
+                "statement_timeout": str(settings.database_statement_timeout_ms),
+            },
+        },
+    }
+
+
+def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
+    options = engine_options(settings)
+    options.update(overrides)
+    if overrides.get("poolclass") is not None:
+        # Pool sizing only applies to the default QueuePool.
+        for key in ("pool_size", "max_overflow", "pool_timeout"):
+            options.pop(key, None)
+    return create_async_engine(make_url(settings.database_url), **options)
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: objects stay readable after the commit point without another query.
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except AppError as error:
+            if error.commit_transaction:
+                await session.commit()
+            else:
+                await session.rollback()
+            raise
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,98 @@
+"""Pure ASGI middleware: request ids, security headers and the last-resort 500.
+
+Written against raw ASGI rather than BaseHTTPMiddleware, which costs a task and memory
+streams per request on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskapi.errors import PROBLEM_CONTENT_TYPE, internal_error_body
+from taskapi.request_context import reset_request_id, set_request_id
+
+logger = logging.getLogger("taskapi.request")
+
+# Client-supplied ids are echoed into headers and logs, so only accept a conservative shape.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+_BASE_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+# Swagger UI and ReDoc load their scripts from a CDN; everything else is data and may run nothing.
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_DOC_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            try:
+                candidate = value.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+            return candidate if _SANE_REQUEST_ID.match(candidate) else None
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = set_request_id(request_id)
+        is_docs = scope.get("path", "") in _DOC_PATHS
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                headers: list[tuple[bytes, bytes]] = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() not in (b"server", b"x-request-id")
+                ]
+                present = {k.lower() for k, _ in headers}
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(h for h in _BASE_SECURITY_HEADERS if h[0] not in present)
+                if not is_docs and _API_CSP[0] not in present:
+                    headers.append(_API_CSP)
+                if b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            logger.exception("unhandled error while serving %s %s", scope.get("method"), scope.get("path"))
+            if response_started:
+                raise
+            body = json.dumps(internal_error_body()).encode()
+            await send_with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_headers({"type": "http.response.body", "body": body})
+        finally:
+            reset_request_id(token)

@@ -1,0 +1,163 @@
+"""Every table of the service, in one module so Alembic sees them all.
+
+Relationships are `lazy="raise"`: loading related rows is always an explicit decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from taskapi.db import Base
+
+
+class TaskStatus(enum.StrEnum):
+    TODO = "todo"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class TaskPriority(enum.StrEnum):
+    # Declaration order is the PostgreSQL enum order, so ORDER BY priority is semantic.
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+def _enum_values(enum_cls: type[enum.Enum]) -> list[str]:
+    return [str(member.value) for member in enum_cls]
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    username: Mapped[str] = mapped_column(String(50))
+    email: Mapped[str] = mapped_column(String(320))
+    full_name: Mapped[str | None] = mapped_column(String(100))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        # Case-insensitive uniqueness; the lower() expressions are also what lookups use.
+        Index("uq_users_username_lower", func.lower(username), unique=True),
+        Index("uq_users_email_lower", func.lower(email), unique=True),
+    )
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
+
+
+class RefreshToken(Base):
+    """One refresh token of a login ("family"); rotation adds a row to the same family."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    family_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    # SHA-256 of the token: a database leak yields no usable refresh tokens.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE")
+    )
+    assignee_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="SET NULL")
+    )
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[TaskStatus] = mapped_column(
+        Enum(TaskStatus, name="task_status", values_callable=_enum_values),
+        server_default=TaskStatus.TODO.value,
+    )
+    priority: Mapped[TaskPriority] = mapped_column(
+        Enum(TaskPriority, name="task_priority", values_callable=_enum_values),
+        server_default=TaskPriority.MEDIUM.value,
+    )
+    due_date: Mapped[date | None] = mapped_column(Date)
+    tags: Mapped[list[str]] = mapped_column(
+        ARRAY(String(50)), server_default=text("'{}'::varchar[]")
+    )
+    # Maintained in the same transaction as attachment rows, so lists need no join or count.
+    attachment_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("char_length(title) BETWEEN 1 AND 200", name="title_length"),
+        CheckConstraint("cardinality(tags) <= 20", name="tags_count"),
+        CheckConstraint("attachment_count >= 0", name="attachment_count_non_negative"),
+        # Visibility is "owner or assignee"; each side has its own index in list order.
+        Index("ix_tasks_owner_created", "owner_id", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_tasks_assignee_created",
+            "assignee_id",
+            text("created_at DESC"),
+            text("id DESC"),
+            postgresql_where=text("assignee_id IS NOT NULL"),
+        ),
+        Index("ix_tasks_owner_due_date", "owner_id", "due_date"),
+        Index("ix_tasks_tags", "tags", postgresql_using="gin"),
+    )
+    @property
+    def completed(self) -> bool:
+        return self.status == TaskStatus.DONE
+
+    @property
+    def is_overdue(self) -> bool:
+        """Due before today (UTC) and still open."""
+        return (
+            self.due_date is not None
+            and self.due_date < datetime.now(UTC).date()
+            and self.status not in (TaskStatus.DONE, TaskStatus.CANCELLED)
+        )
+
+    # version_id_col: every UPDATE bumps `version` and carries `WHERE version = <loaded>`, so a
+    # write based on a stale read can never silently overwrite a newer one.
+    __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012

@@ -1,0 +1,148 @@
+"""Password hashing (Argon2id, off the event loop) and JWTs (HS256, pinned)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from taskapi.config import Settings
+from taskapi.errors import InvalidToken, TokenExpired
+
+JWT_ALGORITHM = "HS256"
+TokenType = Literal["access", "refresh"]
+_T = TypeVar("_T")
+
+
+class PasswordHashing:
+    """Argon2id hashing in a bounded thread pool.
+
+    Hashing inside `async def` would freeze the worker for its whole duration; the pool's size
+    caps concurrent hashes (and their memory) so a login storm queues instead of starving others.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_cost_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.password_hash_threads, thread_name_prefix="argon2"
+        )
+        self._dummy_hash: str | None = None
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def hash(self, password: str) -> str:
+        return await self._run(self._hasher.hash, password)
+
+    def _verify_sync(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        return await self._run(self._verify_sync, password_hash, password)
+
+    async def verify_against_dummy(self, password: str) -> None:
+        """Spend the same time as a real verify, so responses don't reveal which users exist."""
+        if self._dummy_hash is None:
+            self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+        await self.verify(self._dummy_hash, password)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return True
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    session_id: uuid.UUID
+    token_id: str
+    expires_at: datetime
+
+
+class TokenCodec:
+    """Issues and checks JWTs; the `type` claim keeps refresh and access tokens apart."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.signing_key
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.access_ttl = timedelta(seconds=settings.access_token_ttl_seconds)
+        self.refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_seconds)
+
+    def encode(
+        self, *, token_type: TokenType, user_id: int, session_id: uuid.UUID, now: datetime
+    ) -> tuple[str, TokenClaims]:
+        ttl = self.access_ttl if token_type == "access" else self.refresh_ttl
+        claims = TokenClaims(
+            user_id=user_id,
+            session_id=session_id,
+            token_id=uuid.uuid4().hex,
+            expires_at=now + ttl,
+        )
+        payload = {
+            "sub": str(user_id),
+            "sid": str(session_id),
+            "jti": claims.token_id,
+            "type": token_type,
+            "iat": int(now.timestamp()),
+            "exp": int(claims.expires_at.timestamp()),
+            "iss": self._issuer,
+            "aud": self._audience,
+        }
+        return jwt.encode(payload, self._key, algorithm=JWT_ALGORITHM), claims
+
+    def decode(self, token: str, *, expected_type: TokenType) -> TokenClaims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=[JWT_ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "jti", "iss", "aud", "type", "sid"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenExpired() from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        if payload.get("type") != expected_type:
+            raise InvalidToken(f"This is not an {expected_type} token.")
+        try:
+            user_id = int(payload["sub"])
+            session_id = uuid.UUID(str(payload["sid"]))
+            expires_at = datetime.fromtimestamp(int(payload["exp"]), tz=UTC)
+        except (TypeError, ValueError) as exc:
+            raise InvalidToken() from exc
+        return TokenClaims(
+            user_id=user_id,
+            session_id=session_id,
+            token_id=str(payload["jti"]),
+            expires_at=expires_at,
+        )
+
+
+def fingerprint_token(token: str) -> str:
+    """What is stored for a refresh token: its SHA-256, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
+from taskapi.db import DbSession
+from taskapi.openapi import problem_responses
+from taskapi.security import PasswordHashing
+from taskapi.users import service
+from taskapi.users.schemas import UserOut, UserSummary, UserUpdate
+
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401))
+
+
+@router.get("/me", summary="Your account")
+async def get_me(user: CurrentUser) -> UserOut:
+    return UserOut.model_validate(user)
+
+
+@router.patch("/me", responses=problem_responses(403, 409, 422), summary="Update your account")
+async def update_me(
+    data: UserUpdate, principal: CurrentPrincipal, session: DbSession, request: Request
+) -> UserOut:
+    """Change `full_name` or `email`; changing `password` needs `current_password` and ends every
+    other login of the account."""
+    hashing: PasswordHashing = request.app.state.password_hashing
+    return UserOut.model_validate(await service.update_me(session, hashing, principal, data))
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, summary="Delete your account")
+async def delete_me(user: CurrentUser, session: DbSession) -> None:
+    """Deletes the account and everything it owns."""
+    await service.delete_me(session, user)
+
+
+@router.get("", responses=problem_responses(422), summary="Find users by username prefix")
+async def search_users(
+    _user: CurrentUser,
+    session: DbSession,
+    search: Annotated[str, Query(min_length=1, max_length=50)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[UserSummary]:
+    """Id and username only, to pick an assignee."""
+    users = await service.search_by_username_prefix(session, search, limit)
+    return [UserSummary.model_validate(u) for u in users]

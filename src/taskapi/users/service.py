@@ -1,0 +1,62 @@
+"""The caller's own account: profile changes, password change, deletion; finding users."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskapi.auth import repository as auth_repository
+from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
+from taskapi.errors import EmailTaken, InvalidCurrentPassword
+from taskapi.models import User
+from taskapi.security import PasswordHashing
+from taskapi.users.schemas import UserUpdate
+
+
+async def update_me(
+    session: AsyncSession, hashing: PasswordHashing, principal: Principal, data: UserUpdate
+) -> User:
+    user = principal.user
+    changes = data.model_fields_set
+    if data.password is not None:
+        assert data.current_password is not None  # guaranteed by UserUpdate
+        if not await hashing.verify(user.password_hash, data.current_password):
+            raise InvalidCurrentPassword()
+        user.password_hash = await hashing.hash(data.password)
+        # A new password ends every other login; the one making the change stays signed in.
+        await auth_repository.revoke_user_families(
+            session, user.id, utcnow(), keep=principal.session_id
+        )
+    if "full_name" in changes:
+        user.full_name = data.full_name or None
+    if data.email is not None and data.email.lower() != user.email.lower():
+        if await auth_repository.email_exists(session, data.email, except_user_id=user.id):
+            raise EmailTaken()
+        user.email = data.email
+    elif data.email is not None:
+        user.email = data.email  # a change of case only
+    if session.is_modified(user):
+        user.updated_at = func.now()
+        try:
+            await session.flush()
+        except IntegrityError as error:
+            raise_for_duplicate(error)
+    return user
+
+
+async def delete_me(session: AsyncSession, user: User) -> None:
+    """Delete the account; its tasks and logins go with it (ON DELETE CASCADE), and tasks it was
+    assigned lose their assignee (ON DELETE SET NULL)."""
+    await session.execute(delete(User).where(User.id == user.id))
+
+
+async def search_by_username_prefix(session: AsyncSession, prefix: str, limit: int) -> list[User]:
+    pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    query = (
+        select(User)
+        .where(func.lower(User.username).like(pattern, escape="\\"))
+        .order_by(func.lower(User.username), User.id)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())

@@ -1,0 +1,276 @@
+"""Test fixtures: a real PostgreSQL migrated by Alembic, one rolled-back transaction per test.
+
+* `client` talks to the app over httpx's ASGITransport. Every request of a test runs on one
+  connection inside an outer transaction that is rolled back afterwards; the app's own commit
+  point releases a SAVEPOINT instead (join_transaction_mode="create_savepoint").
+* `live_client` is for tests that need real concurrency and real commits: the app runs with its
+  own engine on a fresh database cloned from the migrated template, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from alembic import command
+from alembic.config import Config
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import NullPool
+
+from taskapi.app import create_app
+from taskapi.config import Settings
+from taskapi.db import create_engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+RUN_ID = f"{os.getpid()}"
+TEMPLATE_DB = f"taskapi_test_template_{RUN_ID}"
+MAIN_DB = f"taskapi_test_{RUN_ID}"
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def database_url(name: str) -> str:
+    return f"{SERVER_URL}/{name}"
+
+
+def _plain_dsn(name: str) -> str:
+    return make_url(database_url(name)).set(drivername="postgresql").render_as_string(False)
+
+
+async def admin_execute(*statements: str) -> None:
+    conn = await asyncpg.connect(_plain_dsn("postgres"))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(os.path.join(ROOT, "alembic.ini"))
+    config.set_main_option("script_location", os.path.join(ROOT, "migrations"))
+    config.attributes["database_url"] = url
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def run_alembic(action: Callable[[], None]) -> None:
+    """Alembic's async env calls asyncio.run(); give it a thread with no running loop."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            action()
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def make_settings(db_name: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database_url": database_url(db_name),
+        "secret_key": TEST_SECRET,
+        "database_pool_size": 5,
+        "database_max_overflow": 5,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+async def migrated_databases() -> AsyncIterator[None]:
+    await admin_execute(
+        f'DROP DATABASE IF EXISTS "{MAIN_DB}" WITH (FORCE)',
+        f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)',
+        f'CREATE DATABASE "{TEMPLATE_DB}"',
+    )
+    run_alembic(lambda: command.upgrade(alembic_config(database_url(TEMPLATE_DB)), "head"))
+    await admin_execute(f'CREATE DATABASE "{MAIN_DB}" TEMPLATE "{TEMPLATE_DB}"')
+    yield
+    await admin_execute(
+        f'DROP DATABASE IF EXISTS "{MAIN_DB}" WITH (FORCE)',
+        f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)',
+    )
+
+
+@pytest.fixture(scope="session")
+def settings(migrated_databases: None) -> Settings:
+    return make_settings(MAIN_DB)
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings, poolclass=NullPool)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        try:
+            yield conn
+        finally:
+            await outer.rollback()
+
+
+@pytest.fixture
+async def db_session(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
+    """A session inside the test's transaction, for arranging and inspecting rows directly."""
+    sessionmaker = async_sessionmaker(
+        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    async with sessionmaker() as session:
+        yield session
+
+
+@pytest.fixture
+async def app(settings: Settings, connection: AsyncConnection) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        application.state.sessionmaker = async_sessionmaker(
+            bind=connection,
+            expire_on_commit=False,
+            autoflush=False,
+            join_transaction_mode="create_savepoint",
+        )
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as ac:
+        yield ac
+
+
+@pytest.fixture
+async def live_app(migrated_databases: None) -> AsyncIterator[FastAPI]:
+    name = f"taskapi_live_{uuid.uuid4().hex[:10]}"
+    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    try:
+        application = create_app(make_settings(name))
+        async with application.router.lifespan_context(application):
+            yield application
+    finally:
+        await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def live_client(live_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=live_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as ac:
+        yield ac
+
+
+# --- users -------------------------------------------------------------------------------------
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class UserHandle:
+    id: int
+    username: str
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+MakeUser = Callable[..., Awaitable[UserHandle]]
+
+
+async def register_and_login(
+    client: httpx.AsyncClient,
+    username: str | None = None,
+    *,
+    email: str | None = None,
+    password: str = "correct horse battery",
+    full_name: str | None = None,
+) -> UserHandle:
+    n = next(_counter)
+    username = username or f"user{n}_{uuid.uuid4().hex[:6]}"
+    email = email or f"{username.lower()}@example.com"
+    body: dict[str, Any] = {"username": username, "email": email, "password": password}
+    if full_name is not None:
+        body["full_name"] = full_name
+    registered = await client.post("/api/v1/auth/register", json=body)
+    assert registered.status_code == 201, registered.text
+    tokens = await client.post(
+        "/api/v1/auth/login", json={"username": username, "password": password}
+    )
+    assert tokens.status_code == 200, tokens.text
+    data = tokens.json()
+    return UserHandle(
+        id=registered.json()["id"],
+        username=username,
+        email=email,
+        password=password,
+        access_token=data["access_token"],
+        refresh_token=data["refresh_token"],
+    )
+
+
+@pytest.fixture
+def make_user(client: httpx.AsyncClient) -> MakeUser:
+    """Register and log in a new user through the API: `await make_user()` or with a username."""
+
+    async def factory(username: str | None = None, **kwargs: Any) -> UserHandle:
+        return await register_and_login(client, username, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+async def alice(make_user: MakeUser) -> UserHandle:
+    return await make_user("alice")
+
+
+@pytest.fixture
+async def bob(make_user: MakeUser) -> UserHandle:
+    return await make_user("bob")
+
+
+@pytest.fixture
+def make_task(client: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """Create a task through the API as `user`; keyword arguments become the JSON body."""
+
+    async def factory(user: UserHandle, **body: Any) -> dict[str, Any]:
+        body.setdefault("title", f"task {next(_counter)}")
+        response = await client.post("/api/v1/tasks", json=body, headers=user.headers)
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def unique() -> Iterator[Callable[[str], str]]:
+    def make(prefix: str) -> str:
+        return f"{prefix}{next(_counter)}_{uuid.uuid4().hex[:6]}"
+
+    yield make
