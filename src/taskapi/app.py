@@ -72,7 +72,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["ETag", "Location", "Link", "X-Request-ID", "RateLimit", "RateLimit-Policy", "Retry-After"],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "Link",
+                "X-Request-ID",
+                "RateLimit",
+                "RateLimit-Policy",
+                "Retry-After",
+            ],
         )
     # Added last, so it is the outermost of ours: ids and headers on every response, 500s included.
     app.add_middleware(RequestContextMiddleware)

@@ -84,10 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     migrate = commands.add_parser(
-        "migrate", help="create the database if needed and apply migrations",
+        "migrate",
+        help="create the database if needed and apply migrations",
         description=cmd_migrate.__doc__,
     )
-    migrate.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    migrate.add_argument(
+        "revision", nargs="?", default="head", help="target revision (default: head)"
+    )
     migrate.set_defaults(handler=cmd_migrate)
     return parser
 

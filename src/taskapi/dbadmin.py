@@ -1,4 +1,4 @@
-"""Creating the database named in DATABASE_URL, with a one-sentence answer when PostgreSQL is down."""
+"""Create the database named in DATABASE_URL; say in one sentence when PostgreSQL is down."""
 
 from __future__ import annotations
 

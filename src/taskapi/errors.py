@@ -75,7 +75,9 @@ class TokenExpired(InvalidToken):
 
 
 class RefreshTokenReused(InvalidToken):
-    default_detail = "This refresh token was already used; the login it belongs to has been revoked."
+    default_detail = (
+        "This refresh token was already used; the login it belongs to has been revoked."
+    )
     commit_transaction = True
 
 
@@ -228,7 +230,11 @@ def _jsonable_loc(loc: Sequence[Any]) -> list[str | int]:
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # Only loc/msg/type: pydantic's `input` and `ctx` could echo secrets such as passwords.
     return [
-        {"loc": _jsonable_loc(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type", "")}
+        {
+            "loc": _jsonable_loc(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": err.get("type", ""),
+        }
         for err in exc.errors()
     ]
 

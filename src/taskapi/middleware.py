@@ -79,7 +79,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception:
-            logger.exception("unhandled error while serving %s %s", scope.get("method"), scope.get("path"))
+            logger.exception(
+                "unhandled error while serving %s %s", scope.get("method"), scope.get("path")
+            )
             if response_started:
                 raise
             body = json.dumps(internal_error_body()).encode()

@@ -22,7 +22,9 @@ async def username_exists(session: AsyncSession, username: str) -> bool:
     return bool(await session.scalar(query))
 
 
-async def email_exists(session: AsyncSession, email: str, *, except_user_id: int | None = None) -> bool:
+async def email_exists(
+    session: AsyncSession, email: str, *, except_user_id: int | None = None
+) -> bool:
     condition = func.lower(User.email) == email.lower()
     if except_user_id is not None:
         condition = condition & (User.id != except_user_id)

@@ -37,9 +37,7 @@ class IfMatch:
 def get_if_match(
     if_match: Annotated[
         str | None,
-        Header(
-            description="Only apply the change if the task's current ETag is listed (else 412)"
-        ),
+        Header(description="Only apply the change if the task's current ETag is listed (else 412)"),
     ] = None,
 ) -> IfMatch:
     return IfMatch(if_match)

@@ -13,7 +13,7 @@ def visible_to(user_id: int) -> ColumnElement[bool]:
     return or_(Task.owner_id == user_id, Task.assignee_id == user_id)
 
 
-def visible_tasks(user_id: int) -> Select[tuple[Task]]:
+def visible_tasks(user_id: int) -> Select[Task]:
     return select(Task).where(visible_to(user_id))
 
 

@@ -10,7 +10,14 @@ from taskapi.openapi import problem_responses
 from taskapi.tasks import service
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import VisibleTask, VisibleTaskForUpdate
-from taskapi.tasks.schemas import TaskCreate, TaskOut, TaskPage, TaskPatch, TaskReplace, TransitionIn
+from taskapi.tasks.schemas import (
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    TaskPatch,
+    TaskReplace,
+    TransitionIn,
+)
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problem_responses(401))
 

@@ -12,7 +12,7 @@ from taskapi.errors import Forbidden, UnknownAssignee
 from taskapi.models import Task, TaskStatus, User
 from taskapi.tasks import repository
 from taskapi.tasks.conditional import IfMatch
-from taskapi.tasks.schemas import TaskCreate, TaskPage, TaskPatch, TaskOut, TaskReplace
+from taskapi.tasks.schemas import TaskCreate, TaskOut, TaskPage, TaskPatch, TaskReplace
 from taskapi.tasks.workflow import change_status
 
 # Fields that anyone who sees a task may set; assignment is the owner's alone.
