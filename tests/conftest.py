@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +208,7 @@ async def register_and_login(
     username: str | None = None,
     *,
     email: str | None = None,
-    password: str = "correct horse battery",
+    password: str = "correct horse battery",  # noqa: S107
     full_name: str | None = None,
 ) -> UserHandle:
     n = next(_counter)
@@ -269,8 +269,8 @@ def make_task(client: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, An
 
 
 @pytest.fixture(scope="session")
-def unique() -> Iterator[Callable[[str], str]]:
+def unique() -> Callable[[str], str]:
     def make(prefix: str) -> str:
         return f"{prefix}{next(_counter)}_{uuid.uuid4().hex[:6]}"
 
-    yield make
+    return make

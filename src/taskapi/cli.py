@@ -35,8 +35,6 @@ def _alembic_config(settings: Settings) -> object:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Create the database if it is missing, then upgrade it to the latest schema."""
-    from alembic import command
-
     from taskapi.dbadmin import DatabaseUnreachable, ensure_database
 
     try:
@@ -46,6 +44,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     if created:
         print(f"taskapi: created database {created!r}", file=sys.stderr)
+    # Imported only now: importing alembic logs its plugin setup at INFO, which would bury the
+    # one-sentence message above when PostgreSQL is down.
+    from alembic import command
+
     command.upgrade(_alembic_config(settings), args.revision)  # type: ignore[arg-type]
     return 0
 

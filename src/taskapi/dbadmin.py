@@ -24,11 +24,17 @@ async def ensure_database(database_url: str) -> str | None:
     where = f"{url.host or 'localhost'}:{url.port or 5432}"
     try:
         conn = await asyncpg.connect(_asyncpg_dsn(database_url, "postgres"), timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+    except (OSError, TimeoutError) as error:
         raise DatabaseUnreachable(
             f"PostgreSQL is not reachable at {where} ({type(error).__name__}: {error}); "
             "start it (e.g. `pg_ctlcluster --skip-systemctl-redirect 15 main start`) "
             "or set DATABASE_URL to a running server."
+        ) from error
+    except asyncpg.PostgresError as error:
+        # The server is up but refused us (role, password, permissions): starting it won't help.
+        raise DatabaseUnreachable(
+            f"PostgreSQL at {where} refused the connection ({error}); "
+            "check the user and password in DATABASE_URL."
         ) from error
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)

@@ -19,8 +19,20 @@ MAX_TAGS: Final = 20
 MAX_TAG_LENGTH: Final = 50
 MAX_ID: Final = 2**63 - 1
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=10_000)]
+
+def reject_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; refusing it here keeps it a 422 rather than a 500.
+    if "\x00" in value:
+        raise ValueError("text may not contain the NUL character (U+0000)")
+    return value
+
+
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(reject_nul),
+]
+Description = Annotated[str, Field(max_length=10_000), AfterValidator(reject_nul)]
 UserId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
@@ -106,7 +118,13 @@ class TaskPatch(BaseModel):
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, with `completed` folded into `status`."""
-        sent = {name: getattr(self, name) for name in self.model_fields_set if name != "completed"}
+        # `status` is read from the resolved value, never from the fields set: the validator's
+        # assignment to `self.status` marks it as set even when the client sent no status.
+        sent = {
+            name: getattr(self, name)
+            for name in self.model_fields_set
+            if name not in ("completed", "status")
+        }
         if self.status is not None:
             sent["status"] = self.status
         return sent
@@ -143,3 +161,53 @@ class TaskPage(BaseModel):
     limit: int
     offset: int | None
     next_cursor: str | None
+
+
+class TagsIn(BaseModel):
+    tags: Tags
+
+
+class AssignIn(BaseModel):
+    assignee_id: UserId | None = Field(description="A user id, or null to unassign")
+
+
+MAX_BULK_IDS: Final = 500
+TaskIdList = Annotated[
+    list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_BULK_IDS)
+]
+
+
+class BulkUpdateIn(BaseModel):
+    task_ids: TaskIdList
+    updates: TaskPatch
+
+
+class BulkStatusIn(BaseModel):
+    task_ids: TaskIdList
+    target_status: TaskStatus
+
+
+class BulkItemResult(BaseModel):
+    task_id: int
+    success: bool
+    error: str | None = None
+    previous_status: TaskStatus | None = None
+    new_status: TaskStatus | None = None
+
+
+class BulkResult(BaseModel):
+    total: int
+    successful: int
+    failed: int
+    results: list[BulkItemResult]
+
+
+class TaskStats(BaseModel):
+    total: int
+    completed: int
+    incomplete: int
+    completion_rate: float = Field(description="Percentage of tasks done, 0-100, one decimal")
+    overdue: int
+    by_status: dict[str, int]
+    by_priority: dict[str, int]
+    by_tag: dict[str, int]
