@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
@@ -274,3 +275,31 @@ def unique() -> Callable[[str], str]:
         return f"{prefix}{next(_counter)}_{uuid.uuid4().hex[:6]}"
 
     return make
+
+
+@dataclass
+class StatementLog:
+    statements: list[str] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.statements.clear()
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def sql_log(connection: AsyncConnection) -> Iterator[StatementLog]:
+    """Every SQL statement the app sends on the test's connection (savepoints excluded)."""
+    log = StatementLog()
+    sync_connection = connection.sync_connection
+    assert sync_connection is not None
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            log.statements.append(statement)
+
+    event.listen(sync_connection, "before_cursor_execute", record)
+    yield log
+    event.remove(sync_connection, "before_cursor_execute", record)

@@ -445,8 +445,10 @@ async def test_search_by_username_prefix(client, make_user, alice):
 
     response = await search(client, alice, search=prefix)
     assert response.status_code == 200, response.text
-    results = response.json()
-    assert isinstance(results, list)
+    page = response.json()
+    assert set(page) == {"items", "total", "limit", "offset", "next_cursor"}
+    assert page["total"] == 2
+    results = page["items"]
     assert {r["username"] for r in results} == {zebra.username, zebu.username}
     assert {r["id"] for r in results} == {zebra.id, zebu.id}
     for result in results:
@@ -457,7 +459,7 @@ async def test_search_by_username_prefix(client, make_user, alice):
 async def test_search_is_case_insensitive(client, make_user, alice):
     target = await make_user("Quentin")
     for term in ("qu", "QU", "Quen", "quentin"):
-        results = (await search(client, alice, search=term)).json()
+        results = (await search(client, alice, search=term)).json()["items"]
         assert [r["id"] for r in results] == [target.id], term
 
 
@@ -465,36 +467,40 @@ async def test_search_finds_yourself_and_orders_by_username(client, make_user):
     me = await make_user("kk_me")
     await make_user("KK_b")
     await make_user("kk_a")
-    results = (await search(client, me, search="kk_")).json()
+    results = (await search(client, me, search="kk_")).json()["items"]
     assert [r["username"] for r in results] == ["kk_a", "KK_b", "kk_me"]
 
 
 async def test_search_no_match(client, alice):
     response = await search(client, alice, search="nobody-has-this-prefix")
     assert response.status_code == 200
-    assert response.json() == []
+    assert response.json()["items"] == []
+    assert response.json()["total"] == 0
 
 
 async def test_search_wildcards_are_literal(client, make_user, alice):
     underscore = await make_user("w_x")
     await make_user("wax")
-    results = (await search(client, alice, search="w_")).json()
+    results = (await search(client, alice, search="w_")).json()["items"]
     assert [r["id"] for r in results] == [underscore.id]
-    assert (await search(client, alice, search="%")).json() == []
-    assert (await search(client, alice, search="\\")).json() == []
+    assert (await search(client, alice, search="%")).json()["items"] == []
+    assert (await search(client, alice, search="\\")).json()["items"] == []
 
 
 async def test_search_does_not_match_email(client, make_user, alice):
     await make_user("plainname", email="xyzzy@example.com")
-    assert (await search(client, alice, search="xyzzy")).json() == []
+    assert (await search(client, alice, search="xyzzy")).json()["items"] == []
 
 
 async def test_search_limit(client, make_user, alice):
     for n in range(3):
         await make_user(f"lim{n}")
-    assert len((await search(client, alice, search="lim")).json()) == 3
+    assert len((await search(client, alice, search="lim")).json()["items"]) == 3
     limited = (await search(client, alice, search="lim", limit=2)).json()
-    assert [r["username"] for r in limited] == ["lim0", "lim1"]
+    assert [r["username"] for r in limited["items"]] == ["lim0", "lim1"]
+    assert limited["total"] == 3
+    second = (await search(client, alice, search="lim", limit=2, offset=2)).json()
+    assert [r["username"] for r in second["items"]] == ["lim2"]
 
 
 @pytest.mark.parametrize(
@@ -516,6 +522,7 @@ async def test_search_validation(client, alice, params):
 
 async def test_search_deleted_user_disappears(client, make_user, alice):
     gone = await make_user("vanish")
-    assert [r["id"] for r in (await search(client, alice, search="vanish")).json()] == [gone.id]
+    found = (await search(client, alice, search="vanish")).json()["items"]
+    assert [r["id"] for r in found] == [gone.id]
     assert (await client.delete(USERS_ME, headers=gone.headers)).status_code == 204
-    assert (await search(client, alice, search="vanish")).json() == []
+    assert (await search(client, alice, search="vanish")).json()["items"] == []

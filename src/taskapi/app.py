@@ -15,8 +15,10 @@ from taskapi.config import Settings, get_settings
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.errors import install_error_handlers
 from taskapi.middleware import RequestContextMiddleware
+from taskapi.notifications.router import router as notifications_router
 from taskapi.openapi import Problem
 from taskapi.ops.router import router as ops_router
+from taskapi.pagination import CursorCodec
 from taskapi.security import PasswordHashing, TokenCodec
 from taskapi.tasks.router import router as tasks_router
 from taskapi.users.router import router as users_router
@@ -42,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.password_hashing = hashing
     app.state.auth_service = AuthService(hashing, TokenCodec(settings))
+    app.state.cursor_codec = CursorCodec(settings.signing_key)
     try:
         yield
     finally:
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(tasks_router, prefix=API_PREFIX)
+    app.include_router(notifications_router, prefix=API_PREFIX)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -49,6 +49,8 @@ def engine_options(settings: Settings) -> dict[str, Any]:
             "prepared_statement_cache_size": settings.database_statement_cache_size,
             "server_settings": {
                 "application_name": "taskapi",
+                # Dates such as "today" for overdue checks are UTC, whatever the server's zone.
+                "timezone": "UTC",
                 "statement_timeout": str(settings.database_statement_timeout_ms),
             },
         },

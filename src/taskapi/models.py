@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     Date,
     DateTime,
     Enum,
@@ -24,8 +25,8 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR, UUID
+from sqlalchemy.orm import Mapped, deferred, mapped_column
 
 from taskapi.db import Base
 
@@ -43,6 +44,20 @@ class TaskPriority(enum.StrEnum):
     MEDIUM = "medium"
     HIGH = "high"
     URGENT = "urgent"
+
+
+class NotificationKind(enum.StrEnum):
+    TASK_ASSIGNED = "task_assigned"
+    TASK_UPDATED = "task_updated"
+    TASK_DUE_SOON = "task_due_soon"
+
+
+# Full-text search configuration created by migration 0002: English stemming over unaccented words.
+SEARCH_CONFIG = "taskapi_search"
+SEARCH_VECTOR_SQL = (
+    f"setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, coalesce(title, '')), 'A') || "
+    f"setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, coalesce(description, '')), 'B')"
+)
 
 
 def _enum_values(enum_cls: type[enum.Enum]) -> list[str]:
@@ -64,6 +79,12 @@ class User(Base):
         # Case-insensitive uniqueness; the lower() expressions are also what lookups use.
         Index("uq_users_username_lower", func.lower(username), unique=True),
         Index("uq_users_email_lower", func.lower(email), unique=True),
+        # Prefix search (`lower(username) LIKE 'pre%'`) needs pattern ops under a non-C collation.
+        Index(
+            "ix_users_username_prefix",
+            func.lower(username).label("username_lower"),
+            postgresql_ops={"username_lower": "text_pattern_ops"},
+        ),
     )
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
 
@@ -116,6 +137,10 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Maintained by PostgreSQL; deferred so no task load ever ships it over the wire.
+    search_vector: Mapped[str | None] = deferred(
+        mapped_column(TSVECTOR, Computed(SEARCH_VECTOR_SQL, persisted=True))
+    )
 
     __table_args__ = (
         CheckConstraint("char_length(title) BETWEEN 1 AND 200", name="title_length"),
@@ -132,6 +157,7 @@ class Task(Base):
         ),
         Index("ix_tasks_owner_due_date", "owner_id", "due_date"),
         Index("ix_tasks_tags", "tags", postgresql_using="gin"),
+        Index("ix_tasks_search_vector", "search_vector", postgresql_using="gin"),
     )
 
     @property
@@ -150,3 +176,34 @@ class Task(Base):
     # version_id_col: every UPDATE bumps `version` and carries `WHERE version = <loaded>`, so a
     # write based on a stale read can never silently overwrite a newer one.
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[NotificationKind] = mapped_column(
+        Enum(NotificationKind, name="notification_kind", values_callable=_enum_values)
+    )
+    # SET NULL: the notification stays in the recipient's history after the task is deleted.
+    task_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("tasks.id", ondelete="SET NULL"), index=True
+    )
+    message: Mapped[str] = mapped_column(Text)
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_notifications_user_created", "user_id", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_notifications_user_unread",
+            "user_id",
+            postgresql_where=text("read_at IS NULL"),
+        ),
+    )
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
+
+    @property
+    def read(self) -> bool:
+        return self.read_at is not None

@@ -2,20 +2,29 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.db import DbSession
 from taskapi.openapi import problem_responses
+from taskapi.pagination import CursorCodec
 from taskapi.tasks import service
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import VisibleTask, VisibleTaskForUpdate
+from taskapi.tasks.listing import TaskListParams
 from taskapi.tasks.schemas import (
+    AssignIn,
+    BulkResult,
+    BulkStatusIn,
+    BulkUpdateIn,
+    Tags,
+    TagsIn,
     TaskCreate,
     TaskOut,
     TaskPage,
     TaskPatch,
     TaskReplace,
+    TaskStats,
     TransitionIn,
 )
 
@@ -25,19 +34,70 @@ _SINGLE = problem_responses(404, 422)
 _WRITE = problem_responses(403, 404, 409, 412, 422)
 
 
+def get_cursor_codec(request: Request) -> CursorCodec:
+    codec: CursorCodec = request.app.state.cursor_codec
+    return codec
+
+
 def _with_etag(response: Response, task_version: int) -> None:
     response.headers["ETag"] = etag_for(task_version)
+
+
+def _task_response(response: Response, task_version: int, task: object) -> TaskOut:
+    _with_etag(response, task_version)
+    return TaskOut.model_validate(task)
+
+
+# Fixed paths first: they would otherwise be taken for a task id.
 
 
 @router.get("", responses=problem_responses(422), summary="List the tasks you can see")
 async def list_tasks(
     user: CurrentUser,
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    params: Annotated[TaskListParams, Query()],
+    request: Request,
+    response: Response,
+    cursors: Annotated[CursorCodec, Depends(get_cursor_codec)],
 ) -> TaskPage:
-    """Tasks you own or are assigned, newest first."""
-    return await service.list_tasks(session, user, limit=limit, offset=offset)
+    """Tasks you own or are assigned. Filters combine with AND. Paginate with `limit` plus either
+    `offset` or `cursor` (the `next_cursor` of the previous page: keyset pagination, stable while
+    tasks are added). A `Link: <...>; rel="next"` header points at the next page."""
+    page = await service.list_tasks(session, user, params, cursors)
+    if page.next_cursor is not None:
+        next_url = request.url.remove_query_params("offset").include_query_params(
+            cursor=page.next_cursor
+        )
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return page
+
+
+@router.get("/stats", summary="Statistics over the tasks you can see")
+async def task_stats(user: CurrentUser, session: DbSession) -> TaskStats:
+    return await service.task_stats(session, user)
+
+
+@router.patch(
+    "/bulk",
+    response_model_exclude_none=True,
+    responses=problem_responses(422),
+    summary="Update many tasks",
+)
+async def bulk_update(data: BulkUpdateIn, user: CurrentUser, session: DbSession) -> BulkResult:
+    """Applies `updates` to each task on its own (at most 500 ids); one failure never undoes the
+    others. Ids you can't see fail with `task_not_found`."""
+    return await service.bulk_update(session, user, data.task_ids, data.updates)
+
+
+@router.post(
+    "/bulk-status",
+    response_model_exclude_none=True,
+    responses=problem_responses(422),
+    summary="Change the status of many tasks",
+)
+async def bulk_status(data: BulkStatusIn, user: CurrentUser, session: DbSession) -> BulkResult:
+    """Each task follows the workflow on its own; invalid transitions fail per item."""
+    return await service.bulk_status(session, user, data.task_ids, data.target_status)
 
 
 @router.post(
@@ -51,8 +111,7 @@ async def create_task(
 ) -> TaskOut:
     task = await service.create_task(session, user, data)
     response.headers["Location"] = f"/api/v1/tasks/{task.id}"
-    _with_etag(response, task.version)
-    return TaskOut.model_validate(task)
+    return _task_response(response, task.version, task)
 
 
 @router.get(
@@ -68,8 +127,7 @@ async def get_task(
 ) -> TaskOut | Response:
     if none_match(if_none_match, task.version):
         return Response(status_code=304, headers={"ETag": etag_for(task.version)})
-    _with_etag(response, task.version)
-    return TaskOut.model_validate(task)
+    return _task_response(response, task.version, task)
 
 
 @router.patch("/{task_id}", responses=_WRITE, summary="Update some fields of a task")
@@ -84,8 +142,7 @@ async def update_task(
     """Only the fields sent change; `null` clears `description`, `due_date` or `assignee_id`.
     A status change must follow the workflow (409 otherwise)."""
     task = await service.update_task(session, user, task, data, if_match)
-    _with_etag(response, task.version)
-    return TaskOut.model_validate(task)
+    return _task_response(response, task.version, task)
 
 
 @router.put("/{task_id}", responses=_WRITE, summary="Replace a task")
@@ -99,8 +156,7 @@ async def replace_task(
 ) -> TaskOut:
     """A full replacement: omitted fields take their defaults."""
     task = await service.replace_task(session, user, task, data, if_match)
-    _with_etag(response, task.version)
-    return TaskOut.model_validate(task)
+    return _task_response(response, task.version, task)
 
 
 @router.delete(
@@ -126,7 +182,51 @@ async def transition_task(
     response: Response,
 ) -> TaskOut:
     """Workflow: todo → in_progress | done | cancelled; in_progress → todo | done | cancelled;
-    done → todo; cancelled → todo. Anything else is 409 `invalid_transition`."""
+    done → todo; cancelled → todo. Anything else, including the current status, is 409
+    `invalid_transition`."""
     task = await service.transition_task(session, user, task, data.status, if_match)
-    _with_etag(response, task.version)
-    return TaskOut.model_validate(task)
+    return _task_response(response, task.version, task)
+
+
+@router.post("/{task_id}/assign", responses=_WRITE, summary="Assign or unassign a task")
+async def assign_task(
+    data: AssignIn,
+    task: VisibleTaskForUpdate,
+    user: CurrentUser,
+    session: DbSession,
+    if_match: IfMatchDep,
+    response: Response,
+) -> TaskOut:
+    """Owner only. The assignee can then read and update the task and gets a `task_assigned`
+    notification; `null` unassigns (and the former assignee loses access)."""
+    task = await service.assign_task(session, user, task, data.assignee_id, if_match)
+    return _task_response(response, task.version, task)
+
+
+@router.post("/{task_id}/tags", responses=_WRITE, summary="Add tags to a task")
+async def add_tags(
+    data: Annotated[Tags | TagsIn, Body(description='["a", "b"] or {"tags": ["a", "b"]}')],
+    task: VisibleTaskForUpdate,
+    user: CurrentUser,
+    session: DbSession,
+    if_match: IfMatchDep,
+    response: Response,
+) -> TaskOut:
+    """Tags are trimmed and lower-cased; adding one the task already has is a no-op."""
+    tags = data.tags if isinstance(data, TagsIn) else data
+    task = await service.add_tags(session, user, task, tags, if_match)
+    return _task_response(response, task.version, task)
+
+
+@router.delete("/{task_id}/tags/{tag}", responses=_WRITE, summary="Remove a tag from a task")
+async def remove_tag(
+    tag: Annotated[str, Path(max_length=200)],
+    task: VisibleTaskForUpdate,
+    user: CurrentUser,
+    session: DbSession,
+    if_match: IfMatchDep,
+    response: Response,
+) -> TaskOut:
+    """404 `tag_not_found` if the task does not carry the tag."""
+    task = await service.remove_tag(session, user, task, tag, if_match)
+    return _task_response(response, task.version, task)

@@ -1,26 +1,48 @@
-"""The rules of tasks: who may change what, the workflow, versions. Never commits."""
+"""The rules of tasks: who may change what, the workflow, versions, notifications.
+
+Services take the session first and never commit. Changes are planned (validated, with no
+mutation) before they are applied, so a refused change never leaves a half-updated object.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.errors import Forbidden, UnknownAssignee
-from taskapi.models import Task, TaskStatus, User
-from taskapi.tasks import repository
+from taskapi.errors import AppError, Forbidden, TagNotFound, UnknownAssignee, ValidationFailed
+from taskapi.models import Task, TaskPriority, TaskStatus, User
+from taskapi.notifications import service as notifications
+from taskapi.pagination import CursorCodec, InvalidCursor, query_fingerprint
+from taskapi.tasks import listing, repository
 from taskapi.tasks.conditional import IfMatch
-from taskapi.tasks.schemas import TaskCreate, TaskOut, TaskPage, TaskPatch, TaskReplace
-from taskapi.tasks.workflow import change_status
+from taskapi.tasks.schemas import (
+    MAX_TAGS,
+    BulkItemResult,
+    BulkResult,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    TaskPatch,
+    TaskReplace,
+    TaskStats,
+    normalize_tag,
+)
+from taskapi.tasks.workflow import check_transition
 
-# Fields that anyone who sees a task may set; assignment is the owner's alone.
+# Fields anyone who sees a task may set; assignment is the owner's alone.
 _FIELD_COLUMNS = ("title", "description", "priority", "due_date", "tags")
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
 def ensure_owner(task: Task, user: User, action: str) -> None:
@@ -33,6 +55,42 @@ async def _check_assignee(session: AsyncSession, assignee_id: int | None) -> Non
         raise UnknownAssignee(
             errors=[{"loc": ["body", "assignee_id"], "msg": "no such user", "type": "unknown_user"}]
         )
+
+
+def plan_changes(
+    task: Task, user: User, changes: dict[str, Any], now: datetime, *, explicit_status: bool = False
+) -> dict[str, Any]:
+    """The column values that would change, or an error (403, 409) — without touching `task`."""
+    planned: dict[str, Any] = {}
+    if "assignee_id" in changes and changes["assignee_id"] != task.assignee_id:
+        ensure_owner(task, user, "assign it")
+        planned["assignee_id"] = changes["assignee_id"]
+    if "status" in changes and (explicit_status or changes["status"] != task.status):
+        check_transition(task.status, changes["status"])
+        planned["status"] = changes["status"]
+        planned["completed_at"] = now if changes["status"] == TaskStatus.DONE else None
+    for name in _FIELD_COLUMNS:
+        if name in changes and changes[name] != getattr(task, name):
+            planned[name] = changes[name]
+    return planned
+
+
+async def _apply_planned(
+    session: AsyncSession, user: User, task: Task, planned: dict[str, Any], now: datetime
+) -> Task:
+    if not planned:
+        return task
+    if "assignee_id" in planned:
+        await _check_assignee(session, planned["assignee_id"])
+    for name, value in planned.items():
+        setattr(task, name, value)
+    task.updated_at = now
+    await session.flush()  # bumps `version` (version_id_col) and reads the row back
+    if "assignee_id" in planned:
+        await notifications.task_assigned(session, user, [task])
+    else:
+        await notifications.task_updated(session, user, [task])
+    return task
 
 
 async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Task:
@@ -51,33 +109,29 @@ async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Ta
     )
     session.add(task)
     await session.flush()
+    await notifications.task_assigned(session, user, [task])
     return task
 
 
-async def _apply(
-    session: AsyncSession, user: User, task: Task, changes: dict[str, Any], if_match: IfMatch
+async def _change(
+    session: AsyncSession,
+    user: User,
+    task: Task,
+    changes: dict[str, Any],
+    if_match: IfMatch,
+    *,
+    explicit_status: bool = False,
 ) -> Task:
     if_match.check(task.version)
-    if "assignee_id" in changes and changes["assignee_id"] != task.assignee_id:
-        ensure_owner(task, user, "assign it")
-        await _check_assignee(session, changes["assignee_id"])
-        task.assignee_id = changes["assignee_id"]
     now = _now()
-    if "status" in changes:
-        change_status(task, changes["status"], now, explicit=False)
-    for name in _FIELD_COLUMNS:
-        if name in changes and changes[name] != getattr(task, name):
-            setattr(task, name, changes[name])
-    if session.is_modified(task):
-        task.updated_at = now
-        await session.flush()  # bumps `version` (version_id_col) and returns the new row
-    return task
+    planned = plan_changes(task, user, changes, now, explicit_status=explicit_status)
+    return await _apply_planned(session, user, task, planned, now)
 
 
 async def update_task(
     session: AsyncSession, user: User, task: Task, data: TaskPatch, if_match: IfMatch
 ) -> Task:
-    return await _apply(session, user, task, data.changes(), if_match)
+    return await _change(session, user, task, data.changes(), if_match)
 
 
 async def replace_task(
@@ -85,18 +139,47 @@ async def replace_task(
 ) -> Task:
     changes = data.model_dump(exclude={"completed", "status"})
     changes["status"] = data.resolved_status
-    return await _apply(session, user, task, changes, if_match)
+    return await _change(session, user, task, changes, if_match)
 
 
 async def transition_task(
     session: AsyncSession, user: User, task: Task, target: TaskStatus, if_match: IfMatch
 ) -> Task:
-    if_match.check(task.version)
-    now = _now()
-    change_status(task, target, now, explicit=True)
-    task.updated_at = now
-    await session.flush()
-    return task
+    """An explicit transition: asking for the current status is itself invalid (409)."""
+    return await _change(session, user, task, {"status": target}, if_match, explicit_status=True)
+
+
+async def assign_task(
+    session: AsyncSession, user: User, task: Task, assignee_id: int | None, if_match: IfMatch
+) -> Task:
+    ensure_owner(task, user, "assign it")
+    return await _change(session, user, task, {"assignee_id": assignee_id}, if_match)
+
+
+async def add_tags(
+    session: AsyncSession, user: User, task: Task, tags: list[str], if_match: IfMatch
+) -> Task:
+    merged = list(dict.fromkeys([*task.tags, *tags]))
+    if len(merged) > MAX_TAGS:
+        raise ValidationFailed(
+            f"A task has at most {MAX_TAGS} tags.",
+            errors=[{"loc": ["body", "tags"], "msg": "too many tags", "type": "too_long"}],
+        )
+    return await _change(session, user, task, {"tags": merged}, if_match)
+
+
+async def remove_tag(
+    session: AsyncSession, user: User, task: Task, raw_tag: str, if_match: IfMatch
+) -> Task:
+    try:
+        tag = normalize_tag(raw_tag)
+    except ValueError as exc:
+        raise TagNotFound() from exc
+    if tag not in task.tags:
+        raise TagNotFound()
+    return await _change(
+        session, user, task, {"tags": [t for t in task.tags if t != tag]}, if_match
+    )
 
 
 async def delete_task(session: AsyncSession, user: User, task: Task, if_match: IfMatch) -> None:
@@ -105,12 +188,180 @@ async def delete_task(session: AsyncSession, user: User, task: Task, if_match: I
     await session.execute(delete(Task).where(Task.id == task.id))
 
 
-async def list_tasks(session: AsyncSession, user: User, *, limit: int, offset: int) -> TaskPage:
-    items, total = await repository.list_page(session, user.id, limit=limit, offset=offset)
+# --- bulk ----------------------------------------------------------------------------------------
+
+
+def _unique(ids: Iterable[int]) -> list[int]:
+    return list(dict.fromkeys(ids))
+
+
+async def _bulk_apply(
+    session: AsyncSession,
+    user: User,
+    ids: list[int],
+    changes: dict[str, Any],
+    *,
+    explicit_status: bool,
+) -> BulkResult:
+    """Plan every item, then write each group of identical changes with one UPDATE.
+
+    A bounded number of statements whatever the number of ids: one locking SELECT, at most two
+    UPDATEs (items whose status changes, and items whose status stays), one notification INSERT.
+    """
+    ids = _unique(ids)
+    if changes.get("assignee_id") is not None:
+        await _check_assignee(session, changes["assignee_id"])
+    tasks = {t.id: t for t in await repository.get_visible_many(session, user.id, ids)}
+    now = _now()
+    results: dict[int, BulkItemResult] = {}
+    groups: dict[bool, list[int]] = {True: [], False: []}
+    group_values: dict[bool, dict[str, Any]] = {}
+    for task_id in ids:
+        task = tasks.get(task_id)
+        if task is None:
+            results[task_id] = BulkItemResult(
+                task_id=task_id, success=False, error="task_not_found"
+            )
+            continue
+        try:
+            planned = plan_changes(task, user, changes, now, explicit_status=explicit_status)
+        except AppError as error:
+            results[task_id] = BulkItemResult(
+                task_id=task_id, success=False, error=error.code, previous_status=task.status
+            )
+            continue
+        results[task_id] = BulkItemResult(
+            task_id=task_id,
+            success=True,
+            previous_status=task.status,
+            new_status=planned.get("status", task.status),
+        )
+        if planned:
+            status_changes = "status" in planned
+            groups[status_changes].append(task_id)
+            # Every item of a group gets the same values: all requested fields (harmless where a
+            # field already had that value) plus, in the status group, status and completed_at.
+            values = {k: v for k, v in changes.items() if k in (*_FIELD_COLUMNS, "assignee_id")}
+            if status_changes:
+                values["status"] = planned["status"]
+                values["completed_at"] = planned["completed_at"]
+            group_values[status_changes] = values
+    updated: list[Task] = []
+    for status_changes, group_ids in groups.items():
+        if group_ids:
+            updated.extend(
+                await repository.update_many(session, group_ids, group_values[status_changes], now)
+            )
+    if updated:
+        if "assignee_id" in changes:
+            await notifications.task_assigned(session, user, updated)
+        else:
+            await notifications.task_updated(session, user, updated)
+    ordered = [results[task_id] for task_id in ids]
+    successful = sum(1 for item in ordered if item.success)
+    return BulkResult(
+        total=len(ordered), successful=successful, failed=len(ordered) - successful, results=ordered
+    )
+
+
+async def bulk_update(
+    session: AsyncSession, user: User, task_ids: list[int], data: TaskPatch
+) -> BulkResult:
+    return await _bulk_apply(session, user, task_ids, data.changes(), explicit_status=False)
+
+
+async def bulk_status(
+    session: AsyncSession, user: User, task_ids: list[int], target: TaskStatus
+) -> BulkResult:
+    return await _bulk_apply(session, user, task_ids, {"status": target}, explicit_status=True)
+
+
+# --- list and stats ------------------------------------------------------------------------------
+
+
+async def list_tasks(
+    session: AsyncSession, user: User, params: listing.TaskListParams, cursors: CursorCodec
+) -> TaskPage:
+    today = _today()
+    tsquery = listing.search_query(params.search) if params.search else None
+    conditions = listing.filter_conditions(params, user.id, today, tsquery)
+    rank = (
+        func.ts_rank_cd(Task.search_vector, tsquery)
+        if tsquery is not None and params.relevance_order
+        else None
+    )
+    parts = listing.order_parts(params, rank)
+    fingerprint = query_fingerprint(params.fingerprint_parts())
+    after: list[Any] | None = None
+    if params.cursor is not None:
+        try:
+            after = listing.decode_cursor_values(parts, cursors.decode(params.cursor, fingerprint))
+        except (ValueError, TypeError) as exc:
+            raise InvalidCursor() from exc
+    rows, total = await repository.list_page(
+        session,
+        user.id,
+        conditions=conditions,
+        order_parts=parts,
+        after=after,
+        rank=rank,
+        limit=params.limit,
+        offset=params.offset or 0,
+    )
+    has_more = len(rows) > params.limit
+    rows = rows[: params.limit]
+    next_cursor = None
+    if has_more and rows:
+        last_task, last_rank = rows[-1]
+        next_cursor = cursors.encode(
+            listing.cursor_values(last_task, parts, last_rank), fingerprint
+        )
     return TaskPage(
-        items=[TaskOut.model_validate(task) for task in items],
+        items=[TaskOut.model_validate(task) for task, _ in rows],
         total=total,
-        limit=limit,
-        offset=offset,
-        next_cursor=None,
+        limit=params.limit,
+        offset=None if params.cursor is not None else (params.offset or 0),
+        next_cursor=next_cursor,
+    )
+
+
+async def task_stats(session: AsyncSession, user: User) -> TaskStats:
+    """Aggregated in PostgreSQL: two statements, whatever the number of tasks."""
+    today = _today()
+    overdue = listing.overdue_condition(today)
+    grouped = await session.execute(
+        select(
+            Task.status,
+            Task.priority,
+            func.count(),
+            func.count(case((overdue, 1))),
+        )
+        .where(repository.visible_to(user.id))
+        .group_by(Task.status, Task.priority)
+    )
+    by_status = {s.value: 0 for s in TaskStatus}
+    by_priority = {p.value: 0 for p in TaskPriority}
+    overdue_count = 0
+    for status, priority, count, overdue_in_group in grouped:
+        by_status[status.value] += count
+        by_priority[priority.value] += count
+        overdue_count += overdue_in_group
+    tag = func.unnest(Task.tags).label("tag")
+    tag_rows = await session.execute(
+        select(tag, func.count())
+        .where(repository.visible_to(user.id))
+        .group_by(tag)
+        .order_by(func.count().desc(), tag)
+    )
+    total = sum(by_status.values())
+    completed = by_status[TaskStatus.DONE.value]
+    return TaskStats(
+        total=total,
+        completed=completed,
+        incomplete=total - completed,
+        completion_rate=round(completed * 100 / total, 1) if total else 0.0,
+        overdue=overdue_count,
+        by_status=by_status,
+        by_priority=by_priority,
+        by_tag={str(name): int(count) for name, count in tag_rows},
     )

@@ -9,7 +9,7 @@ from taskapi.db import DbSession
 from taskapi.openapi import problem_responses
 from taskapi.security import PasswordHashing
 from taskapi.users import service
-from taskapi.users.schemas import UserOut, UserSummary, UserUpdate
+from taskapi.users.schemas import UserOut, UserSearchPage, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401))
 
@@ -39,9 +39,10 @@ async def delete_me(user: CurrentUser, session: DbSession) -> None:
 async def search_users(
     _user: CurrentUser,
     session: DbSession,
-    search: Annotated[str, Query(min_length=1, max_length=50)],
+    search: Annotated[str, Query(min_length=1, max_length=50, description="Username prefix")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> list[UserSummary]:
-    """Id and username only, to pick an assignee."""
-    users = await service.search_by_username_prefix(session, search, limit)
-    return [UserSummary.model_validate(u) for u in users]
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> UserSearchPage:
+    """Case-insensitive username prefix search, ordered by username; id and username only, to
+    pick an assignee."""
+    return await service.search_by_username_prefix(session, search, limit=limit, offset=offset)

@@ -31,6 +31,14 @@ class UserSummary(BaseModel):
     username: str
 
 
+class UserSearchPage(BaseModel):
+    items: list[UserSummary]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None = None
+
+
 class UserUpdate(BaseModel):
     """PATCH /users/me. Fields left out are unchanged; unknown fields are ignored."""
 

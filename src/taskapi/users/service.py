@@ -11,7 +11,7 @@ from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
 from taskapi.errors import EmailTaken, InvalidCurrentPassword
 from taskapi.models import User
 from taskapi.security import PasswordHashing
-from taskapi.users.schemas import UserUpdate
+from taskapi.users.schemas import UserSearchPage, UserSummary, UserUpdate
 
 
 async def update_me(
@@ -51,12 +51,22 @@ async def delete_me(session: AsyncSession, user: User) -> None:
     await session.execute(delete(User).where(User.id == user.id))
 
 
-async def search_by_username_prefix(session: AsyncSession, prefix: str, limit: int) -> list[User]:
-    pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    query = (
-        select(User)
-        .where(func.lower(User.username).like(pattern, escape="\\"))
-        .order_by(func.lower(User.username), User.id)
-        .limit(limit)
+async def search_by_username_prefix(
+    session: AsyncSession, prefix: str, *, limit: int, offset: int
+) -> UserSearchPage:
+    escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    matching = select(User).where(func.lower(User.username).like(escaped + "%", escape="\\"))
+    users = (
+        await session.scalars(
+            matching.order_by(func.lower(User.username), User.id).limit(limit).offset(offset)
+        )
+    ).all()
+    total = await session.scalar(
+        select(func.count()).select_from(matching.with_only_columns(User.id).subquery())
     )
-    return list((await session.scalars(query)).all())
+    return UserSearchPage(
+        items=[UserSummary.model_validate(u) for u in users],
+        total=int(total or 0),
+        limit=limit,
+        offset=offset,
+    )

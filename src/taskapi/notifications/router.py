@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from taskapi.auth.dependencies import CurrentUser
+from taskapi.db import DbSession
+from taskapi.notifications import service
+from taskapi.notifications.schemas import (
+    NotificationListParams,
+    NotificationOut,
+    NotificationPage,
+)
+from taskapi.openapi import problem_responses
+from taskapi.tasks.schemas import MAX_ID
+
+router = APIRouter(
+    prefix="/notifications", tags=["notifications"], responses=problem_responses(401)
+)
+
+
+@router.get("", responses=problem_responses(422), summary="Your notifications, newest first")
+async def list_notifications(
+    user: CurrentUser, session: DbSession, params: Annotated[NotificationListParams, Query()]
+) -> NotificationPage:
+    return await service.list_notifications(session, user, params)
+
+
+@router.post(
+    "/read-all", status_code=status.HTTP_204_NO_CONTENT, summary="Mark every notification read"
+)
+async def mark_all_read(user: CurrentUser, session: DbSession) -> None:
+    await service.mark_all_read(session, user)
+
+
+@router.post(
+    "/{notification_id}/read", responses=problem_responses(404, 422), summary="Mark one read"
+)
+async def mark_read(
+    notification_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, session: DbSession
+) -> NotificationOut:
+    return NotificationOut.model_validate(await service.mark_read(session, user, notification_id))

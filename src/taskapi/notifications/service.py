@@ -1,0 +1,114 @@
+"""Notifications: written in the same transaction as the change that causes them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskapi.errors import NotFound
+from taskapi.models import Notification, NotificationKind, Task, User
+from taskapi.notifications.schemas import NotificationListParams, NotificationOut, NotificationPage
+
+
+class NotificationNotFound(NotFound):
+    code, title = "notification_not_found", "Notification not found"
+    default_detail = "No notification with this id exists for you."
+
+
+def _short(title: str) -> str:
+    return title if len(title) <= 80 else title[:77] + "..."
+
+
+async def notify(
+    session: AsyncSession, rows: Iterable[tuple[int, NotificationKind, int | None, str]]
+) -> None:
+    """Insert many notifications with one statement: (user_id, kind, task_id, message)."""
+    values = [
+        {"user_id": user_id, "kind": kind, "task_id": task_id, "message": message}
+        for user_id, kind, task_id, message in rows
+    ]
+    if values:
+        await session.execute(insert(Notification), values)
+
+
+async def task_assigned(session: AsyncSession, actor: User, tasks: Iterable[Task]) -> None:
+    await notify(
+        session,
+        (
+            (
+                task.assignee_id,
+                NotificationKind.TASK_ASSIGNED,
+                task.id,
+                f"{actor.username} assigned you the task “{_short(task.title)}”.",
+            )
+            for task in tasks
+            if task.assignee_id is not None and task.assignee_id != actor.id
+        ),
+    )
+
+
+async def task_updated(session: AsyncSession, actor: User, tasks: Iterable[Task]) -> None:
+    """Tell assignees when the owner changes a task assigned to them."""
+    await notify(
+        session,
+        (
+            (
+                task.assignee_id,
+                NotificationKind.TASK_UPDATED,
+                task.id,
+                f"{actor.username} updated the task “{_short(task.title)}”.",
+            )
+            for task in tasks
+            if task.assignee_id is not None
+            and task.owner_id == actor.id
+            and task.assignee_id != actor.id
+        ),
+    )
+
+
+async def list_notifications(
+    session: AsyncSession, user: User, params: NotificationListParams
+) -> NotificationPage:
+    query = select(Notification).where(Notification.user_id == user.id)
+    if params.unread is not None:
+        query = query.where(
+            Notification.read_at.is_(None) if params.unread else Notification.read_at.is_not(None)
+        )
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    page = (
+        await session.scalars(
+            query.order_by(Notification.created_at.desc(), Notification.id.desc())
+            .limit(params.limit)
+            .offset(params.offset)
+        )
+    ).all()
+    return NotificationPage(
+        items=[NotificationOut.model_validate(n) for n in page],
+        total=int(total or 0),
+        limit=params.limit,
+        offset=params.offset,
+        next_cursor=None,
+    )
+
+
+async def mark_read(session: AsyncSession, user: User, notification_id: int) -> Notification:
+    notification: Notification | None = await session.scalar(
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.user_id == user.id)
+        .values(read_at=func.coalesce(Notification.read_at, datetime.now(UTC)))
+        .returning(Notification)
+    )
+    if notification is None:
+        raise NotificationNotFound()
+    return notification
+
+
+async def mark_all_read(session: AsyncSession, user: User) -> None:
+    await session.execute(
+        update(Notification)
+        .where(Notification.user_id == user.id, Notification.read_at.is_(None))
+        .values(read_at=datetime.now(UTC))
+    )

@@ -1,0 +1,362 @@
+"""GET /tasks: query parameters, filters, sorting and keyset pagination.
+
+Every query starts from `repository.visible_tasks`; this module only narrows and orders it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from sqlalchemy import ColumnElement, and_, cast, false, func, literal, not_, or_, true
+from sqlalchemy.dialects.postgresql import REGCONFIG
+
+from taskapi.models import SEARCH_CONFIG, Task, TaskPriority, TaskStatus
+from taskapi.tasks.schemas import MAX_ID, normalize_tag
+
+MAX_SEARCH_LENGTH = 2000
+MAX_SEARCH_TERMS = 32
+SORT_FIELDS = ("created_at", "updated_at", "due_date", "priority", "title", "status", "id")
+DEFAULT_SORT = "-created_at"
+
+
+def _split_commas(value: Any) -> Any:
+    """Accept both `?status=a,b` and `?status=a&status=b`."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            out.extend(part.strip() for part in item.split(",") if part.strip())
+        else:
+            out.append(item)
+    return out
+
+
+def _tags_filter(value: Any) -> Any:
+    split = _split_commas(value)
+    if split is None:
+        return None
+    return [normalize_tag(str(tag)) for tag in split]
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    field: str
+    descending: bool
+
+    def __str__(self) -> str:
+        return ("-" if self.descending else "") + self.field
+
+
+def parse_sort(raw: Any) -> list[SortKey]:
+    if raw is None or raw == "":
+        raw = DEFAULT_SORT
+    if not isinstance(raw, str):
+        raise ValueError("sort must be a comma-separated string")
+    keys: list[SortKey] = []
+    for part in (p.strip() for p in raw.split(",")):
+        descending = part.startswith("-")
+        name = part.removeprefix("-").removeprefix("+")
+        if name not in SORT_FIELDS:
+            raise ValueError(f"unknown sort field {name!r}; use {', '.join(SORT_FIELDS)}")
+        if any(key.field == name for key in keys):
+            raise ValueError(f"sort field {name!r} is repeated")
+        keys.append(SortKey(name, descending))
+    return keys
+
+
+class TaskListParams(BaseModel):
+    """Filters are combined with AND; list values within one filter with OR (tags: with AND)."""
+
+    status: Annotated[
+        list[TaskStatus] | None,
+        BeforeValidator(_split_commas),
+        Field(description="One status or a comma list (any of them)"),
+    ] = None
+    priority: Annotated[
+        list[TaskPriority] | None,
+        BeforeValidator(_split_commas),
+        Field(description="One priority or a comma list (any of them)"),
+    ] = None
+    completed: bool | None = None
+    overdue: bool | None = None
+    tags: Annotated[
+        list[str] | None,
+        BeforeValidator(_tags_filter),
+        Field(description="Tasks carrying all of these tags (comma list)"),
+    ] = None
+    search: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=MAX_SEARCH_LENGTH,
+            description='Full-text search: words match stems and prefixes, "quoted phrases" '
+            "match in order, -word excludes",
+        ),
+    ] = None
+    due_before: date | None = Field(default=None, description="due_date on or before")
+    due_after: date | None = Field(default=None, description="due_date on or after")
+    created_before: date | None = Field(default=None, description="created on or before (UTC)")
+    created_after: date | None = Field(default=None, description="created on or after (UTC)")
+    updated_since: datetime | None = Field(default=None, description="updated at or after")
+    assignee: Annotated[
+        Literal["me", "none"] | Annotated[int, Field(ge=1, le=MAX_ID)] | None,
+        Field(description="`me`, `none` or a user id"),
+    ] = None
+    scope: Literal["all", "owned", "assigned"] = "all"
+    sort: Annotated[
+        str,
+        Field(
+            description="Comma list of created_at, updated_at, due_date, priority, title, "
+            "status, id; `-` for descending. Default -created_at (relevance when searching)."
+        ),
+    ] = ""
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    offset: Annotated[int | None, Field(ge=0, le=10_000_000)] = None
+    cursor: Annotated[str | None, Field(min_length=1, max_length=2048)] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskListParams:
+        if self.offset is not None and self.cursor is not None:
+            raise ValueError("use either offset or cursor, not both")
+        parse_sort(self.sort or None)  # validate early: bad sort is a 422
+        return self
+
+    @property
+    def sort_keys(self) -> list[SortKey]:
+        return parse_sort(self.sort or None)
+
+    @property
+    def relevance_order(self) -> bool:
+        return bool(self.search) and not self.sort
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"limit", "offset", "cursor"})
+
+
+# --- search --------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"(-?)\"([^\"]*)\"?|(-?)([^\s\"]+)")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def build_tsquery(text: str) -> str | None:
+    """Turn user input into tsquery syntax built only from word characters and our operators,
+    so no input can inject tsquery syntax. Words match as prefixes (`sql` finds `SQLAlchemy`),
+    "quoted phrases" match adjacent words, and a leading `-` excludes a word or phrase."""
+    include: list[str] = []
+    exclude: list[str] = []
+    for match in _TOKEN.finditer(text):
+        negated = bool(match.group(1) or match.group(3))
+        phrase = match.group(2)
+        if phrase is not None:
+            words = _WORD.findall(phrase)
+            if not words:
+                continue
+            term = "(" + " <-> ".join(words) + ")" if len(words) > 1 else words[0]
+            (exclude if negated else include).append(term)
+        else:
+            words = _WORD.findall(match.group(4))
+            if not words:
+                continue
+            if len(words) == 1:
+                term = words[0] + ":*"
+            else:  # "e-mail", "foo.bar": the pieces in order
+                term = "(" + " <-> ".join([*words[:-1], words[-1] + ":*"]) + ")"
+            (exclude if negated else include).append(term)
+        if len(include) + len(exclude) >= MAX_SEARCH_TERMS:
+            break
+    if not include:
+        # Only exclusions (or nothing searchable): nothing positive to rank or match on.
+        return None
+    return " & ".join(include + [f"!{term}" for term in exclude])
+
+
+def search_query(text: str) -> ColumnElement[Any] | None:
+    tsquery = build_tsquery(text)
+    if tsquery is None:
+        return None
+    return func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), tsquery)
+
+
+# --- filters -------------------------------------------------------------------------------------
+
+
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def overdue_condition(today: date) -> ColumnElement[bool]:
+    return and_(
+        Task.due_date.is_not(None),
+        Task.due_date < today,
+        Task.status.not_in((TaskStatus.DONE, TaskStatus.CANCELLED)),
+    )
+
+
+def filter_conditions(
+    params: TaskListParams, user_id: int, today: date, tsquery: ColumnElement[Any] | None
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if params.scope == "owned":
+        conditions.append(Task.owner_id == user_id)
+    elif params.scope == "assigned":
+        conditions.append(Task.assignee_id == user_id)
+    if params.assignee == "me":
+        conditions.append(Task.assignee_id == user_id)
+    elif params.assignee == "none":
+        conditions.append(Task.assignee_id.is_(None))
+    elif params.assignee is not None:
+        conditions.append(Task.assignee_id == params.assignee)
+    if params.status:
+        conditions.append(Task.status.in_(params.status))
+    if params.priority:
+        conditions.append(Task.priority.in_(params.priority))
+    if params.completed is not None:
+        is_done = Task.status == TaskStatus.DONE
+        conditions.append(is_done if params.completed else Task.status != TaskStatus.DONE)
+    if params.overdue is not None:
+        overdue = overdue_condition(today)
+        conditions.append(overdue if params.overdue else not_(overdue))
+    if params.tags:
+        conditions.append(Task.tags.contains(params.tags))
+    if params.due_before is not None:
+        conditions.append(Task.due_date <= params.due_before)
+    if params.due_after is not None:
+        conditions.append(Task.due_date >= params.due_after)
+    if params.created_before is not None:
+        conditions.append(Task.created_at < _start_of(params.created_before + timedelta(days=1)))
+    if params.created_after is not None:
+        conditions.append(Task.created_at >= _start_of(params.created_after))
+    if params.updated_since is not None:
+        since = params.updated_since
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        conditions.append(Task.updated_at >= since)
+    if params.search is not None:
+        if tsquery is None:
+            conditions.append(false())
+        else:
+            conditions.append(Task.search_vector.bool_op("@@")(tsquery))
+    return conditions
+
+
+# --- ordering and keyset -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPart:
+    """One column of the ORDER BY, with what is needed to resume after a row."""
+
+    name: str
+    expression: Any  # a column or SQL expression
+    descending: bool
+    nullable: bool = False
+
+    def order_by(self) -> list[ColumnElement[Any]]:
+        column = self.expression.desc() if self.descending else self.expression.asc()
+        if self.nullable:
+            # Missing values last in either direction.
+            return [self.expression.is_(None).asc(), column]
+        return [column]
+
+
+def order_parts(params: TaskListParams, rank: ColumnElement[Any] | None) -> list[OrderPart]:
+    parts: list[OrderPart] = []
+    if params.relevance_order and rank is not None:
+        parts.append(OrderPart("rank", rank, descending=True))
+        keys = [SortKey("id", True)]
+    else:
+        keys = params.sort_keys
+    for key in keys:
+        if key.field == "due_date":
+            parts.append(OrderPart("due_date", Task.due_date, key.descending, nullable=True))
+        elif key.field == "title":
+            parts.append(OrderPart("title", func.lower(Task.title), key.descending))
+        else:
+            parts.append(OrderPart(key.field, getattr(Task, key.field), key.descending))
+    if parts[-1].name != "id":
+        # Unique tie-breaker so every row has exactly one place in the order.
+        parts.append(OrderPart("id", Task.id, parts[-1].descending))
+    return parts
+
+
+def cursor_values(task: Task, parts: list[OrderPart], rank_value: float | None) -> list[Any]:
+    values: list[Any] = []
+    for part in parts:
+        if part.name == "rank":
+            values.append(rank_value)
+        elif part.name == "title":
+            values.append(task.title.lower())
+        else:
+            value = getattr(task, part.name)
+            if isinstance(value, datetime | date):
+                value = value.isoformat()
+            elif isinstance(value, TaskStatus | TaskPriority):
+                value = value.value
+            values.append(value)
+    return values
+
+
+def _decode_value(part: OrderPart, raw: Any) -> Any:
+    if raw is None:
+        if part.nullable:
+            return None
+        raise ValueError("null cursor value")
+    if part.name in ("created_at", "updated_at"):
+        return datetime.fromisoformat(str(raw))
+    if part.name == "due_date":
+        return date.fromisoformat(str(raw))
+    if part.name == "priority":
+        return TaskPriority(raw)
+    if part.name == "status":
+        return TaskStatus(raw)
+    if part.name == "id":
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ValueError("bad id")
+        return raw
+    if part.name == "rank":
+        return float(raw)
+    if part.name == "title":
+        return str(raw)
+    raise ValueError(part.name)
+
+
+def decode_cursor_values(parts: list[OrderPart], raw: list[Any]) -> list[Any]:
+    if len(raw) != len(parts):
+        raise ValueError("cursor does not match the sort")
+    return [_decode_value(part, value) for part, value in zip(parts, raw, strict=True)]
+
+
+def _after(part: OrderPart, value: Any) -> ColumnElement[bool]:
+    """Rows strictly after `value` in this part's order."""
+    expression = part.expression
+    if part.nullable:
+        if value is None:
+            return false()  # nulls are last: nothing comes after them within this part
+        beyond = expression < value if part.descending else expression > value
+        return or_(beyond, expression.is_(None))
+    condition: ColumnElement[bool] = expression < value if part.descending else expression > value
+    return condition
+
+
+def _equal(part: OrderPart, value: Any) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = (
+        part.expression.is_(None) if value is None else part.expression == value
+    )
+    return condition
+
+
+def keyset_condition(parts: list[OrderPart], values: list[Any]) -> ColumnElement[bool]:
+    """(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ... — works for mixed directions."""
+    alternatives: list[ColumnElement[bool]] = []
+    prefix: list[ColumnElement[bool]] = []
+    for part, value in zip(parts, values, strict=True):
+        alternatives.append(and_(true(), *prefix, _after(part, value)))
+        prefix.append(_equal(part, value))
+    return or_(*alternatives)
