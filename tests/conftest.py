@@ -89,6 +89,10 @@ def make_settings(db_name: str, **overrides: Any) -> Settings:
         "secret_key": TEST_SECRET,
         "database_pool_size": 5,
         "database_max_overflow": 5,
+        # Limits are tested on their own (test_ratelimit); elsewhere they would only get in the way.
+        "rate_limit_enabled": False,
+        # Own Redis keys per settings object: databases cloned per test reuse user ids.
+        "redis_key_prefix": f"taskapi-test:{uuid.uuid4().hex}:",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

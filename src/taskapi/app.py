@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from taskapi import __version__
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AuthService
+from taskapi.cache import RedisGuard, StatsCache, create_redis
 from taskapi.config import Settings, get_settings
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.errors import install_error_handlers
@@ -19,6 +20,7 @@ from taskapi.notifications.router import router as notifications_router
 from taskapi.openapi import Problem
 from taskapi.ops.router import router as ops_router
 from taskapi.pagination import CursorCodec
+from taskapi.ratelimit import RateLimiter
 from taskapi.security import PasswordHashing, TokenCodec
 from taskapi.tasks.router import router as tasks_router
 from taskapi.users.router import router as users_router
@@ -40,15 +42,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = create_engine(settings)
     hashing = PasswordHashing(settings)
+    redis_client = create_redis(settings)
+    guard = RedisGuard(redis_client, settings.redis_retry_cooldown_seconds)
+    stats_cache = StatsCache(guard, settings.redis_key_prefix, settings.stats_cache_ttl_seconds)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.password_hashing = hashing
     app.state.auth_service = AuthService(hashing, TokenCodec(settings))
     app.state.cursor_codec = CursorCodec(settings.signing_key)
+    app.state.redis = guard
+    app.state.stats_cache = stats_cache
+    app.state.rate_limiter = RateLimiter(guard, settings)
+    app.state.after_commit = [stats_cache.after_commit]
     try:
         yield
     finally:
         hashing.close()
+        await redis_client.aclose()
         await engine.dispose()
 
 

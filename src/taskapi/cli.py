@@ -21,6 +21,8 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Alembic announces each of its plugins at INFO; only the migrations it runs are news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _alembic_config(settings: Settings) -> object:

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     database_statement_cache_size: int = Field(default=100, ge=0)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Short timeouts: a slow Redis must cost a request milliseconds, not seconds.
+    redis_connect_timeout_seconds: float = Field(default=0.25, gt=0)
+    redis_socket_timeout_seconds: float = Field(default=0.25, gt=0)
+    # After a Redis failure, leave it alone this long before trying again (no retry storms).
+    redis_retry_cooldown_seconds: float = Field(default=1.0, ge=0)
+    redis_key_prefix: str = "taskapi:"
+    stats_cache_ttl_seconds: int = Field(default=300, ge=1)
 
     secret_key: SecretStr | None = None
     secret_key_file: Path = Path("var/secret_key")
@@ -81,6 +88,8 @@ class Settings(BaseSettings):
     rate_limit_user_per_minute: int = Field(default=600, ge=1)
     rate_limit_auth_burst: int = Field(default=20, ge=1)
     rate_limit_auth_per_minute: int = Field(default=20, ge=1)
+    # Peers allowed to set X-Forwarded-For (IPs or CIDRs); empty: the socket peer is the client.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] | None = None
@@ -91,7 +100,7 @@ class Settings(BaseSettings):
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -7,7 +7,7 @@ is sent (FastAPI's `scope="function"` for dependencies with yield).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -72,14 +72,26 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+AfterCommitHook = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _commit(session: AsyncSession, hooks: list[AfterCommitHook]) -> None:
+    await session.commit()
+    # Side effects that must follow the commit (cache invalidation) run before the response is
+    # sent, so the client's next read already sees them.
+    for hook in hooks:
+        await hook(session.info)
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    hooks: list[AfterCommitHook] = getattr(request.app.state, "after_commit", [])
     async with sessionmaker() as session:
         try:
             yield session
         except AppError as error:
             if error.commit_transaction:
-                await session.commit()
+                await _commit(session, hooks)
             else:
                 await session.rollback()
             raise
@@ -87,7 +99,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         else:
-            await session.commit()
+            await _commit(session, hooks)
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -73,6 +73,9 @@ class RequestContextMiddleware:
                     headers.append(_API_CSP)
                 if b"cache-control" not in present:
                     headers.append((b"cache-control", b"no-store"))
+                decision = scope["state"].get("rate_limit")
+                if decision is not None:
+                    headers.extend(decision.headers())
                 message["headers"] = headers
             await send(message)
 

@@ -11,6 +11,7 @@ from taskapi.auth.service import AuthService, Principal
 from taskapi.db import DbSession
 from taskapi.errors import Unauthorized
 from taskapi.models import User
+from taskapi.ratelimit import RateLimiter, get_rate_limiter
 
 # auto_error=False: a missing token is reported by our own problem+json 401, not FastAPI's.
 bearer_scheme = OAuth2PasswordBearer(
@@ -32,11 +33,15 @@ async def get_principal(
     request: Request,
     session: DbSession,
     auth: AuthServiceDep,
+    limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
     token: Annotated[str | None, Security(bearer_scheme)],
 ) -> Principal:
     if not token:
         raise Unauthorized()
-    principal = await auth.current_principal(session, token)
+    claims = auth.tokens.decode(token, expected_type="access")
+    # Spend from the user's bucket before touching the database.
+    await limiter.enforce(request, limiter.user_policy, str(claims.user_id))
+    principal = await auth.current_principal(session, claims)
     request.state.user_id = principal.user.id
     return principal
 

@@ -9,6 +9,7 @@ from taskapi.auth.dependencies import AuthServiceDep, CurrentUser
 from taskapi.auth.schemas import LoginIn, RefreshIn, RegisterIn, TokenPair
 from taskapi.db import DbSession
 from taskapi.openapi import problem_responses
+from taskapi.ratelimit import limit_auth_by_ip
 from taskapi.users.schemas import UserOut
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -17,7 +18,8 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(409, 422),
+    dependencies=[Depends(limit_auth_by_ip)],
+    responses=problem_responses(409, 422, 429),
     summary="Create an account",
 )
 async def register(data: RegisterIn, session: DbSession, auth: AuthServiceDep) -> UserOut:
@@ -26,7 +28,12 @@ async def register(data: RegisterIn, session: DbSession, auth: AuthServiceDep) -
     return UserOut.model_validate(user)
 
 
-@router.post("/login", responses=problem_responses(401, 422), summary="Log in with JSON")
+@router.post(
+    "/login",
+    dependencies=[Depends(limit_auth_by_ip)],
+    responses=problem_responses(401, 422, 429),
+    summary="Log in with JSON",
+)
 async def login(data: LoginIn, session: DbSession, auth: AuthServiceDep) -> TokenPair:
     """`username` may also be the account's email address."""
     return await auth.login(session, data.username, data.password)
@@ -34,7 +41,8 @@ async def login(data: LoginIn, session: DbSession, auth: AuthServiceDep) -> Toke
 
 @router.post(
     "/token",
-    responses=problem_responses(401, 422),
+    dependencies=[Depends(limit_auth_by_ip)],
+    responses=problem_responses(401, 422, 429),
     summary="Log in with a form (OAuth2 password flow)",
 )
 async def token(

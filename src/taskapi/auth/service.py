@@ -19,7 +19,7 @@ from taskapi.errors import (
     UsernameTaken,
 )
 from taskapi.models import RefreshToken, User
-from taskapi.security import PasswordHashing, TokenCodec, fingerprint_token
+from taskapi.security import PasswordHashing, TokenClaims, TokenCodec, fingerprint_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +130,7 @@ class AuthService:
         if known is not None and known.user_id == user_id:
             await repository.revoke_family(session, known.family_id, utcnow())
 
-    async def current_principal(self, session: AsyncSession, access_token: str) -> Principal:
-        claims = self.tokens.decode(access_token, expected_type="access")
+    async def current_principal(self, session: AsyncSession, claims: TokenClaims) -> Principal:
         user = await repository.get_user_with_live_session(
             session, claims.user_id, claims.session_id
         )

@@ -1,16 +1,81 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskapi.cache import RedisGuard
 
 router = APIRouter(prefix="/ops", tags=["operations"])
+logger = logging.getLogger("taskapi.ops")
+
+CHECK_TIMEOUT_SECONDS = 2.0
+CheckState = Literal["ok", "unavailable"]
 
 
 class Health(BaseModel):
-    status: str = "ok"
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessChecks(BaseModel):
+    database: CheckState
+    redis: CheckState
+    storage: CheckState
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: ReadinessChecks
 
 
 @router.get("/health", summary="Liveness")
 async def health() -> Health:
     """200 while the process is alive; touches no dependency."""
     return Health()
+
+
+async def _database_ok(engine: AsyncEngine) -> bool:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:  # any failure means "not ready", never a 500
+        logger.warning("readiness: database check failed: %s", error)
+        return False
+    return True
+
+
+async def _redis_ok(guard: RedisGuard) -> bool:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            return await guard.ping()
+    except TimeoutError:
+        return False
+
+
+def _state(ok: bool) -> CheckState:
+    return "ok" if ok else "unavailable"
+
+
+@router.get(
+    "/ready",
+    responses={503: {"model": Readiness, "description": "The database is unreachable"}},
+    summary="Readiness",
+)
+async def ready(request: Request, response: Response) -> Readiness:
+    """`ok` when every dependency answers; `degraded` when Redis or storage does not (requests are
+    still served); 503 only when the database is unreachable."""
+    state = request.app.state
+    database, redis_ok = await asyncio.gather(_database_ok(state.engine), _redis_ok(state.redis))
+    storage_ok = await state.storage_check() if hasattr(state, "storage_check") else True
+    checks = ReadinessChecks(
+        database=_state(database), redis=_state(redis_ok), storage=_state(storage_ok)
+    )
+    if not database:
+        response.status_code = 503
+    degraded = not (database and redis_ok and storage_ok)
+    return Readiness(status="degraded" if degraded else "ok", checks=checks)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from sqlalchemy import ColumnElement, and_, cast, false, func, literal, not_, or_, true
 from sqlalchemy.dialects.postgresql import REGCONFIG
 
@@ -120,6 +120,19 @@ class TaskListParams(BaseModel):
     offset: Annotated[int | None, Field(ge=0, le=10_000_000)] = None
     cursor: Annotated[str | None, Field(min_length=1, max_length=2048)] = None
 
+    @field_validator("updated_since")
+    @classmethod
+    def _updated_since_in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # a timestamp without an offset is UTC
+        try:
+            # e.g. 0001-01-01T00:00:00+01:00 has no UTC equivalent: a 422, not a 500 later
+            return value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("updated_since is out of range") from exc
+
     @model_validator(mode="after")
     def _check(self) -> TaskListParams:
         if self.offset is not None and self.cursor is not None:
@@ -142,33 +155,40 @@ class TaskListParams(BaseModel):
 # --- search --------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"(-?)\"([^\"]*)\"?|(-?)([^\s\"]+)")
-_WORD = re.compile(r"[^\W_]+")
+# What may stand inside one quoted tsquery term: word characters and the joiners PostgreSQL's
+# parser keeps within a single lexeme (node.js, e-mail, alice@example.com, v2.0, C++, C#).
+# Quote and backslash are never kept, so nothing can leave the quotes.
+_PIECE = re.compile(r"[\w.@/+#-]+")
+
+
+def _pieces(token: str) -> list[str]:
+    """Quoted terms for one whitespace-free token; characters outside _PIECE separate terms."""
+    return [f"'{piece}'" for piece in _PIECE.findall(token) if any(c.isalnum() for c in piece)]
+
+
+def _phrase(terms: list[str]) -> str:
+    return terms[0] if len(terms) == 1 else "(" + " <-> ".join(terms) + ")"
 
 
 def build_tsquery(text: str) -> str | None:
-    """Turn user input into tsquery syntax built only from word characters and our operators,
-    so no input can inject tsquery syntax. Words match as prefixes (`sql` finds `SQLAlchemy`),
-    "quoted phrases" match adjacent words, and a leading `-` excludes a word or phrase."""
+    """Turn user input into tsquery syntax in which every user-supplied piece is a quoted term,
+    so no input can inject operators. Words match as prefixes (`sql` finds `SQLAlchemy`),
+    "quoted phrases" match adjacent words in order, and a leading `-` excludes a word or phrase.
+    PostgreSQL then parses, unaccents and stems each term with the search configuration."""
     include: list[str] = []
     exclude: list[str] = []
     for match in _TOKEN.finditer(text):
         negated = bool(match.group(1) or match.group(3))
         phrase = match.group(2)
         if phrase is not None:
-            words = _WORD.findall(phrase)
-            if not words:
-                continue
-            term = "(" + " <-> ".join(words) + ")" if len(words) > 1 else words[0]
-            (exclude if negated else include).append(term)
+            terms = [term for word in phrase.split() for term in _pieces(word)]
         else:
-            words = _WORD.findall(match.group(4))
-            if not words:
-                continue
-            if len(words) == 1:
-                term = words[0] + ":*"
-            else:  # "e-mail", "foo.bar": the pieces in order
-                term = "(" + " <-> ".join([*words[:-1], words[-1] + ":*"]) + ")"
-            (exclude if negated else include).append(term)
+            terms = _pieces(match.group(4))
+            if terms:
+                terms[-1] += ":*"
+        if not terms:
+            continue
+        (exclude if negated else include).append(_phrase(terms))
         if len(include) + len(exclude) >= MAX_SEARCH_TERMS:
             break
     if not include:
@@ -229,7 +249,8 @@ def filter_conditions(
         conditions.append(Task.due_date <= params.due_before)
     if params.due_after is not None:
         conditions.append(Task.due_date >= params.due_after)
-    if params.created_before is not None:
+    if params.created_before is not None and params.created_before < date.max:
+        # (date.max + 1 day would overflow; every task was created on or before it anyway)
         conditions.append(Task.created_at < _start_of(params.created_before + timedelta(days=1)))
     if params.created_after is not None:
         conditions.append(Task.created_at >= _start_of(params.created_after))
@@ -292,7 +313,9 @@ def cursor_values(task: Task, parts: list[OrderPart], rank_value: float | None) 
         if part.name == "rank":
             values.append(rank_value)
         elif part.name == "title":
-            values.append(task.title.lower())
+            # The raw title: PostgreSQL lower-cases it when comparing (see _decode_value), since
+            # Python's str.lower() differs from SQL lower() for some characters (e.g. "İ").
+            values.append(task.title)
         else:
             value = getattr(task, part.name)
             if isinstance(value, datetime | date):
@@ -323,7 +346,8 @@ def _decode_value(part: OrderPart, raw: Any) -> Any:
     if part.name == "rank":
         return float(raw)
     if part.name == "title":
-        return str(raw)
+        # Compared with the sort expression lower(title): lower-case with the same function.
+        return func.lower(literal(str(raw)))
     raise ValueError(part.name)
 
 

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
+from taskapi.cache import StatsCache
 from taskapi.db import DbSession
 from taskapi.openapi import problem_responses
 from taskapi.pagination import CursorCodec
@@ -72,9 +73,20 @@ async def list_tasks(
     return page
 
 
-@router.get("/stats", summary="Statistics over the tasks you can see")
-async def task_stats(user: CurrentUser, session: DbSession) -> TaskStats:
-    return await service.task_stats(session, user)
+def get_stats_cache(request: Request) -> StatsCache:
+    cache: StatsCache = request.app.state.stats_cache
+    return cache
+
+
+@router.get("/stats", response_model=TaskStats, summary="Statistics over the tasks you can see")
+async def task_stats(
+    user: CurrentUser,
+    session: DbSession,
+    cache: Annotated[StatsCache, Depends(get_stats_cache)],
+) -> Response:
+    """Counts over every task you own or are assigned. Cached per user and invalidated by every
+    change, so it is never stale after a write."""
+    return Response(await service.stats_json(session, cache, user), media_type="application/json")
 
 
 @router.patch(

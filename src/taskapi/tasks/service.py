@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.cache import StatsCache, mark_stats_stale
 from taskapi.errors import AppError, Forbidden, TagNotFound, UnknownAssignee, ValidationFailed
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.notifications import service as notifications
@@ -82,6 +84,7 @@ async def _apply_planned(
         return task
     if "assignee_id" in planned:
         await _check_assignee(session, planned["assignee_id"])
+    mark_stats_stale(session, task.owner_id, task.assignee_id, planned.get("assignee_id"))
     for name, value in planned.items():
         setattr(task, name, value)
     task.updated_at = now
@@ -109,6 +112,7 @@ async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Ta
     )
     session.add(task)
     await session.flush()
+    mark_stats_stale(session, task.owner_id, task.assignee_id)
     await notifications.task_assigned(session, user, [task])
     return task
 
@@ -186,6 +190,7 @@ async def delete_task(session: AsyncSession, user: User, task: Task, if_match: I
     ensure_owner(task, user, "delete it")
     if_match.check(task.version)
     await session.execute(delete(Task).where(Task.id == task.id))
+    mark_stats_stale(session, task.owner_id, task.assignee_id)
 
 
 # --- bulk ----------------------------------------------------------------------------------------
@@ -206,7 +211,8 @@ async def _bulk_apply(
     """Plan every item, then write each group of identical changes with one UPDATE.
 
     A bounded number of statements whatever the number of ids: one locking SELECT, at most two
-    UPDATEs (items whose status changes, and items whose status stays), one notification INSERT.
+    UPDATEs (items whose status changes, and items whose status stays), one notification INSERT
+    per kind.
     """
     ids = _unique(ids)
     if changes.get("assignee_id") is not None:
@@ -215,6 +221,7 @@ async def _bulk_apply(
     now = _now()
     results: dict[int, BulkItemResult] = {}
     groups: dict[bool, list[int]] = {True: [], False: []}
+    reassigned: set[int] = set()  # ids whose assignee really changes: they get task_assigned
     group_values: dict[bool, dict[str, Any]] = {}
     for task_id in ids:
         task = tasks.get(task_id)
@@ -239,6 +246,8 @@ async def _bulk_apply(
         if planned:
             status_changes = "status" in planned
             groups[status_changes].append(task_id)
+            if "assignee_id" in planned:
+                reassigned.add(task_id)
             # Every item of a group gets the same values: all requested fields (harmless where a
             # field already had that value) plus, in the status group, status and completed_at.
             values = {k: v for k, v in changes.items() if k in (*_FIELD_COLUMNS, "assignee_id")}
@@ -246,6 +255,13 @@ async def _bulk_apply(
                 values["status"] = planned["status"]
                 values["completed_at"] = planned["completed_at"]
             group_values[status_changes] = values
+    changed_ids = groups[True] + groups[False]
+    mark_stats_stale(
+        session,
+        changes.get("assignee_id"),
+        *(tasks[i].owner_id for i in changed_ids),
+        *(tasks[i].assignee_id for i in changed_ids),
+    )
     updated: list[Task] = []
     for status_changes, group_ids in groups.items():
         if group_ids:
@@ -253,10 +269,12 @@ async def _bulk_apply(
                 await repository.update_many(session, group_ids, group_values[status_changes], now)
             )
     if updated:
-        if "assignee_id" in changes:
-            await notifications.task_assigned(session, user, updated)
-        else:
-            await notifications.task_updated(session, user, updated)
+        # As for a single task: a new assignee is told of the assignment; a task whose assignee
+        # stays the same (even if `assignee_id` was sent) is an update.
+        await notifications.task_assigned(session, user, [t for t in updated if t.id in reassigned])
+        await notifications.task_updated(
+            session, user, [t for t in updated if t.id not in reassigned]
+        )
     ordered = [results[task_id] for task_id in ids]
     successful = sum(1 for item in ordered if item.success)
     return BulkResult(
@@ -325,6 +343,24 @@ async def list_tasks(
     )
 
 
+def _percentage(part: int, whole: int) -> float:
+    """One decimal, halves rounded up (1 of 16 is 6.3, as a person would write it)."""
+    if not whole:
+        return 0.0
+    return float((Decimal(part * 100) / Decimal(whole)).quantize(Decimal("0.1"), ROUND_HALF_UP))
+
+
+async def stats_json(session: AsyncSession, cache: StatsCache, user: User) -> bytes:
+    """The caller's stats as JSON, from the cache when it holds the current generation."""
+    cached = await cache.get(user.id)
+    if cached.payload is not None:
+        return cached.payload
+    payload = (await task_stats(session, user)).model_dump_json().encode()
+    if cached.generation is not None:
+        await cache.put(user.id, cached.generation, payload)
+    return payload
+
+
 async def task_stats(session: AsyncSession, user: User) -> TaskStats:
     """Aggregated in PostgreSQL: two statements, whatever the number of tasks."""
     today = _today()
@@ -359,7 +395,7 @@ async def task_stats(session: AsyncSession, user: User) -> TaskStats:
         total=total,
         completed=completed,
         incomplete=total - completed,
-        completion_rate=round(completed * 100 / total, 1) if total else 0.0,
+        completion_rate=_percentage(completed, total),
         overdue=overdue_count,
         by_status=by_status,
         by_priority=by_priority,

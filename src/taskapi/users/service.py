@@ -8,8 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.auth import repository as auth_repository
 from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
+from taskapi.cache import mark_stats_stale
 from taskapi.errors import EmailTaken, InvalidCurrentPassword
-from taskapi.models import User
+from taskapi.models import Task, User
 from taskapi.security import PasswordHashing
 from taskapi.users.schemas import UserSearchPage, UserSummary, UserUpdate
 
@@ -48,6 +49,11 @@ async def update_me(
 async def delete_me(session: AsyncSession, user: User) -> None:
     """Delete the account; its tasks and logins go with it (ON DELETE CASCADE), and tasks it was
     assigned lose their assignee (ON DELETE SET NULL)."""
+    # Assignees of the tasks that disappear with the account see their stats change.
+    assignees = await session.scalars(
+        select(Task.assignee_id).where(Task.owner_id == user.id, Task.assignee_id.is_not(None))
+    )
+    mark_stats_stale(session, user.id, *set(assignees))
     await session.execute(delete(User).where(User.id == user.id))
 
 

@@ -1,0 +1,159 @@
+"""The process's Redis client, guarded so Redis can make the service faster but never make it fail,
+and the per-user stats cache built on it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskapi.config import Settings
+
+logger = logging.getLogger("taskapi.cache")
+_T = TypeVar("_T")
+
+
+def create_redis(settings: Settings) -> redis.Redis:
+    # hiredis is installed, so redis-py parses replies with it automatically.
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        health_check_interval=30,
+    )
+
+
+class RedisGuard:
+    """Runs Redis calls with a circuit breaker: after a failure, calls are skipped (the caller
+    falls back) for a cool-down, then tried again; recovery needs no restart."""
+
+    def __init__(self, client: redis.Redis, cooldown_seconds: float) -> None:
+        self.client = client
+        self._cooldown = cooldown_seconds
+        self._retry_at = 0.0
+        self._recovery_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._down = False
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def on_recovery(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._recovery_hooks.append(hook)
+
+    def _mark_down(self, error: BaseException) -> None:
+        if not self._down:
+            logger.warning("redis unavailable, degrading: %s", error)
+        self._down = True
+        self._retry_at = time.monotonic() + self._cooldown
+
+    async def run(self, call: Callable[[redis.Redis], Awaitable[_T]]) -> tuple[bool, _T | None]:
+        """(True, result) on success; (False, None) when Redis is down or the call failed."""
+        if not self.available:
+            return False, None
+        try:
+            result = await call(self.client)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._mark_down(error)
+            return False, None
+        if self._down:
+            self._down = False
+            logger.warning("redis is back")
+            for hook in self._recovery_hooks:
+                await hook()
+        return True, result
+
+    async def ping(self) -> bool:
+        ok, _ = await self.run(lambda client: client.ping())
+        return ok
+
+
+_STATS_STALE = "taskapi.stats_stale"
+
+
+def mark_stats_stale(session: AsyncSession, *user_ids: int | None) -> None:
+    """Record users whose stats this transaction changes; invalidated right after the commit."""
+    session.info.setdefault(_STATS_STALE, set()).update(u for u in user_ids if u is not None)
+
+
+# Reads the user's generation and the payload cached for it in one round trip.
+_GET_STATS = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+return {generation, redis.call('GET', KEYS[2] .. generation)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedStats:
+    generation: bytes | None  # None: Redis unavailable, don't try to store
+    payload: bytes | None
+
+
+class StatsCache:
+    """Per-user stats, invalidated by bumping a per-user generation after each commit.
+
+    A reader stores what it computed under the generation it read *before* computing, so a
+    computation racing a write can only land under a generation nobody reads any more: a read
+    after a write never sees the old value.
+    """
+
+    def __init__(self, guard: RedisGuard, prefix: str, ttl_seconds: int) -> None:
+        self._guard = guard
+        self._prefix = prefix
+        self._ttl = ttl_seconds
+        self._get_script = guard.client.register_script(_GET_STATS)
+        # Invalidations that could not reach Redis; replayed when it comes back.
+        self._pending: set[int] = set()
+        guard.on_recovery(self._replay_pending)
+
+    def _generation_key(self, user_id: int) -> str:
+        return f"{self._prefix}stats:gen:{user_id}"
+
+    def _payload_prefix(self, user_id: int) -> str:
+        return f"{self._prefix}stats:{user_id}:"
+
+    async def get(self, user_id: int) -> CachedStats:
+        keys = [self._generation_key(user_id), self._payload_prefix(user_id)]
+        ok, reply = await self._guard.run(lambda _client: self._get_script(keys=keys))
+        if not ok or not isinstance(reply, list):
+            return CachedStats(generation=None, payload=None)
+        generation, payload = reply
+        return CachedStats(generation=generation, payload=payload)
+
+    async def put(self, user_id: int, generation: bytes, payload: bytes) -> None:
+        key = self._payload_prefix(user_id) + generation.decode()
+        await self._guard.run(lambda client: client.set(key, payload, ex=self._ttl))
+
+    async def invalidate(self, user_ids: Iterable[int]) -> None:
+        ids = set(user_ids) | self._pending
+        if not ids:
+            return
+
+        async def bump(client: redis.Redis) -> Any:
+            async with client.pipeline(transaction=False) as pipe:
+                for user_id in ids:
+                    # Never expired: a generation that restarted from 0 could meet a payload
+                    # cached under the same number before. One small key per writing user.
+                    pipe.incr(self._generation_key(user_id))
+                return await pipe.execute()
+
+        ok, _ = await self._guard.run(bump)
+        if ok:
+            self._pending -= ids
+        else:
+            self._pending |= ids
+
+    async def after_commit(self, info: dict[str, Any]) -> None:
+        stale = info.pop(_STATS_STALE, None)
+        if stale:
+            await self.invalidate(stale)
+
+    async def _replay_pending(self) -> None:
+        if self._pending:
+            await self.invalidate(())

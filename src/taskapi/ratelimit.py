@@ -1,0 +1,187 @@
+"""Token-bucket rate limits, shared by every process through one Redis Lua script, with
+per-process in-memory buckets while Redis is unavailable.
+
+Headers follow the IETF RateLimit fields draft: `RateLimit-Policy: "user";q=<burst>;w=<seconds to
+refill it>` and `RateLimit: "user";r=<tokens left>;t=<seconds until full>`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from taskapi.cache import RedisGuard
+from taskapi.config import Settings
+from taskapi.errors import AppError
+
+# KEYS[1] bucket; ARGV[1] capacity; ARGV[2] refill in tokens per millisecond.
+# Redis' own clock, so every process agrees on time. Returns {allowed, tokens left}.
+_TOKEN_BUCKET = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local last = tonumber(state[2])
+if tokens == nil or last == nil then
+  tokens = capacity
+  last = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - last) * rate)
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+_LOCAL_BUCKETS_MAX = 100_000
+
+
+class RateLimited(AppError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+    default_detail = "Rate limit exceeded; retry after the number of seconds in Retry-After."
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    burst: int
+    per_minute: int
+
+    @property
+    def per_second(self) -> float:
+        return self.per_minute / 60
+
+    @property
+    def window_seconds(self) -> int:
+        """Seconds an empty bucket takes to fill up again."""
+        return max(1, math.ceil(self.burst / self.per_second))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    policy: Policy
+    allowed: bool
+    tokens: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, math.floor(self.tokens))
+
+    @property
+    def seconds_until_full(self) -> int:
+        return max(0, math.ceil((self.policy.burst - self.tokens) / self.policy.per_second))
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil((1 - self.tokens) / self.policy.per_second))
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        name = self.policy.name
+        policy = f'"{name}";q={self.policy.burst};w={self.policy.window_seconds}'
+        state = f'"{name}";r={self.remaining};t={self.seconds_until_full}'
+        return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+
+
+class LocalBuckets:
+    """The same arithmetic in process memory, for when Redis is down."""
+
+    def __init__(self) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, policy: Policy) -> Decision:
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(key, (float(policy.burst), now))
+        tokens = min(policy.burst, tokens + (now - last) * policy.per_second)
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > _LOCAL_BUCKETS_MAX:
+            self._buckets.popitem(last=False)
+        return Decision(policy, allowed, tokens)
+
+
+class RateLimiter:
+    def __init__(self, guard: RedisGuard, settings: Settings) -> None:
+        self.enabled = settings.rate_limit_enabled
+        self._guard = guard
+        self._prefix = f"{settings.redis_key_prefix}rl:"
+        self._script = guard.client.register_script(_TOKEN_BUCKET)
+        self._local = LocalBuckets()
+        self.user_policy = Policy(
+            "user", settings.rate_limit_user_burst, settings.rate_limit_user_per_minute
+        )
+        self.auth_policy = Policy(
+            "auth", settings.rate_limit_auth_burst, settings.rate_limit_auth_per_minute
+        )
+        self.trusted_proxies = [
+            ipaddress.ip_network(proxy, strict=False) for proxy in settings.trusted_proxies
+        ]
+
+    async def take(self, policy: Policy, identity: str) -> Decision:
+        key = f"{self._prefix}{policy.name}:{identity}"
+        args = [policy.burst, policy.per_second / 1000]
+        ok, reply = await self._guard.run(lambda _client: self._script(keys=[key], args=args))
+        if ok and isinstance(reply, list):
+            return Decision(policy, bool(int(reply[0])), float(reply[1]))
+        return self._local.take(key, policy)
+
+    async def enforce(self, request: Request, policy: Policy, identity: str) -> None:
+        """Spend one token or raise 429; the RateLimit headers go on the response either way."""
+        if not self.enabled:
+            return
+        decision = await self.take(policy, identity)
+        request.state.rate_limit = decision
+        if not decision.allowed:
+            raise RateLimited(headers={"Retry-After": str(decision.retry_after)})
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_ip(request: Request, networks: list[Network]) -> str:
+    """The socket peer, unless it is a trusted proxy: then the nearest untrusted hop of
+    X-Forwarded-For (the left part of that header is the client's to forge)."""
+    peer = request.client.host if request.client else "unknown"
+    if not networks:
+        return peer
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
+async def limit_auth_by_ip(
+    request: Request, limiter: Annotated[RateLimiter, Depends(get_rate_limiter)]
+) -> None:
+    """The small per-client-IP bucket of login, token and register: slows password guessing
+    without locking the account's real owner out from elsewhere."""
+    await limiter.enforce(request, limiter.auth_policy, client_ip(request, limiter.trusted_proxies))
