@@ -34,13 +34,13 @@ test: install services  ## install, make sure PostgreSQL and Redis are up, run t
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install  ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check src tests migrations
-	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/ruff check src tests migrations scripts
+	$(BIN)/ruff format --check src tests migrations scripts
 	$(BIN)/mypy
 
 format: install  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests migrations
-	$(BIN)/ruff format src tests migrations
+	$(BIN)/ruff check --fix src tests migrations scripts
+	$(BIN)/ruff format src tests migrations scripts
 
 lock:  ## re-resolve requirements*.lock from pyproject.toml (needs pip-tools in a scratch venv)
 	@tmp=$$(mktemp -d) && $(PYTHON) -m venv $$tmp && $$tmp/bin/pip install --quiet pip-tools && \

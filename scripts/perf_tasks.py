@@ -23,7 +23,7 @@ from taskapi.config import Settings
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 PASSWORD = "perf-password"
-WORDS = (
+WORDS = (  # noqa: SIM905
     "alpha api async backend billing bug build cache cafe calendar client cloud cluster config "
     "customer dashboard data database debug deploy design docs email error export feature fix "
     "frontend gateway graph import index invoice kafka kubernetes latency layout login logging "
@@ -32,7 +32,18 @@ WORDS = (
     "search security server session sprint sqlalchemy storage support sync test ticket token "
     "upgrade upload user vendor webhook widget worker"
 ).split()
-TAGS = "backend frontend urgent docs ops bug feature research design infra".split()
+TAGS = [
+    "backend",
+    "frontend",
+    "urgent",
+    "docs",
+    "ops",
+    "bug",
+    "feature",
+    "research",
+    "design",
+    "infra",
+]
 
 SEED_USERS = """
 INSERT INTO users (username, email, password_hash)
@@ -159,14 +170,18 @@ async def main() -> None:
                     "/api/v1/tasks",
                     {"search": "webhook", "sort": "-created_at"},
                 ),
-                ("stats", "/api/v1/tasks/stats", {}),
+                ("stats (cache hit)", "/api/v1/tasks/stats", {}),
+                ("stats (cache miss)", "/api/v1/tasks/stats", {"_invalidate": True}),
                 ("users search", "/api/v1/users", {"search": "user12"}),
             ]
             print(f"{'scenario':32} {'p50 ms':>8} {'p95 ms':>8} {'total':>8}")
             for name, path, params in scenarios:
                 timings = []
                 total = None
+                invalidate = bool(params.pop("_invalidate", False))
                 for _ in range(args.rounds):
+                    if invalidate:
+                        await app.state.stats_cache.invalidate([1])
                     started = time.perf_counter()
                     response = await client.get(path, params=params, headers=headers)
                     timings.append((time.perf_counter() - started) * 1000)

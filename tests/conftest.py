@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -38,6 +40,7 @@ RUN_ID = f"{os.getpid()}"
 TEMPLATE_DB = f"taskapi_test_template_{RUN_ID}"
 MAIN_DB = f"taskapi_test_{RUN_ID}"
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+STORAGE_ROOT = Path(tempfile.gettempdir()) / f"taskapi-test-storage-{RUN_ID}"
 
 
 def database_url(name: str) -> str:
@@ -93,6 +96,9 @@ def make_settings(db_name: str, **overrides: Any) -> Settings:
         "rate_limit_enabled": False,
         # Own Redis keys per settings object: databases cloned per test reuse user ids.
         "redis_key_prefix": f"taskapi-test:{uuid.uuid4().hex}:",
+        # Jobs are run explicitly by the tests that are about them.
+        "worker_embedded": False,
+        "storage_dir": STORAGE_ROOT / uuid.uuid4().hex,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

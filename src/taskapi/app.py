@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,12 +10,14 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from taskapi import __version__
+from taskapi.attachments.router import router as attachments_router
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AuthService
 from taskapi.cache import RedisGuard, StatsCache, create_redis
 from taskapi.config import Settings, get_settings
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.errors import install_error_handlers
+from taskapi.jobs.worker import Worker
 from taskapi.middleware import RequestContextMiddleware
 from taskapi.notifications.router import router as notifications_router
 from taskapi.openapi import Problem
@@ -22,6 +25,7 @@ from taskapi.ops.router import router as ops_router
 from taskapi.pagination import CursorCodec
 from taskapi.ratelimit import RateLimiter
 from taskapi.security import PasswordHashing, TokenCodec
+from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
 from taskapi.users.router import router as users_router
 
@@ -54,9 +58,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.stats_cache = stats_cache
     app.state.rate_limiter = RateLimiter(guard, settings)
     app.state.after_commit = [stats_cache.after_commit]
+    storage = await create_storage(settings)
+    app.state.storage = storage
+    stop_worker = asyncio.Event()
+    worker_task: asyncio.Task[None] | None = None
+    if settings.worker_embedded:
+        worker = Worker(app.state.sessionmaker, storage, settings)
+        app.state.worker = worker
+        worker_task = asyncio.create_task(worker.run(stop_worker), name="taskapi-worker")
     try:
         yield
     finally:
+        stop_worker.set()
+        if worker_task is not None:
+            await worker_task  # finishes the job in hand
+        await storage.close()
         hashing.close()
         await redis_client.aclose()
         await engine.dispose()
@@ -79,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(tasks_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
+    app.include_router(attachments_router, prefix=API_PREFIX)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -73,6 +73,32 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run background jobs (object deletion, orphan sweep, due-soon notifications) until SIGTERM
+    or Ctrl-C; the job in hand is finished first. Any number of workers can run at once."""
+    import signal
+
+    from taskapi.db import create_engine, create_sessionmaker
+    from taskapi.jobs.worker import Worker
+    from taskapi.storage.s3 import create_storage
+
+    async def run() -> None:
+        engine = create_engine(settings)
+        storage = await create_storage(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await Worker(create_sessionmaker(engine), storage, settings).run(stop)
+        finally:
+            await storage.close()
+            await engine.dispose()
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskapi",
@@ -96,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         "revision", nargs="?", default="head", help="target revision (default: head)"
     )
     migrate.set_defaults(handler=cmd_migrate)
+
+    worker = commands.add_parser(
+        "worker", help="run background jobs", description=cmd_worker.__doc__
+    )
+    worker.set_defaults(handler=cmd_worker)
     return parser
 
 

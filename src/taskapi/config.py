@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
 
+    # Background jobs: the API process runs a worker too unless this is off (separate workers).
+    worker_embedded: bool = True
+    job_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    orphan_sweep_interval_seconds: int = Field(default=3600, ge=1)
+    # Stored objects younger than this are never swept: they may be uploads still in flight.
+    orphan_grace_seconds: int = Field(default=3600, ge=0)
+    due_soon_interval_seconds: int = Field(default=900, ge=1)
+
     rate_limit_enabled: bool = True
     rate_limit_user_burst: int = Field(default=120, ge=1)
     rate_limit_user_per_minute: int = Field(default=600, ge=1)

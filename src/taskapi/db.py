@@ -73,10 +73,26 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 AfterCommitHook = Callable[[dict[str, Any]], Awaitable[None]]
+_ON_ROLLBACK = "taskapi.on_rollback"
+
+
+def on_rollback(session: AsyncSession, undo: Callable[[], Awaitable[None]]) -> None:
+    """Undo an outside effect (a stored object) if this request's transaction does not commit."""
+    session.info.setdefault(_ON_ROLLBACK, []).append(undo)
+
+
+async def _undo(session: AsyncSession) -> None:
+    for undo in session.info.pop(_ON_ROLLBACK, []):
+        await undo()
 
 
 async def _commit(session: AsyncSession, hooks: list[AfterCommitHook]) -> None:
-    await session.commit()
+    try:
+        await session.commit()
+    except BaseException:
+        await _undo(session)
+        raise
+    session.info.pop(_ON_ROLLBACK, None)
     # Side effects that must follow the commit (cache invalidation) run before the response is
     # sent, so the client's next read already sees them.
     for hook in hooks:
@@ -94,9 +110,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
                 await _commit(session, hooks)
             else:
                 await session.rollback()
+                await _undo(session)
             raise
         except BaseException:
             await session.rollback()
+            await _undo(session)
             raise
         else:
             await _commit(session, hooks)

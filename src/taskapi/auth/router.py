@@ -64,7 +64,7 @@ async def refresh(data: RefreshIn, session: DbSession, auth: AuthServiceDep) -> 
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 422, 429),
     summary="End a login",
 )
 async def logout(
@@ -74,6 +74,6 @@ async def logout(
     await auth.logout(session, user.id, data.refresh_token)
 
 
-@router.get("/me", responses=problem_responses(401), summary="The current user")
+@router.get("/me", responses=problem_responses(401, 429), summary="The current user")
 async def me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)

@@ -16,7 +16,7 @@ from taskapi.openapi import problem_responses
 from taskapi.tasks.schemas import MAX_ID
 
 router = APIRouter(
-    prefix="/notifications", tags=["notifications"], responses=problem_responses(401)
+    prefix="/notifications", tags=["notifications"], responses=problem_responses(401, 429)
 )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskapi.cache import RedisGuard
+from taskapi.storage import Storage
 
 router = APIRouter(prefix="/ops", tags=["operations"])
 logger = logging.getLogger("taskapi.ops")
@@ -57,6 +58,14 @@ async def _redis_ok(guard: RedisGuard) -> bool:
         return False
 
 
+async def _storage_ok(storage: Storage) -> bool:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            return await storage.check()
+    except TimeoutError:
+        return False
+
+
 def _state(ok: bool) -> CheckState:
     return "ok" if ok else "unavailable"
 
@@ -70,8 +79,9 @@ async def ready(request: Request, response: Response) -> Readiness:
     """`ok` when every dependency answers; `degraded` when Redis or storage does not (requests are
     still served); 503 only when the database is unreachable."""
     state = request.app.state
-    database, redis_ok = await asyncio.gather(_database_ok(state.engine), _redis_ok(state.redis))
-    storage_ok = await state.storage_check() if hasattr(state, "storage_check") else True
+    database, redis_ok, storage_ok = await asyncio.gather(
+        _database_ok(state.engine), _redis_ok(state.redis), _storage_ok(state.storage)
+    )
     checks = ReadinessChecks(
         database=_state(database), redis=_state(redis_ok), storage=_state(storage_ok)
     )

@@ -29,7 +29,7 @@ from taskapi.tasks.schemas import (
     TransitionIn,
 )
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problem_responses(401))
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problem_responses(401, 429))
 
 _SINGLE = problem_responses(404, 422)
 _WRITE = problem_responses(403, 404, 409, 412, 422)

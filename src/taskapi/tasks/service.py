@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.attachments import service as attachments
 from taskapi.cache import StatsCache, mark_stats_stale
 from taskapi.errors import AppError, Forbidden, TagNotFound, UnknownAssignee, ValidationFailed
 from taskapi.models import Task, TaskPriority, TaskStatus, User
@@ -189,6 +190,9 @@ async def remove_tag(
 async def delete_task(session: AsyncSession, user: User, task: Task, if_match: IfMatch) -> None:
     ensure_owner(task, user, "delete it")
     if_match.check(task.version)
+    if task.attachment_count:
+        keys = await attachments.keys_of_tasks(session, Task.id == task.id)
+        await attachments.enqueue_object_deletion(session, keys)
     await session.execute(delete(Task).where(Task.id == task.id))
     mark_stats_stale(session, task.owner_id, task.assignee_id)
 

@@ -11,7 +11,7 @@ from taskapi.security import PasswordHashing
 from taskapi.users import service
 from taskapi.users.schemas import UserOut, UserSearchPage, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401))
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 429))
 
 
 @router.get("/me", summary="Your account")

@@ -6,6 +6,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.attachments import service as attachments
 from taskapi.auth import repository as auth_repository
 from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
 from taskapi.cache import mark_stats_stale
@@ -54,6 +55,9 @@ async def delete_me(session: AsyncSession, user: User) -> None:
         select(Task.assignee_id).where(Task.owner_id == user.id, Task.assignee_id.is_not(None))
     )
     mark_stats_stale(session, user.id, *set(assignees))
+    # The account's files go with its tasks; their objects are deleted by a durable job.
+    keys = await attachments.keys_of_tasks(session, Task.owner_id == user.id)
+    await attachments.enqueue_object_deletion(session, keys)
     await session.execute(delete(User).where(User.id == user.id))
 
 

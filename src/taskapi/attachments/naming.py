@@ -1,0 +1,35 @@
+"""Display names for uploaded files and the Content-Disposition header that returns them."""
+
+from __future__ import annotations
+
+import unicodedata
+from urllib.parse import quote
+
+MAX_FILENAME_BYTES = 255
+
+
+def sanitize_filename(raw: str | None) -> str:
+    """A safe display name: no directories, no control or bidi-override characters, NFC,
+    at most 255 UTF-8 bytes with the extension kept. Never used as a storage path."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = name.strip().strip(".").strip()
+    if not name:
+        return "file"
+    if len(name.encode()) > MAX_FILENAME_BYTES:
+        stem, dot, extension = name.rpartition(".")
+        if not dot or len(extension.encode()) > 16:
+            stem, extension = name, ""
+        budget = MAX_FILENAME_BYTES - len(extension.encode()) - (1 if extension else 0)
+        stem = stem.encode()[:budget].decode("utf-8", errors="ignore")
+        name = f"{stem}.{extension}" if extension else stem
+    return name
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback and the exact name in RFC 5987 `filename*`."""
+    fallback = "".join(
+        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\;%' else "_" for ch in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from taskapi.attachments import service
+from taskapi.attachments.naming import content_disposition
+from taskapi.attachments.schemas import AttachmentOut
+from taskapi.attachments.upload import PayloadTooLarge, iter_file
+from taskapi.auth.dependencies import CurrentUser
+from taskapi.config import Settings
+from taskapi.db import DbSession
+from taskapi.openapi import problem_responses
+from taskapi.storage import Storage
+from taskapi.tasks.dependencies import VisibleTask
+from taskapi.tasks.schemas import MAX_ID
+
+router = APIRouter(tags=["attachments"], responses=problem_responses(401, 429))
+
+# Room for the multipart framing around the file itself.
+_MULTIPART_OVERHEAD = 64 * 1024
+FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="The file's id")]
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/tasks/{task_id}/files",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_UPLOAD_BODY,
+    responses=problem_responses(404, 413, 415, 422, 503),
+    summary="Attach a file to a task",
+)
+async def upload_file(
+    request: Request,
+    task: VisibleTask,
+    user: CurrentUser,
+    session: DbSession,
+    storage: StorageDep,
+    response: Response,
+) -> AttachmentOut:
+    """Multipart form with the file in the field `file`, streamed to storage. Allowed types are
+    decided by the file's bytes (PNG, JPEG, GIF, WebP, PDF, UTF-8 text, .docx/.xlsx/.pptx, ZIP);
+    over `MAX_UPLOAD_BYTES` is 413, an empty file 422."""
+    settings: Settings = request.app.state.settings
+    declared = request.headers.get("content-length")
+    if (
+        declared
+        and declared.isdigit()
+        and int(declared) > settings.max_upload_bytes + _MULTIPART_OVERHEAD
+    ):
+        raise PayloadTooLarge(f"Files may be at most {settings.max_upload_bytes} bytes.")
+    # Hand the connection back to the pool while the body streams in (it may take minutes);
+    # nothing has been written yet, so there is nothing to lose.
+    await service.release_connection(session)
+    part, chunks = await iter_file(request)
+    stored = await service.store_upload(storage, part, chunks, settings.max_upload_bytes)
+    attachment = await service.add_attachment(session, storage, user, task, stored)
+    response.headers["Location"] = f"/api/v1/files/{attachment.id}"
+    return AttachmentOut.model_validate(attachment)
+
+
+@router.get(
+    "/tasks/{task_id}/files",
+    responses=problem_responses(404, 422),
+    summary="List a task's files",
+)
+async def list_files(task: VisibleTask, session: DbSession) -> list[AttachmentOut]:
+    return [AttachmentOut.model_validate(a) for a in await service.list_attachments(session, task)]
+
+
+@router.get(
+    "/files/{file_id}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes"},
+        304: {"description": "Not modified (If-None-Match matched)"},
+        307: {"description": "Redirect to a short-lived presigned URL (S3, ?redirect=true)"},
+        **problem_responses(404, 422, 503),
+    },
+    summary="Download a file",
+)
+async def download_file(
+    file_id: FileId,
+    user: CurrentUser,
+    session: DbSession,
+    storage: StorageDep,
+    redirect: Annotated[bool, Query(description="On S3: 307 to a presigned URL")] = False,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    attachment = await service.get_visible_attachment(session, user, file_id)
+    etag = f'"{attachment.sha256}"'
+    if if_none_match and etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    if redirect:
+        url = await service.presigned_url(storage, attachment)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    stream = await service.open_download(storage, attachment)
+    return StreamingResponse(
+        stream.chunks,
+        media_type=attachment.content_type,
+        headers={
+            "Content-Length": str(stream.size),
+            "Content-Disposition": content_disposition(attachment.filename),
+            "ETag": etag,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.delete(
+    "/files/{file_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404, 422),
+    summary="Delete a file",
+)
+async def delete_file(file_id: FileId, user: CurrentUser, session: DbSession) -> None:
+    """The object is removed from storage by a background job, also when storage is down."""
+    attachment = await service.get_visible_attachment(session, user, file_id)
+    await service.delete_attachment(session, attachment)

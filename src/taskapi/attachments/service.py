@@ -1,0 +1,218 @@
+"""Attachments: streamed upload with type checks and size limit, listing, download, deletion.
+
+Bytes go to storage first; the row is written after the object is stored, and if the request's
+transaction then fails the object is deleted again. Deleting rows enqueues the deletion of their
+objects as a durable job in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskapi.attachments.naming import sanitize_filename
+from taskapi.attachments.sniffing import SNIFF_BYTES, TextValidator, detect
+from taskapi.attachments.upload import BadMultipart, FilePart, PayloadTooLarge
+from taskapi.db import on_rollback
+from taskapi.errors import NotFound
+from taskapi.jobs import queue
+from taskapi.jobs.handlers import DELETE_OBJECTS
+from taskapi.models import Attachment, Task, User
+from taskapi.storage import ObjectStream, Storage, StorageUnavailable, new_object_key
+from taskapi.storage.base import UploadSink
+from taskapi.tasks.repository import visible_to
+
+logger = logging.getLogger("taskapi.attachments")
+KEYS_PER_JOB = 1000
+
+
+class FileNotFound(NotFound):
+    code, title = "file_not_found", "File not found"
+    default_detail = "No file with this id exists or it is not visible to you."
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUpload:
+    key: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+async def store_upload(
+    storage: Storage, part: FilePart, chunks: AsyncIterator[bytes], max_bytes: int
+) -> StoredUpload:
+    """Stream the file into storage, checking type, size and (for text) encoding on the way.
+    On any failure nothing is left in storage."""
+    filename = sanitize_filename(part.filename)
+    digest = hashlib.sha256()
+    size = 0
+    head = bytearray()
+    sink: UploadSink | None = None
+    text: TextValidator | None = None
+    key = new_object_key()
+    kind = None
+
+    async def start(first: bytes) -> UploadSink:
+        nonlocal kind, text
+        kind = detect(first, filename, part.content_type)
+        text = TextValidator() if kind.is_text else None
+        try:
+            return await storage.start_upload(key, kind.content_type)
+        except OSError as error:
+            raise StorageUnavailable() from error
+
+    async def write(data: bytes) -> None:
+        assert sink is not None
+        if text is not None:
+            text.feed(data)
+        try:
+            await sink.write(data)
+        except OSError as error:
+            raise StorageUnavailable() from error
+
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"Files may be at most {max_bytes} bytes.")
+            digest.update(chunk)
+            if sink is None:
+                head += chunk
+                if len(head) < SNIFF_BYTES:
+                    continue
+                sink = await start(bytes(head))
+                await write(bytes(head))
+                head.clear()
+            else:
+                await write(chunk)
+        if size == 0:
+            raise BadMultipart("The file is empty.")
+        if sink is None:
+            sink = await start(bytes(head))
+            await write(bytes(head))
+        if text is not None:
+            text.finish()
+        try:
+            await sink.commit()
+        except OSError as error:
+            raise StorageUnavailable() from error
+    except BaseException:
+        if sink is not None:
+            await sink.abort()
+        raise
+    assert kind is not None
+    return StoredUpload(key, filename, kind.content_type, size, digest.hexdigest())
+
+
+async def _bump_task(session: AsyncSession, task_id: int, delta: int) -> None:
+    # attachment_count is part of the task's representation, so its version (ETag) moves too.
+    await session.execute(
+        update(Task)
+        .where(Task.id == task_id)
+        .values(
+            attachment_count=Task.attachment_count + delta,
+            version=Task.version + 1,
+            updated_at=func.now(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def add_attachment(
+    session: AsyncSession, storage: Storage, user: User, task: Task, stored: StoredUpload
+) -> Attachment:
+    async def discard_object() -> None:
+        try:
+            await storage.delete(stored.key)
+        except Exception:  # the orphan sweep will get it
+            logger.warning("could not delete %s after a failed commit", stored.key)
+
+    on_rollback(session, discard_object)
+    attachment = Attachment(
+        task_id=task.id,
+        uploader_id=user.id,
+        storage_key=stored.key,
+        filename=stored.filename,
+        content_type=stored.content_type,
+        size=stored.size,
+        sha256=stored.sha256,
+    )
+    session.add(attachment)
+    await session.flush()
+    await _bump_task(session, task.id, +1)
+    return attachment
+
+
+async def list_attachments(session: AsyncSession, task: Task) -> Sequence[Attachment]:
+    query = (
+        select(Attachment)
+        .where(Attachment.task_id == task.id)
+        .order_by(Attachment.created_at, Attachment.id)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def get_visible_attachment(
+    session: AsyncSession, user: User, attachment_id: int
+) -> Attachment:
+    attachment = await session.scalar(
+        select(Attachment)
+        .join(Task, Task.id == Attachment.task_id)
+        .where(Attachment.id == attachment_id, visible_to(user.id))
+    )
+    if attachment is None:
+        raise FileNotFound()
+    return attachment
+
+
+async def enqueue_object_deletion(session: AsyncSession, keys: Iterable[str]) -> None:
+    """Durable: the objects are deleted by a job that exists exactly when the rows are gone."""
+    pending = list(keys)
+    for start in range(0, len(pending), KEYS_PER_JOB):
+        await queue.enqueue(
+            session, DELETE_OBJECTS, {"keys": pending[start : start + KEYS_PER_JOB]}
+        )
+
+
+async def delete_attachment(session: AsyncSession, attachment: Attachment) -> None:
+    await session.execute(delete(Attachment).where(Attachment.id == attachment.id))
+    await _bump_task(session, attachment.task_id, -1)
+    await enqueue_object_deletion(session, [attachment.storage_key])
+
+
+async def keys_of_tasks(session: AsyncSession, *conditions: object) -> list[str]:
+    query = select(Attachment.storage_key).join(Task, Task.id == Attachment.task_id)
+    return list((await session.scalars(query.where(*conditions))).all())  # type: ignore[arg-type]
+
+
+async def release_connection(session: AsyncSession) -> None:
+    """End the read-only transaction so no pooled connection waits on a slow upload; loaded
+    objects stay usable (detached, not expired)."""
+    session.expunge_all()
+    await session.rollback()
+
+
+async def presigned_url(storage: Storage, attachment: Attachment) -> str | None:
+    try:
+        return await storage.presigned_url(
+            attachment.storage_key, attachment.filename, attachment.content_type
+        )
+    except OSError as error:
+        raise StorageUnavailable() from error
+
+
+async def open_download(storage: Storage, attachment: Attachment) -> ObjectStream:
+    try:
+        return await storage.open(attachment.storage_key)
+    except FileNotFoundError as error:
+        logger.error("file %s has a row but no object %s", attachment.id, attachment.storage_key)
+        raise FileNotFound() from error
+    except OSError as error:
+        raise StorageUnavailable() from error

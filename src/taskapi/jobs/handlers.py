@@ -1,0 +1,114 @@
+"""What each kind of job does. Every handler is idempotent: a job may run more than once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from taskapi.config import Settings
+from taskapi.jobs.queue import utcnow
+from taskapi.models import Attachment
+from taskapi.storage import Storage
+
+logger = logging.getLogger("taskapi.jobs")
+
+DELETE_OBJECTS = "delete_objects"
+SWEEP_ORPHANS = "sweep_orphans"
+DUE_SOON = "due_soon_notifications"
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    storage: Storage
+    settings: Settings
+
+
+Handler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]
+
+
+async def delete_objects(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Remove stored objects whose rows are gone (a deleted file, task or account)."""
+    for key in payload.get("keys", []):
+        await ctx.storage.delete(str(key))
+
+
+async def sweep_orphans(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Delete objects no attachment refers to: uploads whose commit never happened. Objects
+    younger than the grace period are left alone, since they may be uploads in flight."""
+    cutoff = utcnow() - timedelta(seconds=ctx.settings.orphan_grace_seconds)
+    batch: list[str] = []
+    removed = 0
+
+    async def flush() -> int:
+        async with ctx.sessionmaker() as session:
+            known = set(
+                (
+                    await session.scalars(
+                        select(Attachment.storage_key).where(Attachment.storage_key.in_(batch))
+                    )
+                ).all()
+            )
+        orphans = [key for key in batch if key not in known]
+        for key in orphans:
+            await ctx.storage.delete(key)
+        batch.clear()
+        return len(orphans)
+
+    async for stored in ctx.storage.list_objects():
+        if stored.modified_at < cutoff:
+            batch.append(stored.key)
+            if len(batch) >= 500:
+                removed += await flush()
+    if batch:
+        removed += await flush()
+    if removed:
+        logger.info("orphan sweep removed %d objects", removed)
+
+
+_DUE_SOON_SQL = text(
+    """
+    INSERT INTO notifications (user_id, kind, task_id, message)
+    SELECT DISTINCT r.user_id, 'task_due_soon'::notification_kind, t.id,
+           'The task “' || left(t.title, 80) || '” is due on ' || t.due_date || '.'
+    FROM tasks t
+    CROSS JOIN LATERAL (VALUES (t.owner_id), (t.assignee_id)) AS r(user_id)
+    WHERE r.user_id IS NOT NULL
+      AND t.due_date BETWEEN :today AND :tomorrow
+      AND t.status NOT IN ('done', 'cancelled')
+      AND NOT EXISTS (
+        SELECT 1 FROM notifications n
+        WHERE n.task_id = t.id AND n.user_id = r.user_id
+          AND n.kind = 'task_due_soon' AND n.created_at > :since
+      )
+    """
+)
+
+
+async def due_soon_notifications(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Tell owners and assignees about open tasks due within a day, once per due date."""
+    now = utcnow()
+    today = now.date()
+    async with ctx.sessionmaker() as session:
+        await session.execute(
+            _DUE_SOON_SQL,
+            {
+                "today": today,
+                "tomorrow": today + timedelta(days=1),
+                "since": now - timedelta(days=3),
+            },
+        )
+        await session.commit()
+
+
+HANDLERS: dict[str, Handler] = {
+    DELETE_OBJECTS: delete_objects,
+    SWEEP_ORPHANS: sweep_orphans,
+    DUE_SOON: due_soon_notifications,
+}

@@ -1,0 +1,11 @@
+"""Where attachment bytes live: a local directory or S3, behind one streaming interface."""
+
+from taskapi.storage.base import (
+    ObjectStream,
+    Storage,
+    StorageUnavailable,
+    StoredObject,
+    new_object_key,
+)
+
+__all__ = ["ObjectStream", "Storage", "StorageUnavailable", "StoredObject", "new_object_key"]

@@ -1,0 +1,108 @@
+"""Files under STORAGE_DIR, written through a temporary file and renamed into place."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from taskapi.storage.base import CHUNK_SIZE, ObjectStream, Storage, StoredObject, UploadSink
+
+
+class _LocalSink(UploadSink):
+    def __init__(self, final: Path, temp: Path, handle: BinaryIO) -> None:
+        self._final = final
+        self._temp = temp
+        self._handle = handle
+
+    async def write(self, chunk: bytes) -> None:
+        await asyncio.to_thread(self._handle.write, chunk)
+
+    async def commit(self) -> None:
+        def finish() -> None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            # Atomic: readers see the whole file or none of it.
+            os.replace(self._temp, self._final)
+
+        await asyncio.to_thread(finish)
+
+    async def abort(self) -> None:
+        def discard() -> None:
+            self._handle.close()
+            self._temp.unlink(missing_ok=True)
+
+        await asyncio.to_thread(discard)
+
+
+class LocalStorage(Storage):
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError("object key escapes the storage directory")
+        return path
+
+    async def start_upload(self, key: str, content_type: str) -> UploadSink:
+        final = self._path(key)
+
+        def open_temp() -> tuple[Path, BinaryIO]:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temp = final.with_name(f".{final.name}.partial")
+            return temp, open(temp, "xb")
+
+        temp, handle = await asyncio.to_thread(open_temp)
+        return _LocalSink(final, temp, handle)
+
+    async def open(self, key: str) -> ObjectStream:
+        path = self._path(key)
+        handle = await asyncio.to_thread(open, path, "rb")
+        size = (await asyncio.to_thread(os.fstat, handle.fileno())).st_size
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+                    yield chunk
+            finally:
+                handle.close()
+
+        return ObjectStream(size=size, chunks=chunks())
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        def scan() -> list[StoredObject]:
+            found = []
+            base = self.root / "attachments"
+            if not base.exists():
+                return []
+            for path in base.rglob("*"):
+                if path.is_file():
+                    # Leftover ".partial" files of uploads that died are listed too: they belong
+                    # to no attachment, so the orphan sweep removes them.
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+                    key = path.relative_to(self.root).as_posix()
+                    found.append(StoredObject(key=key, modified_at=modified))
+            return found
+
+        for stored in await asyncio.to_thread(scan):
+            yield stored
+
+    async def check(self) -> bool:
+        def probe() -> bool:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return os.access(self.root, os.W_OK)
+
+        try:
+            return await asyncio.to_thread(probe)
+        except OSError:
+            return False
