@@ -4,9 +4,11 @@ and the per-user stats cache built on it."""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
@@ -116,7 +118,8 @@ class StatsCache:
         return f"{self._prefix}stats:gen:{user_id}"
 
     def _payload_prefix(self, user_id: int) -> str:
-        return f"{self._prefix}stats:{user_id}:"
+        # The UTC date is part of the key: "overdue" changes at midnight without any write.
+        return f"{self._prefix}stats:{user_id}:{datetime.now(UTC).date().isoformat()}:"
 
     async def get(self, user_id: int) -> CachedStats:
         if self._pending:
@@ -145,9 +148,10 @@ class StatsCache:
         async def bump(client: redis.Redis) -> Any:
             async with client.pipeline(transaction=False) as pipe:
                 for user_id in ids:
-                    # Never expired: a generation that restarted from 0 could meet a payload
-                    # cached under the same number before. One small key per writing user.
-                    pipe.incr(self._generation_key(user_id))
+                    # A random generation, not a counter: after Redis loses its data a counter
+                    # would restart and could meet a payload a slow reader stored under the same
+                    # number; a random one never repeats.
+                    pipe.set(self._generation_key(user_id), secrets.token_hex(8))
                 return await pipe.execute()
 
         ok, _ = await self._guard.run(bump)

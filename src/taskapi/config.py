@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     # After a Redis failure, leave it alone this long before trying again (no retry storms).
     redis_retry_cooldown_seconds: float = Field(default=1.0, ge=0)
     redis_key_prefix: str = "taskapi:"
-    stats_cache_ttl_seconds: int = Field(default=300, ge=1)
+    # Also bounds staleness if one process could not reach Redis to invalidate while others could.
+    stats_cache_ttl_seconds: int = Field(default=60, ge=1)
 
     secret_key: SecretStr | None = None
     secret_key_file: Path = Path("var/secret_key")
