@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: help install run migrate test lint format services lock clean
+.PHONY: help install run migrate test bigfile lint format services lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -32,6 +32,9 @@ services:  ## start PostgreSQL and Redis if they are installed but stopped
 
 test: install services  ## install, make sure PostgreSQL and Redis are up, run the test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bigfile: install  ## stream a 1 GiB file up and down (local, then S3 via moto); server RSS growth < 64 MiB
+	$(BIN)/python scripts/bigfile.py $(BIGFILE_ARGS)
 
 lint: install  ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check src tests migrations scripts

@@ -93,10 +93,12 @@ class Settings(BaseSettings):
     due_soon_interval_seconds: int = Field(default=900, ge=1)
 
     rate_limit_enabled: bool = True
-    rate_limit_user_burst: int = Field(default=120, ge=1)
-    rate_limit_user_per_minute: int = Field(default=600, ge=1)
-    rate_limit_auth_burst: int = Field(default=20, ge=1)
-    rate_limit_auth_per_minute: int = Field(default=20, ge=1)
+    # Generous for real clients (a burst of 300, then 20/s); the per-IP login bucket is ten times
+    # smaller: enough for people sharing an office NAT, far too little for password guessing.
+    rate_limit_user_burst: int = Field(default=300, ge=1)
+    rate_limit_user_per_minute: int = Field(default=1200, ge=1)
+    rate_limit_auth_burst: int = Field(default=30, ge=1)
+    rate_limit_auth_per_minute: int = Field(default=60, ge=1)
     # Peers allowed to set X-Forwarded-For (IPs or CIDRs); empty: the socket peer is the client.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
