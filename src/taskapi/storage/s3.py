@@ -49,7 +49,8 @@ class _S3Sink(UploadSink):
             )
             self._upload_id = created["UploadId"]
         number = len(self._parts) + 1
-        body = bytes(self._buffer[:PART_SIZE])
+        with memoryview(self._buffer) as view:
+            body = bytes(view[:PART_SIZE])  # one copy, not a slice copied again
         del self._buffer[:PART_SIZE]
         part = await self._client.upload_part(
             Bucket=self._bucket,
