@@ -6,6 +6,14 @@ import unicodedata
 from urllib.parse import quote
 
 MAX_FILENAME_BYTES = 255
+# Joiners shape emoji sequences and scripts such as Persian; other format characters (bidi
+# overrides, BOMs) can make a name lie about its extension, so they go.
+_KEPT_FORMAT_CHARACTERS = frozenset("\u200c\u200d")
+
+
+def _visible(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category[0] != "C" or (category == "Cf" and ch in _KEPT_FORMAT_CHARACTERS)
 
 
 def sanitize_filename(raw: str | None) -> str:
@@ -13,7 +21,7 @@ def sanitize_filename(raw: str | None) -> str:
     at most 255 UTF-8 bytes with the extension kept. Never used as a storage path."""
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = unicodedata.normalize("NFC", name)
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = "".join(ch for ch in name if _visible(ch))
     name = name.strip().strip(".").strip()
     if not name:
         return "file"

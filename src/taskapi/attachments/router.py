@@ -113,7 +113,9 @@ async def download_file(
 ) -> Response:
     attachment = await service.get_visible_attachment(session, user, file_id)
     etag = f'"{attachment.sha256}"'
-    if if_none_match and etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]:
+    # RFC 9110 §13.1.2: weak comparison, and `*` matches any current representation.
+    cached = [t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")]
+    if if_none_match and ("*" in cached or etag in cached):
         return Response(status_code=304, headers={"ETag": etag})
     if redirect:
         url = await service.presigned_url(storage, attachment)
@@ -128,6 +130,8 @@ async def download_file(
             "Content-Disposition": content_disposition(attachment.filename),
             "ETag": etag,
             "X-Content-Type-Options": "nosniff",
+            # Content addressed by its hash: browsers may keep it but must revalidate (304).
+            "Cache-Control": "private, no-cache",
         },
     )
 

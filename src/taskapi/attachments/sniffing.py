@@ -106,7 +106,8 @@ def detect(head: bytes, filename: str, declared: str | None) -> FileKind:
     return kind
 
 
-_FORBIDDEN_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# Tab, newlines, form feed and ESC (colour codes in logs) are fine; NUL and the rest say binary.
+_FORBIDDEN_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 
 
 class TextValidator:

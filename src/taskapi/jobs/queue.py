@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.models import Job
 
-LEASE = timedelta(minutes=5)
+# Longer than the worker's job timeout, so a running job is never claimed twice.
+LEASE = timedelta(minutes=10)
 MAX_BACKOFF = timedelta(hours=1)
 
 
@@ -73,7 +74,10 @@ async def fail(session: AsyncSession, job: Job, error: str, now: datetime) -> No
     values: dict[str, Any] = {"locked_until": None, "last_error": error[:2000]}
     if job.attempts >= job.max_attempts:
         # Kept, not deleted: a job that keeps failing is something for a person to look at.
+        # It is no longer pending, so it releases its dedupe key: otherwise a periodic job that
+        # gave up (a long storage outage) would block its kind from ever being scheduled again.
         values["failed_at"] = now
+        values["dedupe_key"] = None
     else:
         values["run_at"] = now + backoff(job.attempts)
     await session.execute(update(Job).where(Job.id == job.id).values(**values))
