@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: help install run migrate test bigfile lint format services lock clean
+.PHONY: help install run migrate test bigfile load lint format services lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -36,14 +36,25 @@ test: install services  ## install, make sure PostgreSQL and Redis are up, run t
 bigfile: install  ## stream a 1 GiB file up and down (local, then S3 via moto); server RSS growth < 64 MiB
 	$(BIN)/python scripts/bigfile.py $(BIGFILE_ARGS)
 
+# `make load` defaults; override on the command line: make load USERS=50 DURATION=5m
+BASE_URL   ?= http://127.0.0.1:8000
+USERS      ?= 20
+SPAWN_RATE ?= 5
+DURATION   ?= 1m
+
+load: install  ## locust, headless, against BASE_URL (a `make run` server): reports/load_*.csv + load.html
+	@mkdir -p reports
+	$(BIN)/locust -f load/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
+	  --host $(BASE_URL) --csv reports/load --html reports/load.html
+
 lint: install  ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check src tests migrations scripts
-	$(BIN)/ruff format --check src tests migrations scripts
+	$(BIN)/ruff check src tests migrations scripts load
+	$(BIN)/ruff format --check src tests migrations scripts load
 	$(BIN)/mypy
 
 format: install  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests migrations scripts
-	$(BIN)/ruff format src tests migrations scripts
+	$(BIN)/ruff check --fix src tests migrations scripts load
+	$(BIN)/ruff format src tests migrations scripts load
 
 lock:  ## re-resolve requirements*.lock from pyproject.toml (needs pip-tools in a scratch venv)
 	@tmp=$$(mktemp -d) && $(PYTHON) -m venv $$tmp && $$tmp/bin/pip install --quiet pip-tools && \

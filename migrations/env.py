@@ -50,7 +50,14 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_database_url(), poolclass=pool.NullPool)
+    # Honour DATABASE_STATEMENT_CACHE_SIZE=0, so migrations also run through pgbouncer in
+    # transaction mode, where asyncpg's prepared statements would break.
+    cache_size = Settings().database_statement_cache_size
+    engine = create_async_engine(
+        _database_url(),
+        poolclass=pool.NullPool,
+        connect_args={"prepared_statement_cache_size": cache_size},
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -140,22 +140,23 @@ async def test_burst_is_admitted_then_429_with_exact_headers(
 async def test_one_token_comes_back_after_its_refill_interval(
     connection: AsyncConnection, alice: UserHandle
 ) -> None:
-    # 600/min = one token every 0.1 s; a bucket of 3 is full again within 1 s (w rounds up to 1).
-    settings = limited_settings(rate_limit_user_burst=3, rate_limit_user_per_minute=600)
+    # 30/min = one token every 2 s: slow enough that the burst below can't earn a token back even
+    # on a loaded machine, so the arithmetic is exact. A bucket of 3 refills in 6 s.
+    settings = limited_settings(rate_limit_user_burst=3, rate_limit_user_per_minute=30)
     async with running(settings, connection) as application, http(application) as c:
         for _ in range(3):
             assert (await c.get(ME, headers=alice.headers)).status_code == 200
         refused = await c.get(ME, headers=alice.headers)
-        assert_rate_limited(refused, retry_after=1)  # whole seconds, never 0
-        assert refused.headers["ratelimit-policy"] == '"user";q=3;w=1'
-        assert refused.headers["ratelimit"] == '"user";r=0;t=1'
+        assert_rate_limited(refused, retry_after=2)  # whole seconds, never 0
+        assert refused.headers["ratelimit-policy"] == '"user";q=3;w=6'
+        assert refused.headers["ratelimit"] == '"user";r=0;t=6'
 
-        await asyncio.sleep(0.12)  # a little more than one token's worth
+        await asyncio.sleep(2.05)  # a little more than one token's worth
         again = await c.get(ME, headers=alice.headers)
         assert again.status_code == 200, again.text
-        assert again.headers["ratelimit"] == '"user";r=0;t=1'
+        assert again.headers["ratelimit"] == '"user";r=0;t=6'
         # Only one token came back: the next request right away is refused again.
-        assert_rate_limited(await c.get(ME, headers=alice.headers), retry_after=1)
+        assert_rate_limited(await c.get(ME, headers=alice.headers), retry_after=2)
 
 
 async def test_each_user_has_a_bucket_of_their_own(

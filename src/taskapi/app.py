@@ -18,6 +18,8 @@ from taskapi.config import Settings, get_settings
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.errors import install_error_handlers
 from taskapi.jobs.worker import Worker
+from taskapi.logs import configure_logging
+from taskapi.metrics import instrument_pool, process_exiting
 from taskapi.middleware import RequestContextMiddleware
 from taskapi.notifications.router import router as notifications_router
 from taskapi.openapi import Problem
@@ -45,6 +47,7 @@ Errors are RFC 9457 problem details (`application/problem+json`) with a stable `
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = create_engine(settings)
+    instrument_pool(engine)
     hashing = PasswordHashing(settings)
     redis_client = create_redis(settings)
     guard = RedisGuard(redis_client, settings.redis_retry_cooldown_seconds)
@@ -76,6 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hashing.close()
         await redis_client.aclose()
         await engine.dispose()
+        process_exiting()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -118,6 +122,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _register_problem_schema(app)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory `taskapi serve` gives uvicorn. Worker processes are spawned fresh and inherit
+    no logging setup from the parent, so each configures its own before building the app."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def _register_problem_schema(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi import metrics
 from taskapi.config import Settings
 
 logger = logging.getLogger("taskapi.cache")
@@ -128,12 +129,15 @@ class StatsCache:
             # a value they were meant to drop. Still unreachable: bypass the cache.
             await self.invalidate(())
             if self._pending:
+                metrics.STATS_CACHE_MISSES.inc()
                 return CachedStats(generation=None, payload=None)
         keys = [self._generation_key(user_id), self._payload_prefix(user_id)]
         ok, reply = await self._guard.run(lambda _client: self._get_script(keys=keys))
         if not ok or not isinstance(reply, list):
+            metrics.STATS_CACHE_MISSES.inc()
             return CachedStats(generation=None, payload=None)
         generation, payload = reply
+        (metrics.STATS_CACHE_MISSES if payload is None else metrics.STATS_CACHE_HITS).inc()
         return CachedStats(generation=generation, payload=payload)
 
     async def put(self, user_id: int, generation: bytes, payload: bytes) -> None:

@@ -5,33 +5,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from taskapi.config import Settings, SettingsError, get_settings
+from taskapi.logs import configure_logging
 
 logger = logging.getLogger("taskapi.cli")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # Alembic announces each of its plugins at INFO; only the migrations it runs are news.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+def _alembic_ini(settings: Settings) -> Path:
+    return (settings.alembic_config or PROJECT_ROOT / "alembic.ini").resolve()
 
 
 def _alembic_config(settings: Settings) -> object:
     from alembic.config import Config
 
-    ini = PROJECT_ROOT / "alembic.ini"
+    ini = _alembic_ini(settings)
     config = Config(str(ini))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.set_main_option("script_location", str(ini.parent / "migrations"))
     config.attributes["database_url"] = settings.database_url
+    # Keep our own log configuration (JSON in production) instead of alembic.ini's.
+    config.attributes["configure_logging"] = False
     return config
 
 
@@ -39,6 +39,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Create the database if it is missing, then upgrade it to the latest schema."""
     from taskapi.dbadmin import DatabaseUnreachable, ensure_database
 
+    # Checked first: without it Alembic fails only after the database was created, with a traceback.
+    ini = _alembic_ini(settings)
+    if not ini.is_file() or not (ini.parent / "migrations").is_dir():
+        print(
+            f"taskapi: no alembic.ini with migrations/ beside it at {ini}; "
+            "set ALEMBIC_CONFIG to the alembic.ini that ships with taskapi.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         created = asyncio.run(ensure_database(settings.database_url))
     except DatabaseUnreachable as error:
@@ -54,22 +63,55 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the API with uvicorn (uvloop + httptools) on HOST:PORT with WEB_CONCURRENCY workers."""
+    import os
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    uvicorn.run(
-        "taskapi.app:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
-        workers=args.workers or settings.web_concurrency,
-        log_level=settings.log_level.lower(),
-        server_header=False,
-        proxy_headers=False,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    workers = args.workers or settings.web_concurrency
+    metrics_dir: str | None = None
+    if workers > 1:
+        # Each worker writes its metrics into this directory and a scrape sums them all. It must
+        # be set before the workers are spawned (they read it when prometheus_client is
+        # imported) and be fresh: files left by an earlier run would be counted again.
+        metrics_dir = tempfile.mkdtemp(prefix="taskapi-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    else:
+        # One process serves everything from its own registry; an inherited directory would
+        # only add stale files to the scrape.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # uvicorn drains on SIGTERM, then raises the signal again so the process dies of it (status
+    # 143, which Docker and Kubernetes report as an error). A drained stop is a success: this
+    # handler, which uvicorn restores before re-raising, turns it into exit status 0. Before
+    # uvicorn installs its own handlers it simply exits, as the default would.
+    signal.signal(signal.SIGTERM, _exit_after_sigterm)
+    try:
+        uvicorn.run(
+            # Configures logging in each worker process, then builds the app.
+            "taskapi.app:create_served_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port if args.port is not None else settings.port,
+            workers=workers,
+            # None: uvicorn leaves our logging alone and its loggers propagate to our handler.
+            log_config=None,
+            log_level=settings.log_level.lower(),
+            server_header=False,
+            proxy_headers=False,
+            # RequestContextMiddleware writes the access log (route template, request id, user).
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -96,6 +138,86 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             await engine.dispose()
 
     asyncio.run(run())
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        # One line, like `docker login --password-stdin`: the password stays out of argv and
+        # shell history; only the line break is stripped, spaces are part of the password.
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != password:
+        raise ValueError("The passwords do not match.")
+    return password
+
+
+def cmd_create_user(settings: Settings, args: argparse.Namespace) -> int:
+    """Create a user account with the same rules as POST /api/v1/auth/register (username 3-50 of
+    [A-Za-z0-9_.-], a valid email, a password of 8-128 characters). The password is prompted for
+    (twice) or read from one line of standard input with --password-stdin."""
+    from taskapi.accounts import CommandError, create_user
+
+    try:
+        password = _read_password(args)
+    except (ValueError, EOFError, KeyboardInterrupt) as error:
+        print(f"taskapi: {error or 'no password given.'}", file=sys.stderr)
+        return 1
+    try:
+        user = asyncio.run(
+            create_user(settings, args.username, args.email, password, args.full_name)
+        )
+    except CommandError as error:
+        print(f"taskapi: {error}", file=sys.stderr)
+        return 1
+    print(f"created user {user.username!r} (id {user.id}, {user.email})")
+    return 0
+
+
+def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
+    """Fill the database with demo data: users user1..N (email userN@example.com) sharing one
+    password, each owning M tasks with realistic titles, descriptions, tags, priorities,
+    statuses and due dates (some overdue), some assigned to other seeded users (with their
+    notifications), and a few small files (Markdown notes, PNG screenshots) in the configured
+    storage. Users that already exist are skipped, so running it again adds only new users."""
+    from taskapi.accounts import CommandError
+    from taskapi.seed import seed
+
+    try:
+        report = asyncio.run(
+            seed(
+                settings,
+                users=args.users,
+                tasks_per_user=args.tasks_per_user,
+                password=args.password,
+                attachments_per_user=args.attachments,
+            )
+        )
+    except CommandError as error:
+        print(f"taskapi: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"seeded {report.created_users} users ({report.skipped_users} already existed), "
+        f"{report.tasks} tasks ({report.assigned} assigned, {report.overdue} overdue), "
+        f"{report.attachments} files; log in as user1 .. user{args.users} with the password "
+        f"{args.password!r}"
+    )
     return 0
 
 
@@ -127,6 +249,53 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="run background jobs", description=cmd_worker.__doc__
     )
     worker.set_defaults(handler=cmd_worker)
+
+    create_user = commands.add_parser(
+        "create-user",
+        help="create a user account (e.g. the first one)",
+        description=cmd_create_user.__doc__,
+    )
+    create_user.add_argument("username", metavar="USERNAME", help="3-50 of A-Z a-z 0-9 _ . -")
+    create_user.add_argument("email", metavar="EMAIL", help="the user's email address")
+    create_user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of prompting",
+    )
+    create_user.add_argument("--full-name", help="display name, up to 100 characters")
+    create_user.set_defaults(handler=cmd_create_user)
+
+    from taskapi.seed import DEFAULT_PASSWORD
+
+    seed = commands.add_parser(
+        "seed",
+        help="fill the database with demo users, tasks and files",
+        description=cmd_seed.__doc__,
+    )
+    seed.add_argument(
+        "--users", type=_positive, default=10, metavar="N", help="users user1..N (default: 10)"
+    )
+    seed.add_argument(
+        "--tasks-per-user",
+        type=_non_negative,
+        default=20,
+        metavar="M",
+        help="tasks each new user owns (default: 20)",
+    )
+    seed.add_argument(
+        "--password",
+        default=DEFAULT_PASSWORD,
+        metavar="P",
+        help=f"the password of every seeded user (default: {DEFAULT_PASSWORD})",
+    )
+    seed.add_argument(
+        "--attachments",
+        type=_non_negative,
+        default=2,
+        metavar="K",
+        help="small files per new user, each on a different task (default: 2)",
+    )
+    seed.set_defaults(handler=cmd_seed)
     return parser
 
 
@@ -134,10 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
+        # Every command logs the same way: JSON or text (LOG_FORMAT), request ids, no secrets.
+        configure_logging(settings)
     except SettingsError as error:
         print(f"taskapi: {error}", file=sys.stderr)
         return 2
-    _configure_logging(settings)
     handler = args.handler
     result: int = handler(settings, args)
     return result

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
 
+    # Where `taskapi migrate` finds alembic.ini (migrations/ beside it); unset: the source
+    # checkout's. An installed package (the container image) has no checkout, so it sets this.
+    # Same name as Alembic's own variable, so `alembic` and `taskapi migrate` agree.
+    alembic_config: Path | None = None
+
     # Background jobs: the API process runs a worker too unless this is off (separate workers).
     worker_embedded: bool = True
     job_poll_interval_seconds: float = Field(default=1.0, gt=0)

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, security headers and the last-resort 500.
+"""Pure ASGI middleware: request ids, security headers, the last-resort 500, the access log and
+the request metrics.
 
 Written against raw ASGI rather than BaseHTTPMiddleware, which costs a task and memory
 streams per request on the hot path.
@@ -9,14 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskapi.errors import PROBLEM_CONTENT_TYPE, internal_error_body
+from taskapi.metrics import observe_request
 from taskapi.request_context import reset_request_id, set_request_id
 
 logger = logging.getLogger("taskapi.request")
+access_logger = logging.getLogger("taskapi.access")
+
+# The label and log value for requests no route matched (404s): their raw paths are unbounded
+# (every id a scanner tries would be a new series) and may carry things that are nobody's business.
+UNMATCHED_ROUTE = "unmatched"
+# Nothing was sent: the client went away before the response started (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
 
 # Client-supplied ids are echoed into headers and logs, so only accept a conservative shape.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
@@ -51,16 +61,20 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
+        started = time.perf_counter()
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         token = set_request_id(request_id)
         is_docs = scope.get("path", "") in _DOC_PATHS
         response_started = False
+        status = CLIENT_CLOSED_REQUEST
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal response_started
+            nonlocal response_started, status
             if message["type"] == "http.response.start":
                 response_started = True
+                status = message["status"]
                 headers: list[tuple[bytes, bytes]] = [
                     (k, v)
                     for k, v in message.get("headers", [])
@@ -100,4 +114,50 @@ class RequestContextMiddleware:
             )
             await send_with_headers({"type": "http.response.body", "body": body})
         finally:
-            reset_request_id(token)
+            try:
+                _record(scope, state, status, time.perf_counter() - started)
+            finally:
+                reset_request_id(token)
+
+
+def _route_template(scope: Scope) -> str:
+    """`/api/v1/tasks/{task_id}` for `/api/v1/tasks/42`; UNMATCHED_ROUTE when no route matched.
+
+    The router leaves the matched route in the scope, but FastAPI keeps included routers nested:
+    the route's own path lacks the prefix it was included under (`/tasks/{task_id}`). The prefix
+    is taken from the request path's leading segments, which is sound because include prefixes
+    here are static and a route parameter never spans a `/`.
+    """
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str) or not template:
+        return UNMATCHED_ROUTE
+    path: str = scope.get("path", "")
+    if path == template:  # static routes (most of /ops, the docs): nothing to work out
+        return template
+    extra_segments = path.count("/") - template.count("/")
+    if extra_segments <= 0:
+        return template
+    prefix = "/".join(path.split("/", extra_segments + 1)[: extra_segments + 1])
+    return prefix + template
+
+
+def _record(scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
+    """One access record and the request metrics, labelled by route template, never raw path."""
+    route = _route_template(scope)
+    method: str = scope["method"]
+    observe_request(method, route, status, seconds)
+    if access_logger.isEnabledFor(logging.INFO):
+        # The request id is added by the logging filter (the context variable is still set).
+        access_logger.info(
+            "%s %s %d",
+            method,
+            route,
+            status,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 1),
+                "user_id": state.get("user_id"),
+            },
+        )

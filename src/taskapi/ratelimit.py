@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from taskapi import metrics
 from taskapi.cache import RedisGuard
 from taskapi.config import Settings
 from taskapi.errors import AppError
@@ -145,6 +146,7 @@ class RateLimiter:
         decision = await self.take(policy, identity)
         request.state.rate_limit = decision
         if not decision.allowed:
+            metrics.RATE_LIMITED.labels(policy=policy.name).inc()
             raise RateLimited(headers={"Retry-After": str(decision.retry_after)})
 
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from taskapi import metrics
 from taskapi.config import Settings
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import DUE_SOON, HANDLERS, SWEEP_ORPHANS, Handler, JobContext
@@ -73,6 +74,7 @@ class Worker:
                 await handler(self.context, job.payload)
         except Exception as error:
             self.failed += 1
+            metrics.JOBS.labels(kind=job.kind, outcome="failed").inc()
             logger.warning(
                 "job %s (%s) failed, attempt %d: %s", job.id, job.kind, job.attempts, error
             )
@@ -81,6 +83,7 @@ class Worker:
                 await session.commit()
             return
         self.done += 1
+        metrics.JOBS.labels(kind=job.kind, outcome="done").inc()
         async with self.context.sessionmaker() as session:
             await queue.complete(session, job.id)
             await session.commit()

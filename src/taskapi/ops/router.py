@@ -9,7 +9,9 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskapi import metrics
 from taskapi.cache import RedisGuard
+from taskapi.jobs import queue
 from taskapi.storage import Storage
 
 router = APIRouter(prefix="/ops", tags=["operations"])
@@ -89,3 +91,32 @@ async def ready(request: Request, response: Response) -> Readiness:
         response.status_code = 503
     degraded = not (database and redis_ok and storage_ok)
     return Readiness(status="degraded" if degraded else "ok", checks=checks)
+
+
+async def _update_job_gauges(request: Request) -> None:
+    """Queue depth from the database; a scrape still answers (without it) when that is down."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            async with request.app.state.sessionmaker() as session:
+                counts = await queue.counts(session)
+    except Exception as error:  # metrics matter most during an outage: never fail the scrape
+        logger.warning("metrics: job counts unavailable: %s", error)
+        return
+    metrics.JOBS_QUEUED.set(counts["queued"])
+    metrics.JOBS_FAILED.set(counts["failed"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+    summary="Prometheus metrics",
+)
+async def prometheus_metrics(request: Request) -> Response:
+    """Request counts and latency by route template, DB pool use, stats cache hits and misses,
+    rate-limit refusals and background jobs, in Prometheus' text format (summed over every
+    worker process). No authentication and no rate limit: it is for the scraper."""
+    await _update_job_gauges(request)
+    # The session above is closed by now, so the pool gauge does not count the scrape itself.
+    body = await asyncio.to_thread(metrics.render)
+    return Response(content=body, media_type=metrics.CONTENT_TYPE)
