@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: help install run migrate test bigfile load lint format services lock clean
+.PHONY: help install run migrate test bigfile faults load lint format services lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -35,6 +35,9 @@ test: install services  ## install, make sure PostgreSQL and Redis are up, run t
 
 bigfile: install  ## stream a 1 GiB file up and down (local, then S3 via moto); server RSS growth < 64 MiB
 	$(BIN)/python scripts/bigfile.py $(BIGFILE_ARGS)
+
+faults: install  ## break PostgreSQL, Redis and S3 under load (own throwaway servers); 0 unexpected 5xx
+	$(BIN)/python scripts/faults.py $(FAULTS_ARGS)
 
 # `make load` defaults; override on the command line: make load USERS=50 DURATION=5m
 BASE_URL   ?= http://127.0.0.1:8000

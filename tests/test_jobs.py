@@ -36,7 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskapi.app import create_app
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.jobs import queue
-from taskapi.jobs.handlers import DELETE_OBJECTS, DUE_SOON, SWEEP_ORPHANS, JobContext
+from taskapi.jobs.handlers import (
+    DELETE_OBJECTS,
+    DUE_SOON,
+    EXPIRE_IDEMPOTENCY_KEYS,
+    SWEEP_ORPHANS,
+    JobContext,
+)
 from taskapi.jobs.handlers import delete_objects as delete_objects_handler
 from taskapi.jobs.worker import Worker
 from taskapi.storage import new_object_key
@@ -52,6 +58,7 @@ from tests.conftest import (
 TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
 TINY = 0.001  # seconds: lets "now" move past a run_at that is exactly now
+PERIODIC = sorted([DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, SWEEP_ORPHANS])
 
 
 def free_port() -> int:
@@ -413,27 +420,36 @@ async def test_a_job_with_a_pending_dedupe_key_is_enqueued_once(app: FastAPI) ->
 
 
 async def test_periodic_jobs_are_kept_scheduled_exactly_once(app: FastAPI) -> None:
-    worker = worker_for(app, orphan_sweep_interval_seconds=600, due_soon_interval_seconds=60)
+    worker = worker_for(
+        app,
+        orphan_sweep_interval_seconds=600,
+        due_soon_interval_seconds=60,
+        idempotency_sweep_interval_seconds=1800,
+    )
     started = queue.utcnow()
     for _ in range(3):
         await worker.schedule_periodic()
     rows = await jobs(app)
-    assert sorted(row["kind"] for row in rows) == [DUE_SOON, SWEEP_ORPHANS]
+    assert sorted(row["kind"] for row in rows) == PERIODIC
     by_kind = {row["kind"]: row for row in rows}
     assert 599 <= (by_kind[SWEEP_ORPHANS]["run_at"] - started).total_seconds() <= 605
     assert 59 <= (by_kind[DUE_SOON]["run_at"] - started).total_seconds() <= 65
+    assert 1799 <= (by_kind[EXPIRE_IDEMPOTENCY_KEYS]["run_at"] - started).total_seconds() <= 1805
     # Not due: nothing runs, and scheduling again still adds nothing.
     assert await worker.run_once() == 0
     await worker.schedule_periodic()
-    assert len(await jobs(app)) == 2
+    assert len(await jobs(app)) == len(PERIODIC)
 
     # Once the due-soon job has run, the next schedule_periodic puts a new one in line.
     await sql(app, "UPDATE jobs SET run_at = now() WHERE kind = :kind", kind=DUE_SOON)
     await asyncio.sleep(TINY)
     assert await worker.run_once() == 1
-    assert [row["kind"] for row in await jobs(app)] == [SWEEP_ORPHANS]
+    assert sorted(row["kind"] for row in await jobs(app)) == [
+        EXPIRE_IDEMPOTENCY_KEYS,
+        SWEEP_ORPHANS,
+    ]
     await worker.schedule_periodic()
-    assert sorted(row["kind"] for row in await jobs(app)) == [DUE_SOON, SWEEP_ORPHANS]
+    assert sorted(row["kind"] for row in await jobs(app)) == PERIODIC
 
 
 async def test_a_periodic_job_that_gave_up_does_not_stop_its_schedule(app: FastAPI) -> None:
@@ -447,17 +463,17 @@ async def test_a_periodic_job_that_gave_up_does_not_stop_its_schedule(app: FastA
         app.state.sessionmaker,
         app.state.storage,
         app.state.settings,
-        handlers={SWEEP_ORPHANS: broken, DUE_SOON: broken},
+        handlers=dict.fromkeys(PERIODIC, broken),
     )
     await worker.schedule_periodic()
     await sql(app, "UPDATE jobs SET max_attempts = 1, run_at = now() - interval '1 second'")
-    assert await worker.run_once() == 2
-    assert await queue_counts(app) == {"queued": 0, "failed": 2}
+    assert await worker.run_once() == len(PERIODIC)
+    assert await queue_counts(app) == {"queued": 0, "failed": len(PERIODIC)}
 
     await worker.schedule_periodic()
     pending = [row["kind"] for row in await jobs(app) if row["failed_at"] is None]
-    assert sorted(pending) == [DUE_SOON, SWEEP_ORPHANS]
-    assert await queue_counts(app) == {"queued": 2, "failed": 2}
+    assert sorted(pending) == PERIODIC
+    assert await queue_counts(app) == {"queued": len(PERIODIC), "failed": len(PERIODIC)}
 
 
 async def test_a_job_of_an_unknown_kind_fails_without_stopping_the_others(app: FastAPI) -> None:
@@ -767,10 +783,10 @@ async def test_the_worker_command_runs_jobs_and_stops_cleanly_on_sigterm(
             while time.monotonic() < deadline:
                 async with create_sessionmaker(engine)() as session:
                     kinds = sorted((await session.scalars(text("SELECT kind FROM jobs"))).all())
-                if kinds == [DUE_SOON, SWEEP_ORPHANS]:
+                if kinds == PERIODIC:
                     break
                 await asyncio.sleep(0.1)
-            assert kinds == [DUE_SOON, SWEEP_ORPHANS]
+            assert kinds == PERIODIC
         finally:
             await engine.dispose()
 

@@ -1,15 +1,13 @@
 """Redis makes the service faster but never makes it fail (API.md, "Rate limits and caching" and
 "Operations"): a throwaway redis-server is killed, paused and restarted under a running app.
 
-Every test starts its own redis-server on a free port; the shared one on 6379 is never touched.
+Every test starts its own redis-server (tests/fault_servers.py) on a free port; the shared one on
+6379 is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
 from taskapi.app import create_app
 from taskapi.cache import CachedStats, RedisGuard, StatsCache
 from tests.conftest import MAIN_DB, StatementLog, UserHandle, make_settings, register_and_login
+from tests.fault_servers import RedisServer, free_port
 from tests.task_helpers import TASKS, task_url
 
 STATS = f"{TASKS}/stats"
@@ -34,87 +33,6 @@ FAST = 1.0
 PAUSED_LIMIT = SOCKET_TIMEOUT + 0.2
 # ... and nothing at all while the breaker is open.
 SKIPPED_LIMIT = SOCKET_TIMEOUT / 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A redis-server subprocess that can be killed, paused, resumed and restarted."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: asyncio.subprocess.Process | None = None
-        self.paused = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        executable = shutil.which("redis-server")
-        assert executable, "redis-server is needed for these tests"
-        self.process = await asyncio.create_subprocess_exec(
-            executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
-        try:
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    if await probe.ping():
-                        return
-                except (redis.ConnectionError, OSError):
-                    pass
-                assert self.process.returncode is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                await asyncio.sleep(0.02)
-        finally:
-            await probe.aclose()
-
-    async def kill(self) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        if self.paused:
-            process.send_signal(signal.SIGCONT)
-            self.paused = False
-        process.kill()  # SIGKILL: no goodbye to the clients
-        await process.wait()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-        self.paused = False
-
-    async def copy_keys(self, pattern: str) -> dict[bytes, bytes]:
-        async with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1) as client:
-            return {key: await client.get(key) async for key in client.scan_iter(match=pattern)}
-
-    async def set_keys(self, values: dict[bytes, bytes]) -> None:
-        async with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1) as client:
-            await client.mset(values)
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """S3 going away never takes the API down with it (API.md, "Attachments" and "Operations").
 
-The app talks to a real moto server through a TCP link that these tests cut and restore: cutting
-it closes every open connection and the listening socket, so the app sees "connection refused",
-exactly as when the S3 endpoint is down; restoring it reopens the same port in front of the same
-moto, whose objects were kept (a restarted moto would have lost them).
+The app talks to a real moto server through a TCP link (`Link`, tests/fault_servers.py) that these
+tests cut and restore: cutting it closes every open connection and the listening socket, so the
+app sees "connection refused", exactly as when the S3 endpoint is down; restoring it reopens the
+same port in front of the same moto, whose objects were kept (a restarted moto would have lost
+them).
 
 Stopping `ThreadedMotoServer` itself would not do: its `stop()` leaves the listening socket open
 (connections hang in the backlog) and keep-alive connections are still served.
@@ -12,8 +13,6 @@ Stopping `ThreadedMotoServer` itself would not do: its `stop()` leaves the liste
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,19 +32,13 @@ from taskapi.app import create_app
 from taskapi.jobs.handlers import DELETE_OBJECTS
 from taskapi.jobs.worker import Worker
 from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, make_settings, register_and_login
+from tests.fault_servers import Link, free_port
 
 TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
 PROBLEM = "application/problem+json"
 # A request that needs storage while it is down fails fast: never a hang.
 FAST = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Moto:
@@ -87,58 +80,6 @@ def moto() -> Iterator[Moto]:
             yield server
         finally:
             server.server.stop()
-
-
-class Link:
-    """A TCP forwarder on its own port in front of moto, that can be cut and restored."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def restore(self) -> None:
-        assert self._server is None
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target_port
-            )
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, upstream_writer))
-        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        with contextlib.suppress(OSError):
-            sink.close()
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from taskapi import __version__
+from taskapi.attachments.router import MULTIPART_OVERHEAD
 from taskapi.attachments.router import router as attachments_router
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AuthService
@@ -17,12 +18,14 @@ from taskapi.cache import RedisGuard, StatsCache, create_redis
 from taskapi.config import Settings, get_settings
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.errors import install_error_handlers
+from taskapi.idempotency import install_idempotency
 from taskapi.jobs.worker import Worker
+from taskapi.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
 from taskapi.logs import configure_logging
 from taskapi.metrics import instrument_pool, process_exiting
 from taskapi.middleware import RequestContextMiddleware
 from taskapi.notifications.router import router as notifications_router
-from taskapi.openapi import Problem
+from taskapi.openapi import Problem, finish_schema
 from taskapi.ops.router import router as ops_router
 from taskapi.pagination import CursorCodec
 from taskapi.ratelimit import RateLimiter
@@ -101,6 +104,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notifications_router, prefix=API_PREFIX)
     app.include_router(attachments_router, prefix=API_PREFIX)
 
+    # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
+    # security headers.
+    install_idempotency(app)
+    # Outside everything that reads a body, so no middleware or handler ever buffers more than
+    # the limit; inside CORS, so browsers can read the 413.
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        route_limits=[
+            RouteLimit("POST", UPLOAD_ROUTE, settings.max_upload_bytes + MULTIPART_OVERHEAD)
+        ],
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -115,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "RateLimit",
                 "RateLimit-Policy",
                 "Retry-After",
+                "Idempotent-Replayed",
             ],
         )
     # Added last, so it is the outermost of ours: ids and headers on every response, 500s included.
@@ -133,7 +149,8 @@ def create_served_app() -> FastAPI:
 
 
 def _register_problem_schema(app: FastAPI) -> None:
-    """Make `#/components/schemas/Problem`, referenced by documented error responses, exist."""
+    """Make `#/components/schemas/Problem`, referenced by documented error responses, exist, and
+    document what the handlers and dependencies add to every operation (`finish_schema`)."""
     original = app.openapi
 
     def openapi() -> dict[str, object]:
@@ -144,6 +161,7 @@ def _register_problem_schema(app: FastAPI) -> None:
             for name, definition in problem_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components["Problem"] = problem_schema
+            finish_schema(schema, api_prefix=API_PREFIX)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -75,6 +75,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from taskapi.http_protocol import HeaderLimitedHttpToolsProtocol
+
     workers = args.workers or settings.web_concurrency
     metrics_dir: str | None = None
     if workers > 1:
@@ -108,6 +110,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             # RequestContextMiddleware writes the access log (route template, request id, user).
             access_log=False,
             timeout_graceful_shutdown=30,
+            # httptools with a bound on the request line + headers (431 beyond it); the h11
+            # limit is the same bound for anyone running the app under uvicorn's h11 instead.
+            http=HeaderLimitedHttpToolsProtocol,
+            h11_max_incomplete_event_size=settings.max_request_header_bytes,
         )
     finally:
         if metrics_dir is not None:

@@ -49,8 +49,10 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Bounds how long a request waits on a PostgreSQL that is down or unreachable before its 503.
+    database_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    # An API request has no business running a 10 s statement; asyncpg also gives up 1 s later.
+    database_statement_timeout_ms: int = Field(default=10_000, ge=1)
     # asyncpg's prepared-statement cache; set 0 behind pgbouncer in transaction mode.
     database_statement_cache_size: int = Field(default=100, ge=0)
 
@@ -83,6 +85,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    # Every other request body (JSON); larger ones are refused with 413 before being read.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1)
+    # The request line plus headers, enforced by `taskapi serve` (431 beyond it).
+    max_request_header_bytes: int = Field(default=32 * 1024, ge=1024)
 
     # Where `taskapi migrate` finds alembic.ini (migrations/ beside it); unset: the source
     # checkout's. An installed package (the container image) has no checkout, so it sets this.
@@ -96,6 +102,8 @@ class Settings(BaseSettings):
     # Stored objects younger than this are never swept: they may be uploads still in flight.
     orphan_grace_seconds: int = Field(default=3600, ge=0)
     due_soon_interval_seconds: int = Field(default=900, ge=1)
+    # How often expired Idempotency-Key records are deleted (they stop replaying at expiry anyway).
+    idempotency_sweep_interval_seconds: int = Field(default=3600, ge=1)
 
     rate_limit_enabled: bool = True
     # Generous for real clients (a burst of 300, then 20/s); the per-IP login bucket is ten times

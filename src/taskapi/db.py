@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData
-from sqlalchemy.engine import make_url
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -46,6 +46,9 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "pool_pre_ping": True,
         "connect_args": {
             "timeout": settings.database_connect_timeout_seconds,
+            # A client-side bound too: statement_timeout is enforced by the server, which cannot
+            # enforce anything while it is frozen (or the network black-holes).
+            "command_timeout": settings.database_statement_timeout_ms / 1000 + 1,
             "prepared_statement_cache_size": settings.database_statement_cache_size,
             "server_settings": {
                 "application_name": "taskapi",
@@ -64,7 +67,33 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         # Pool sizing only applies to the default QueuePool.
         for key in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(key, None)
-    return create_async_engine(make_url(settings.database_url), **options)
+    engine = create_async_engine(make_url(settings.database_url), **options)
+    event.listen(engine.sync_engine, "do_connect", _connect)
+    event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
+    return engine
+
+
+def _drop_timed_out_connection(context: Any) -> None:
+    """A statement that hit asyncpg's command_timeout leaves its connection in an unknown state:
+    treat it as a disconnect so the pool replaces it instead of handing it out again."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
+
+
+def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Connect as SQLAlchemy would, but fail with a DBAPI OperationalError.
+
+    asyncpg raises a refused or timed-out connection as a bare OSError/TimeoutError, which
+    SQLAlchemy passes through unwrapped; as an OperationalError it is recognisably the database's
+    (errors.is_database_unavailable: a 503), not any other OSError (a 500).
+    """
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except (OSError, TimeoutError) as error:
+        dbapi: Any = dialect.loaded_dbapi
+        raise dbapi.OperationalError(
+            f"could not connect to PostgreSQL: {type(error).__name__}: {error}"
+        ) from error
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

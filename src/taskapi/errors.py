@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskapi.request_context import current_request_id
@@ -151,6 +153,12 @@ class PreconditionFailed(AppError):
     default_detail = "If-Match does not match the current version of the resource."
 
 
+# 413
+class PayloadTooLarge(AppError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+    default_detail = "The request body exceeds the size limit."
+
+
 # 422
 class ValidationFailed(AppError):
     status, code, title = 422, "validation_error", "Validation error"
@@ -177,6 +185,20 @@ class UnknownAssignee(ValidationFailed):
 class ServiceUnavailable(AppError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
     default_detail = "A dependency of the service is unavailable; try again shortly."
+
+
+# Seconds a client is asked to wait while the database is unreachable: long enough not to hammer a
+# restarting server, short enough that clients notice its return about when the app does.
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code, title = "database_unavailable", "Database unavailable"
+    default_detail = "The database is unreachable; try again shortly."
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", str(DATABASE_RETRY_AFTER_SECONDS))
 
 
 def problem_body(
@@ -305,7 +327,75 @@ def internal_error_body() -> dict[str, Any]:
     )
 
 
+# asyncpg errors meaning "no usable connection", as opposed to "this statement failed".
+_ASYNCPG_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # 08xxx: the connection failed or is gone
+    asyncpg.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
+    asyncpg.AdminShutdownError,  # 57P01: terminated by a fast shutdown or pg_terminate_backend
+    asyncpg.CrashShutdownError,  # 57P02: another backend crashed, the server is resetting
+    asyncpg.TooManyConnectionsError,  # 53300: max_connections reached
+)
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Whether `error` means PostgreSQL cannot be reached or used right now (a 503, retryable),
+    rather than that a statement failed (a bug, a 500).
+
+    Raw OSError/TimeoutError from connecting arrive here as OperationalError (db.py converts
+    them where their origin is known); looking at every OSError here would also catch storage's.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.TimeoutError):  # pool checkout timed out
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and (
+            current.connection_invalidated
+            or isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError)
+        ):
+            return True
+        if isinstance(current, _ASYNCPG_UNAVAILABLE):
+            return True
+        if isinstance(current, TimeoutError) and _raised_by_driver(current):
+            # asyncpg's command_timeout (a frozen server), bare even through pool pre-ping.
+            return True
+        # SQLAlchemy keeps the driver's error in `orig`, whose cause is asyncpg's own.
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+def _raised_by_driver(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("asyncpg", "sqlalchemy")):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def database_unavailable_response(error: BaseException) -> JSONResponse:
+    # One line, no traceback: an outage produces one of these per request.
+    logger.warning("database unavailable: %s: %s", type(error).__name__, error)
+    return app_error_response(DatabaseUnavailable())
+
+
+async def _handle_database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not is_database_unavailable(exc):
+        raise exc  # a failed statement is a bug: the last-resort 500 (middleware.py) logs it
+    return database_unavailable_response(exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _handle_app_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    for error_type in (
+        sa_exc.SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        TimeoutError,
+    ):
+        app.add_exception_handler(error_type, _handle_database_error)

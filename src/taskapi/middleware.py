@@ -15,7 +15,12 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskapi.errors import PROBLEM_CONTENT_TYPE, internal_error_body
+from taskapi.errors import (
+    PROBLEM_CONTENT_TYPE,
+    database_unavailable_response,
+    internal_error_body,
+    is_database_unavailable,
+)
 from taskapi.metrics import observe_request
 from taskapi.request_context import reset_request_id, set_request_id
 
@@ -95,7 +100,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
-        except Exception:
+        except Exception as error:
+            if not response_started and is_database_unavailable(error):
+                # Raised outside the routes (a middleware's own query): the same 503 as inside.
+                response = database_unavailable_response(error)
+                await response(scope, receive, send_with_headers)
+                return
             logger.exception(
                 "unhandled error while serving %s %s", scope.get("method"), scope.get("path")
             )

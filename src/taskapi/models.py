@@ -21,8 +21,10 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -257,3 +259,33 @@ class Job(Base):
         Index("ix_jobs_runnable", "run_at", postgresql_where=text("failed_at IS NULL")),
     )
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
+
+
+class IdempotencyKey(Base):
+    """A POST's `Idempotency-Key`: claimed before the request runs, then holding its response
+    for replay until `expires_at` (see `taskapi.idempotency`)."""
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # `user:<id>`, or `ip:<address>` for the unauthenticated auth endpoints.
+    scope: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(255))
+    # Keyed with the server secret (HMAC-SHA256): bodies hold passwords, and a plain hash of a
+    # login body would be an offline-guessable password hash.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), server_default=text("'in_progress'"))
+    # While in progress: a crashed process's claim may be taken over once this has passed.
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[list[list[str]] | None] = mapped_column(JSONB)
+    # Sealed with a key derived from the server secret and the request (tokens are in there).
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("scope", "key"),
+        CheckConstraint("state IN ('in_progress', 'completed')", name="state_known"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )

@@ -8,10 +8,11 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from taskapi.attachments import service
 from taskapi.attachments.naming import content_disposition
 from taskapi.attachments.schemas import AttachmentOut
-from taskapi.attachments.upload import PayloadTooLarge, iter_file
+from taskapi.attachments.upload import iter_file
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.config import Settings
 from taskapi.db import DbSession
+from taskapi.errors import PayloadTooLarge
 from taskapi.openapi import problem_responses
 from taskapi.storage import Storage
 from taskapi.tasks.dependencies import VisibleTask
@@ -19,8 +20,8 @@ from taskapi.tasks.schemas import MAX_ID
 
 router = APIRouter(tags=["attachments"], responses=problem_responses(401, 429))
 
-# Room for the multipart framing around the file itself.
-_MULTIPART_OVERHEAD = 64 * 1024
+# Room for the multipart framing around the file itself (also the body limit's margin, app.py).
+MULTIPART_OVERHEAD = 64 * 1024
 FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="The file's id")]
 
 
@@ -70,7 +71,7 @@ async def upload_file(
     if (
         declared
         and declared.isdigit()
-        and int(declared) > settings.max_upload_bytes + _MULTIPART_OVERHEAD
+        and int(declared) > settings.max_upload_bytes + MULTIPART_OVERHEAD
     ):
         raise PayloadTooLarge(f"Files may be at most {settings.max_upload_bytes} bytes.")
     # Hand the connection back to the pool while the body streams in (it may take minutes);
@@ -96,9 +97,16 @@ async def list_files(task: VisibleTask, session: DbSession) -> list[AttachmentOu
     "/files/{file_id}",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes"},
+        200: {
+            # The type the file was stored with (PNG, PDF, text/plain, ...), not JSON.
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The file's bytes",
+        },
         304: {"description": "Not modified (If-None-Match matched)"},
-        307: {"description": "Redirect to a short-lived presigned URL (S3, ?redirect=true)"},
+        307: {
+            "description": "Redirect to a short-lived presigned URL (S3, ?redirect=true)",
+            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+        },
         **problem_responses(404, 422, 503),
     },
     summary="Download a file",

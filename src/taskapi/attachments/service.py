@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments.naming import sanitize_filename
 from taskapi.attachments.sniffing import SNIFF_BYTES, TextValidator, detect
-from taskapi.attachments.upload import BadMultipart, FilePart, PayloadTooLarge
+from taskapi.attachments.upload import BadMultipart, FilePart
 from taskapi.db import on_rollback
-from taskapi.errors import NotFound
+from taskapi.errors import NotFound, PayloadTooLarge
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import DELETE_OBJECTS
 from taskapi.models import Attachment, Task, User

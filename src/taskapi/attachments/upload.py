@@ -20,11 +20,6 @@ MAX_PART_HEADER_BYTES = 16 * 1024
 MAX_PARTS = 16
 
 
-class PayloadTooLarge(AppError):
-    status, code, title = 413, "payload_too_large", "Payload too large"
-    default_detail = "The upload exceeds the size limit."
-
-
 class BadMultipart(ValidationFailed):
     code, title = "invalid_upload", "Invalid upload"
     default_detail = "Send multipart/form-data with one file in the field `file`."

@@ -13,6 +13,8 @@ from taskapi.models import RefreshToken, User
 
 async def find_user_by_login(session: AsyncSession, identifier: str) -> User | None:
     key = identifier.strip().lower()
+    if "\x00" in key:
+        return None  # no account has it, and PostgreSQL text cannot hold U+0000 (an error, a 500)
     column = User.email if "@" in key else User.username
     return await session.scalar(select(User).where(func.lower(column) == key))
 

@@ -21,6 +21,7 @@ logger = logging.getLogger("taskapi.jobs")
 DELETE_OBJECTS = "delete_objects"
 SWEEP_ORPHANS = "sweep_orphans"
 DUE_SOON = "due_soon_notifications"
+EXPIRE_IDEMPOTENCY_KEYS = "expire_idempotency_keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +108,34 @@ async def due_soon_notifications(ctx: JobContext, payload: dict[str, Any]) -> No
         await session.commit()
 
 
+# Batches, so one sweep after a long pause never holds a huge delete (and its locks) at once.
+_EXPIRE_IDEMPOTENCY_KEYS_SQL = text(
+    """
+    DELETE FROM idempotency_keys WHERE id IN (
+        SELECT id FROM idempotency_keys WHERE expires_at <= now() LIMIT 5000
+    )
+    """
+)
+
+
+async def expire_idempotency_keys(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Delete Idempotency-Key records past their 24 hours (they no longer replay anyway)."""
+    removed = 0
+    while True:
+        async with ctx.sessionmaker() as session:
+            result = await session.execute(_EXPIRE_IDEMPOTENCY_KEYS_SQL)
+            await session.commit()
+        count = int(getattr(result, "rowcount", 0) or 0)
+        removed += count
+        if count < 5000:
+            break
+    if removed:
+        logger.info("removed %d expired idempotency keys", removed)
+
+
 HANDLERS: dict[str, Handler] = {
     DELETE_OBJECTS: delete_objects,
     SWEEP_ORPHANS: sweep_orphans,
     DUE_SOON: due_soon_notifications,
+    EXPIRE_IDEMPOTENCY_KEYS: expire_idempotency_keys,
 }

@@ -1,6 +1,7 @@
 """The job worker: claims due jobs, runs them, retries failures with backoff, and keeps the
-periodic jobs (orphan sweep, due-soon notifications) scheduled. Runs inside the API process
-(`WORKER_EMBEDDED`) or alone (`taskapi worker`); any number of them can share the queue."""
+periodic jobs (orphan sweep, due-soon notifications, expired idempotency keys) scheduled. Runs
+inside the API process (`WORKER_EMBEDDED`) or alone (`taskapi worker`); any number of them can
+share the queue."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskapi import metrics
 from taskapi.config import Settings
 from taskapi.jobs import queue
-from taskapi.jobs.handlers import DUE_SOON, HANDLERS, SWEEP_ORPHANS, Handler, JobContext
+from taskapi.jobs.handlers import (
+    DUE_SOON,
+    EXPIRE_IDEMPOTENCY_KEYS,
+    HANDLERS,
+    SWEEP_ORPHANS,
+    Handler,
+    JobContext,
+)
 from taskapi.models import Job
 from taskapi.storage import Storage
 
@@ -45,6 +53,7 @@ class Worker:
         periodic = (
             (SWEEP_ORPHANS, self.settings.orphan_sweep_interval_seconds),
             (DUE_SOON, self.settings.due_soon_interval_seconds),
+            (EXPIRE_IDEMPOTENCY_KEYS, self.settings.idempotency_sweep_interval_seconds),
         )
         async with self.context.sessionmaker() as session:
             for kind, interval in periodic:

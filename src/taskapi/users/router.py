@@ -3,11 +3,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
+from pydantic import AfterValidator
 
 from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
 from taskapi.db import DbSession
 from taskapi.openapi import problem_responses
 from taskapi.security import PasswordHashing
+from taskapi.tasks.schemas import reject_nul
 from taskapi.users import service
 from taskapi.users.schemas import UserOut, UserSearchPage, UserUpdate
 
@@ -39,7 +41,11 @@ async def delete_me(user: CurrentUser, session: DbSession) -> None:
 async def search_users(
     _user: CurrentUser,
     session: DbSession,
-    search: Annotated[str, Query(min_length=1, max_length=50, description="Username prefix")],
+    search: Annotated[
+        str,
+        Query(min_length=1, max_length=50, description="Username prefix"),
+        AfterValidator(reject_nul),
+    ],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> UserSearchPage:

@@ -3,13 +3,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from taskapi.tasks.schemas import reject_nul
 
 Username = Annotated[
     str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.\-]+$")
 ]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
-FullName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
+# PostgreSQL text cannot hold U+0000: refused here (422) instead of failing the INSERT (500).
+FullName = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(reject_nul)
+]
 
 
 class UserOut(BaseModel):

@@ -1,0 +1,182 @@
+"""Fuzzing the app against its own OpenAPI schema with schemathesis.
+
+Every operation is called with generated requests, valid and invalid, as an authenticated user;
+every response must be a non-5xx that the schema documents: status code, content type, headers
+and body. Then the stateful phase chains operations along the schema's links (create a task, then
+read, change and delete *that* task).
+
+Schemathesis drives the ASGI app from its own event-loop thread, so the app cannot share the
+per-test connection of `conftest.app` (asyncpg connections belong to one loop): it runs with its
+own engine over a database cloned from the migrated template, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck
+from schemathesis import checks
+from schemathesis.core.failures import FailureGroup
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.schemas import BaseSchema
+
+from taskapi.app import create_app
+from tests.conftest import TEMPLATE_DB, admin_execute, make_settings
+
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+]
+
+# Bounded for CI: the whole file stays well under 90 s on two cores, and the same examples are
+# generated on every run (derandomize), so a failure reproduces.
+STATELESS_SETTINGS = hypothesis.settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+STATEFUL_SETTINGS = hypothesis.settings(
+    STATELESS_SETTINGS,
+    max_examples=25,
+    stateful_step_count=8,
+)
+STATEFUL_ATTEMPTS = 4
+STATEFUL_MIN_STEPS = 100
+PASSWORD = "correct horse battery"
+
+# Responses seen, per operation and status (`pytest -s` prints them at the end of the module).
+SEEN: Counter[tuple[str, int]] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_requests() -> Iterator[None]:
+    yield
+    statuses = Counter[int]()
+    for (_operation, status), count in SEEN.items():
+        statuses[status] += count
+    by_status = dict(sorted(statuses.items()))
+    print(f"\nschemathesis: {statuses.total()} requests, by status {by_status}")
+
+
+@pytest.fixture(scope="module")
+async def fuzz_database(migrated_databases: None) -> AsyncIterator[str]:
+    name = f"taskapi_fuzz_{uuid.uuid4().hex[:10]}"
+    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    try:
+        yield name
+    finally:
+        await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(fuzz_database: str) -> Iterator[FastAPI]:
+    application = create_app(make_settings(fuzz_database))
+    yield application
+    # Schemathesis started the app's lifespan on first use; end it before the database goes.
+    shutdown_lifespans()
+
+
+def register_and_login(schema: BaseSchema) -> dict[str, str]:
+    """A new user, through the API; returns the bearer header."""
+    username = f"fuzz_{uuid.uuid4().hex[:12]}"
+    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+    registered = schema["/api/v1/auth/register"]["POST"].Case(body=body).call()
+    assert registered.status_code == 201, registered.text
+    login = {"username": username, "password": PASSWORD}
+    tokens = schema["/api/v1/auth/login"]["POST"].Case(body=login).call()
+    assert tokens.status_code == 200, tokens.text
+    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(fuzz_app: FastAPI) -> BaseSchema:
+    served = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    # The operations below were generated at collection time from the same factory's schema.
+    assert served.raw_schema == schema.raw_schema
+    return served
+
+
+@pytest.fixture(scope="module")
+def auth_headers(fuzz_schema: BaseSchema) -> dict[str, str]:
+    return register_and_login(fuzz_schema)
+
+
+# Collection needs the operations before any fixture runs, so the schema is taken from an app
+# built by the same factory (building it touches no database); the requests go to `fuzz_app`.
+schema = schemathesis.openapi.from_dict(create_app(make_settings("unused")).openapi())
+
+
+# DELETE /users/me would delete the fuzzing user and turn every later request into a 401: it is
+# fuzzed on its own below, with a fresh user per example.
+@schema.exclude(method="DELETE", path="/api/v1/users/me").parametrize()
+@hypothesis.settings(STATELESS_SETTINGS)
+def test_every_operation_answers_as_documented(
+    case: schemathesis.Case, fuzz_app: FastAPI, auth_headers: dict[str, str]
+) -> None:
+    response = case.call_and_validate(app=fuzz_app, headers=auth_headers, checks=CHECKS)
+    SEEN[(case.operation.label, response.status_code)] += 1
+
+
+@schema.include(method="DELETE", path="/api/v1/users/me").parametrize()
+@hypothesis.settings(STATELESS_SETTINGS, max_examples=5)
+def test_deleting_the_account_answers_as_documented(
+    case: schemathesis.Case, fuzz_app: FastAPI, fuzz_schema: BaseSchema
+) -> None:
+    headers = register_and_login(fuzz_schema)
+    response = case.call_and_validate(app=fuzz_app, headers=headers, checks=CHECKS)
+    SEEN[(case.operation.label, response.status_code)] += 1
+    if case.method != "DELETE":  # the coverage phase also tries methods the path lacks
+        assert response.status_code == 405
+        return
+    assert response.status_code == 204
+    # The account is gone: its token no longer works.
+    again = case.call(app=fuzz_app, headers=headers)
+    assert again.status_code == 401
+
+
+def test_stateful_sequences_answer_as_documented(
+    fuzz_schema: BaseSchema, auth_headers: dict[str, str]
+) -> None:
+    steps: Counter[tuple[str, int]] = Counter()
+    failures: list[FailureGroup] = []
+    base = fuzz_schema.exclude(method="DELETE", path="/api/v1/users/me").as_state_machine()
+
+    class Machine(base):  # type: ignore[valid-type,misc]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"headers": auth_headers}
+
+        def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+            steps[(case.operation.label, response.status_code)] += 1
+            try:
+                case.validate_response(response, checks=CHECKS, headers=auth_headers)
+            except FailureGroup as failure:
+                failures.append(failure)
+                raise
+
+    for _attempt in range(STATEFUL_ATTEMPTS):
+        # The API's state lives in a database the earlier steps changed, so Hypothesis replaying
+        # a sequence may not reach the same rules again (Flaky); schemathesis' own runner then
+        # starts over, and so do we. Every step that ran was checked: failures are raised below.
+        with contextlib.suppress(hypothesis.errors.Flaky):
+            Machine.run(settings=STATEFUL_SETTINGS)
+        if failures:
+            raise failures[0]
+        if sum(steps.values()) >= STATEFUL_MIN_STEPS:
+            break
+    SEEN.update(steps)
+    # The links carried real ids: operations on a task created earlier in the sequence succeeded.
+    chained = {op for (op, status) in steps if "{task_id}" in op and status < 300}
+    assert chained, steps
