@@ -1,8 +1,8 @@
 """Pure ASGI middleware: request ids, security headers, the last-resort 500, the access log and
 the request metrics.
 
-Written against raw ASGI rather than BaseHTTPMiddleware, which costs a task and memory
-streams per request on the hot path.
+Written against raw ASGI rather than Starlette's base HTTP middleware class, which costs a task
+and memory streams per request on the hot path.
 """
 
 from __future__ import annotations
