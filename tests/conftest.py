@@ -15,6 +15,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,16 +173,25 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield ac
 
 
-@pytest.fixture
-async def live_app(migrated_databases: None) -> AsyncIterator[FastAPI]:
+@asynccontextmanager
+async def cloned_app(**overrides: Any) -> AsyncIterator[FastAPI]:
+    """An app with its own engine on a fresh database cloned from the migrated template (real
+    commits, real concurrency), started and stopped through its lifespan; the database is dropped
+    afterwards. Needs the `migrated_databases` fixture."""
     name = f"taskapi_live_{uuid.uuid4().hex[:10]}"
     await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
     try:
-        application = create_app(make_settings(name))
+        application = create_app(make_settings(name, **overrides))
         async with application.router.lifespan_context(application):
             yield application
     finally:
         await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def live_app(migrated_databases: None) -> AsyncIterator[FastAPI]:
+    async with cloned_app() as application:
+        yield application
 
 
 @pytest.fixture

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from taskapi.config import Settings
@@ -125,3 +127,45 @@ class StorageProbe:
         import shutil
 
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class MotoServer:
+    """A moto server of a test module's own (outage tests restart or cut theirs)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+
+    def client(self) -> Any:
+        return s3_client(self.url)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.client().head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+        else:
+            return True
+        assert code in ("404", "NoSuchKey"), code
+        return False
+
+    def keys(self, bucket: str) -> list[str]:
+        page = self.client().list_objects_v2(Bucket=bucket, Prefix="attachments/")
+        return [item["Key"] for item in page.get("Contents", [])]
+
+
+@contextmanager
+def moto_server(port: int) -> Iterator[MotoServer]:
+    """Start a MotoServer with dummy AWS credentials in the environment; stop it afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", S3_REGION)
+        patch.delenv("AWS_PROFILE", raising=False)
+        server = MotoServer(port)
+        server.server.start()
+        try:
+            yield server
+        finally:
+            server.server.stop()

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
-from botocore.exceptions import ClientError
 from fastapi import FastAPI
-from moto.server import ThreadedMotoServer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskapi.app import create_app
 from taskapi.db import create_engine, create_sessionmaker
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import (
@@ -50,10 +45,13 @@ from tests.conftest import (
     TEMPLATE_DB,
     UserHandle,
     admin_execute,
+    cloned_app,
     database_url,
     make_settings,
     register_and_login,
 )
+from tests.fault_servers import free_port
+from tests.storage_fixtures import MotoServer, moto_server
 
 TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
@@ -61,75 +59,13 @@ TINY = 0.001  # seconds: lets "now" move past a run_at that is exactly now
 PERIODIC = sorted([DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, SWEEP_ORPHANS])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- moto (S3) -----------------------------------------------------------------------------------
 
 
-class Moto:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-
-    def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def exists(self, bucket: str, key: str) -> bool:
-        try:
-            self.client().head_object(Bucket=bucket, Key=key)
-        except ClientError as error:
-            code = error.response["Error"]["Code"]
-        else:
-            return True
-        assert code in ("404", "NoSuchKey"), code
-        return False
-
-    def keys(self, bucket: str) -> list[str]:
-        page = self.client().list_objects_v2(Bucket=bucket, Prefix="attachments/")
-        return [item["Key"] for item in page.get("Contents", [])]
-
-
 @pytest.fixture(scope="module")
-def moto() -> Iterator[Moto]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.delenv("AWS_PROFILE", raising=False)
-        server = Moto()
-        server.server.start()
-        try:
-            yield server
-        finally:
-            server.server.stop()
-
-
-# --- apps on cloned databases --------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def running_app(**overrides: Any) -> AsyncIterator[FastAPI]:
-    """Like conftest's `live_app`: its own database (cloned from the template), real commits."""
-    name = f"taskapi_jobs_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-    try:
-        application = create_app(make_settings(name, **overrides))
-        async with application.router.lifespan_context(application):
-            yield application
-    finally:
-        await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def moto() -> Iterator[MotoServer]:
+    with moto_server(free_port()) as server:
+        yield server
 
 
 @asynccontextmanager
@@ -141,7 +77,7 @@ async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def app(migrated_databases: None) -> AsyncIterator[FastAPI]:
-    async with running_app() as application:
+    async with cloned_app() as application:
         yield application
 
 
@@ -180,7 +116,7 @@ async def sql(app: FastAPI, statement: str, **params: Any) -> None:
 class Backend:
     """Where the app of a test keeps its objects, looked at from outside the app."""
 
-    def __init__(self, app: FastAPI, moto: Moto | None) -> None:
+    def __init__(self, app: FastAPI, moto: MotoServer | None) -> None:
         self.app = app
         self.moto = moto
         self.settings = app.state.settings
@@ -223,11 +159,11 @@ async def storage_app(
     request: pytest.FixtureRequest, migrated_databases: None
 ) -> AsyncIterator[tuple[FastAPI, Backend]]:
     if request.param == "local":
-        async with running_app() as application:
+        async with cloned_app() as application:
             yield application, Backend(application, None)
         return
-    server: Moto = request.getfixturevalue("moto")
-    async with running_app(
+    server: MotoServer = request.getfixturevalue("moto")
+    async with cloned_app(
         storage_backend="s3",
         s3_endpoint_url=server.url,
         s3_bucket=f"jobs-{uuid.uuid4().hex[:12]}",

@@ -16,23 +16,23 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import boto3
 import httpx
 import pytest
-from botocore.exceptions import ClientError
 from fastapi import FastAPI
-from moto.server import ThreadedMotoServer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskapi.app import create_app
 from taskapi.jobs.handlers import DELETE_OBJECTS
 from taskapi.jobs.worker import Worker
-from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, make_settings, register_and_login
+from tests.conftest import (
+    UserHandle,
+    cloned_app,
+    register_and_login,
+)
 from tests.fault_servers import Link, free_port
+from tests.storage_fixtures import MotoServer, moto_server
 
 TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
@@ -41,61 +41,16 @@ PROBLEM = "application/problem+json"
 FAST = 5.0
 
 
-class Moto:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-
-    def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def exists(self, bucket: str, key: str) -> bool:
-        try:
-            self.client().head_object(Bucket=bucket, Key=key)
-        except ClientError as error:
-            code = error.response["Error"]["Code"]
-        else:
-            return True
-        assert code in ("404", "NoSuchKey"), code
-        return False
-
-
 @pytest.fixture(scope="module")
-def moto() -> Iterator[Moto]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.delenv("AWS_PROFILE", raising=False)
-        server = Moto()
-        server.server.start()
-        try:
-            yield server
-        finally:
-            server.server.stop()
-
-
-@asynccontextmanager
-async def running_app(**overrides: Any) -> AsyncIterator[FastAPI]:
-    name = f"taskapi_outage_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-    try:
-        application = create_app(make_settings(name, **overrides))
-        async with application.router.lifespan_context(application):
-            yield application
-    finally:
-        await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def moto() -> Iterator[MotoServer]:
+    with moto_server(free_port()) as server:
+        yield server
 
 
 class Stack:
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient, link: Link, moto: Moto) -> None:
+    def __init__(
+        self, app: FastAPI, client: httpx.AsyncClient, link: Link, moto: MotoServer
+    ) -> None:
         self.app = app
         self.client = client
         self.link = link
@@ -138,11 +93,11 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(moto: Moto, migrated_databases: None) -> AsyncIterator[Stack]:
+async def stack(moto: MotoServer, migrated_databases: None) -> AsyncIterator[Stack]:
     link = Link(moto.port)
     await link.restore()
     try:
-        async with running_app(
+        async with cloned_app(
             storage_backend="s3",
             s3_endpoint_url=link.url,
             s3_bucket=f"outage-{uuid.uuid4().hex[:12]}",
@@ -329,12 +284,12 @@ async def test_deleting_a_task_during_an_outage_cleans_up_once_storage_is_back(
 
 
 async def test_the_app_starts_without_storage_and_uses_it_once_it_appears(
-    moto: Moto, migrated_databases: None
+    moto: MotoServer, migrated_databases: None
 ) -> None:
     link = Link(moto.port)  # not listening yet: the port is closed
     bucket = f"late-{uuid.uuid4().hex[:12]}"
     try:
-        async with running_app(
+        async with cloned_app(
             storage_backend="s3", s3_endpoint_url=link.url, s3_bucket=bucket
         ) as app:
             transport = httpx.ASGITransport(app=app)

@@ -124,8 +124,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run background jobs (object deletion, orphan sweep, due-soon notifications) until SIGTERM
     or Ctrl-C; the job in hand is finished first. Any number of workers can run at once."""
-    import signal
-
     from taskapi.db import create_engine, create_sessionmaker
     from taskapi.jobs.worker import Worker
     from taskapi.storage.s3 import create_storage

@@ -48,12 +48,6 @@ class AppError(Exception):
         super().__init__(self.detail)
 
 
-# 400
-class MalformedRequest(AppError):
-    status, code, title = 400, "malformed_request", "Malformed request"
-    default_detail = "The request could not be parsed."
-
-
 # 401
 class Unauthorized(AppError):
     status, code, title = 401, "not_authenticated", "Not authenticated"
@@ -110,20 +104,9 @@ class TaskNotFound(NotFound):
     default_detail = "No task with this id exists or it is not visible to you."
 
 
-class UserNotFound(NotFound):
-    code, title = "user_not_found", "User not found"
-    default_detail = "No user with this id exists."
-
-
 class TagNotFound(NotFound):
     code, title = "tag_not_found", "Tag not found"
     default_detail = "The task does not carry this tag."
-
-
-# 405
-class MethodNotAllowed(AppError):
-    status, code, title = 405, "method_not_allowed", "Method not allowed"
-    default_detail = "This method is not allowed on this resource."
 
 
 # 409
