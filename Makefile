@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: help install run migrate test bigfile faults load lint format services lock clean
+.PHONY: help install run migrate test bigfile faults bench load lint format services lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -38,6 +38,9 @@ bigfile: install  ## stream a 1 GiB file up and down (local, then S3 via moto); 
 
 faults: install  ## break PostgreSQL, Redis and S3 under load (own throwaway servers); 0 unexpected 5xx
 	$(BIN)/python scripts/faults.py $(FAULTS_ARGS)
+
+bench: install services  ## wrk vs a bare ceiling app, 1 then 2 workers, fresh seeded database (<10 min)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 # `make load` defaults; override on the command line: make load USERS=50 DURATION=5m
 BASE_URL   ?= http://127.0.0.1:8000

@@ -1,0 +1,1624 @@
+"""`make bench`: throughput and latency of a real `taskapi serve`, next to a bare ceiling.
+
+    make bench [BENCH_ARGS="--markdown reports/bench.md"]
+    .venv/bin/python scripts/bench.py [--workers 1,2] [--duration 6] [--warmup 2]
+        [--connections 32] [--storm-logins 32] [--storm-list 8] [--quick] [--markdown FILE] [--keep]
+
+Once per worker count (default 1, then 2):
+
+1. A fresh database. A template is migrated and seeded once per run with SQL (1,000 users sharing
+   one password, hashed once by the API's own PasswordHashing; the user `bench` owns 10,000 tasks
+   and is assigned 500 more; every other user owns 20), then vacuumed and analysed. Each worker
+   count gets its own clone of it, its own storage directory and its own Redis key prefix.
+2. `taskapi serve --workers N` from the working tree, configured as in production (JSON access
+   log, into a log file), rate limits on with buckets no run can empty; beside it, for one
+   scenario each, the bare ceiling app (scripts/bench/ceiling.py: Starlette + asyncpg + orjson)
+   and a second API server with STATS_CACHE_TTL_SECONDS=0 for the stats cache miss.
+3. Every scenario is checked with one request first (the expected success status; the ceiling's
+   body must equal the API's list), warmed up, then driven by wrk on loopback: one thread (the
+   generator shares the two cores with the servers and PostgreSQL), fixed connections, fixed
+   duration, replaying prepared requests (scripts/bench/requests.lua). Reads run before writes, so
+   they see the seeded data. Patch and transition give each task its own cycle of requests (there
+   and back again) and never have one task in flight twice, so every request is a real change
+   and none waits on another's row lock; they warm up on pools of their own. The stats cache is
+   verified through /ops/metrics: all hits in the hit scenario, none in the miss scenario.
+4. The login storm: the list at 8 connections alone, then again while 32 connections log in.
+
+Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
+`errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario
+with errors (or a failed check) did not measure what it claims: it is listed at the end and the
+exit status is 1. `vs ceiling` is the scenario's req/s as a share of the ceiling's (same run,
+connections, duration and worker count) and, for the list, its p99 as a multiple of the ceiling's.
+Figures vary by about 25% between runs of a shared 2-core machine, more when anything else runs
+(the report says how busy the CPU was between phases): compare within one run. The goals are
+PASS/FAIL per worker count; missing one does not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import asyncpg
+import httpx
+import redis
+from sqlalchemy.engine import make_url
+
+from taskapi.config import Settings
+from taskapi.security import PasswordHashing
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv this script runs in (make bench: .venv/bin)
+BENCH_DIR = ROOT / "scripts" / "bench"
+WRK_SCRIPT = BENCH_DIR / "requests.lua"
+API = "/api/v1"
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
+TEMPLATE_DATABASE = "taskapi_bench_seed"
+DATABASE = "taskapi_bench"
+
+# The data set.
+USERS = 1000
+BENCH_USER = "bench"  # user id 1: owns BENCH_TASKS tasks and is assigned about 500 more
+BENCH_TASKS = 10_000
+TASKS_PER_OTHER_USER = 20
+PASSWORD = "bench-password-0123"
+SEARCH_TERM = "invoice"  # one of 30 task objects: a few hundred of the bench user's tasks
+FILTER = "status=in_progress&priority=high"
+
+# Pools of the bench user's tasks, disjoint, so no write scenario sees another's changes; each
+# write scenario warms up on a pool of its own, so its measured run starts from seeded rows.
+TRANSITION_POOL = (
+    3000  # todo tasks; more than the connections, or requests.lua must reuse busy ones
+)
+TRANSITION_WARMUP_POOL = 1000
+PATCH_POOL = 1500  # in_progress tasks
+PATCH_WARMUP_POOL = 500
+UPLOAD_POOL = 500  # done tasks
+GET_POOL = 2000  # any visible task
+UPLOAD_BYTES = 10 * 1024
+DOWNLOAD_BYTES = 1024 * 1024
+
+# One signing key per run; production refuses to start without a strong one.
+SECRET_KEY = secrets.token_urlsafe(48)
+HUGE = str(10**9)  # rate-limit buckets no run can empty (the limiter still runs on every request)
+WRK_TIMEOUT_S = 10  # a response slower than this counts as a timeout error
+LOGIN_MIN_SECONDS = 5  # 32 connections at ~20-100 logins/s: each login waits 0.3-1.6 s
+FEW_REQUESTS = 200  # fewer completed requests than this: p99 rests on a handful of samples
+STORM_LEAD_S = 1  # the login storm runs this long before (and after) the list is measured
+
+# Goals per worker count (issue 8): share of the ceiling's req/s.
+LIST_GOAL = 0.50
+LIST_P99_GOAL = 2.0  # list p99 at most this multiple of the ceiling's
+READ_GOAL = 0.40
+CREATE_GOAL = 0.25
+STORM_GOAL = 3.0  # list p99 during the login storm at most this multiple of the list alone
+BUSY_WARNING = 0.10  # CPU share used by others, between phases, above which figures are suspect
+READ_SCENARIOS = ("filtered", "search", "get", "stats-hit", "stats-miss", "download")
+
+
+class BenchError(RuntimeError):
+    """The run cannot go on; the message says why."""
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    workers: tuple[int, ...]
+    duration: int
+    warmup: int
+    connections: int
+    storm_logins: int
+    storm_list: int
+    markdown: Path | None
+    keep: bool
+
+
+def _worker_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from error
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("worker counts must be at least 1")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench.py",
+        description="Benchmark a real `taskapi serve` with wrk against a bare ceiling app.",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_worker_list,
+        default=(1, 2),
+        help="worker counts to measure, in order (default: 1,2)",
+    )
+    parser.add_argument("--duration", type=_positive, help="seconds per scenario (default: 6)")
+    parser.add_argument("--warmup", type=int, help="warm-up seconds per scenario (default: 2)")
+    parser.add_argument(
+        "--connections",
+        type=_positive,
+        default=32,
+        help="wrk connections for the main scenarios (default: 32)",
+    )
+    parser.add_argument(
+        "--storm-logins",
+        type=_positive,
+        default=32,
+        help="connections logging in during the login storm (default: 32)",
+    )
+    parser.add_argument(
+        "--storm-list",
+        type=_positive,
+        default=8,
+        help="connections listing, alone and during the login storm (default: 8)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 2 s per scenario after a 1 s warm-up (unless given explicitly)",
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the report as Markdown here")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases, server logs and stored files (their paths are printed)",
+    )
+    args = parser.parse_args(argv)
+    duration = args.duration or (2 if args.quick else 6)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if warmup < 0:
+        parser.error("--warmup must be 0 or more")
+    return Options(
+        workers=args.workers,
+        duration=duration,
+        warmup=warmup,
+        connections=args.connections,
+        storm_logins=args.storm_logins,
+        storm_list=args.storm_list,
+        markdown=args.markdown,
+        keep=args.keep,
+    )
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    | " + line[:300] for line in text[-lines:])
+
+
+class Server:
+    """A server process on a free loopback port, its output in a log file."""
+
+    def __init__(self, name: str, command: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._command = [part.replace("{port}", str(self.port)) for part in command]
+        self._env = dict(env)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_path: str, headers: Mapping[str, str] | None = None) -> None:
+        with open(self.log, "ab") as out:
+            self._process = subprocess.Popen(  # noqa: S603 - our own venv's executables
+                self._command,
+                cwd=ROOT,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=self.url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise BenchError(
+                        f"{self.name} exited with status {self._process.returncode} "
+                        f"while starting:\n{log_tail(self.log)}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(ready_path, headers=headers).status_code == 200:
+                        return
+                time.sleep(0.2)
+        self.stop()
+        raise BenchError(f"{self.name} was not ready within 60 s:\n{log_tail(self.log)}")
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn drains, then exits), then SIGKILL if it takes over 30 s."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"  {self.name} did not stop within 30 s; killing it", flush=True)
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing; installing it with apt-get ...", flush=True)
+        install = ["apt-get", "install", "-y", "-q", "wrk"]
+        if _quiet(install) != 0:  # the package lists may be missing or stale
+            _quiet(["apt-get", "update", "-q"])
+            _quiet(install)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise BenchError("wrk is not installed; install it (Debian/Ubuntu: apt-get install wrk).")
+
+
+def _quiet(command: list[str]) -> int:
+    return subprocess.run(  # noqa: S603 - fixed apt-get commands
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, check=False
+    ).returncode
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+def _first_match(path: str, pattern: str) -> str | None:
+    with contextlib.suppress(OSError):
+        match = re.search(pattern, Path(path).read_text(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return None
+
+
+def describe_machine(wrk: str, postgres_version: str, redis_version: str) -> list[str]:
+    mem_kib = _first_match("/proc/meminfo", r"^MemTotal:\s+(\d+) kB")
+    wrk_banner = subprocess.run(  # noqa: S603 - the wrk found on PATH
+        [wrk, "-v"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("fastapi", "starlette", "pydantic", "sqlalchemy", "asyncpg", "uvicorn")
+    )
+    cpu = _first_match("/proc/cpuinfo", r"^model name\s*:\s*(.+)$") or platform.processor()
+    return [
+        f"CPU: {cpu}, {os.cpu_count()} logical cores",
+        f"RAM: {int(mem_kib) / 1024**2:.1f} GiB" if mem_kib else "RAM: unknown",
+        f"Kernel: {platform.system()} {platform.release()}",
+        f"Python: {platform.python_version()} ({platform.python_implementation()}); {versions}",
+        f"PostgreSQL: {postgres_version}",
+        f"Redis: {redis_version}",
+        f"wrk: {wrk_banner[0].split(' Copyright')[0] if wrk_banner else 'unknown'}",
+    ]
+
+
+# --- the databases ---------------------------------------------------------------------------
+
+
+def database_urls(database: str) -> tuple[str, str]:
+    """(the app's DATABASE_URL for `database`, an asyncpg DSN for the same server's `postgres`
+    database), on the server DATABASE_URL names (default: local, user postgres)."""
+    url = make_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+    app = url.set(drivername="postgresql+asyncpg", database=database)
+    admin = url.set(drivername="postgresql", database="postgres")
+    return app.render_as_string(hide_password=False), admin.render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(app_url: str) -> str:
+    return app_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _admin(statements: Sequence[str]) -> str:
+    """Run statements on the `postgres` database; returns the server's version."""
+    _, admin_dsn = database_urls("postgres")
+    try:
+        conn = await asyncpg.connect(admin_dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise BenchError(
+            f"PostgreSQL is not reachable ({type(error).__name__}: {error}); start it "
+            "(`make services`) or set DATABASE_URL to a running server."
+        ) from error
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+        version: str = await conn.fetchval("SHOW server_version")
+        return version
+    finally:
+        await conn.close()
+
+
+def drop_databases() -> None:
+    asyncio.run(
+        _admin(
+            [
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                for name in (DATABASE, TEMPLATE_DATABASE)
+            ]
+        )
+    )
+
+
+# Deterministic (setseed) and fast: one INSERT ... SELECT for all tasks. The bench user's statuses
+# come from the row number, so the pools of todo/in_progress/done tasks have known sizes (45%,
+# 25%, 20%, 10% cancelled); everything else is random: due dates (70% have one, from 30 days ago
+# to 60 days ahead, so open ones in the past are overdue), priorities (20/45/25/10%), 0-3 tags,
+# titles "<verb> <object>" (30 objects), 80% with 1-3 sentences of description, creation times
+# over the last year.
+# Every tenth task of the bench user is assigned to someone else; every 40th task of the others
+# is assigned to the bench user, every fifth to another user.
+SEED_USERS_SQL = """
+INSERT INTO users (id, username, email, full_name, password_hash, created_at, updated_at)
+SELECT g, name, name || '@example.com', 'Bench User ' || g, $1,
+       now() - interval '400 days', now() - interval '400 days'
+FROM generate_series(1, $2::int) AS g,
+     LATERAL (SELECT CASE WHEN g = 1 THEN $3 ELSE 'user' || g END AS name) AS n
+"""
+SEED_TASKS_SQL = """
+INSERT INTO tasks (owner_id, assignee_id, title, description, status, priority, due_date, tags,
+                   created_at, updated_at, completed_at)
+SELECT owner_id, assignee_id,
+       verbs[1 + floor(r_verb * cardinality(verbs))::int] || ' '
+           || objects[1 + floor(r_object * cardinality(objects))::int],
+       CASE WHEN r_description < 0.8 THEN array_to_string(ARRAY(
+           SELECT d FROM unnest(details) AS d ORDER BY random() LIMIT 1 + n_sentences), ' ') END,
+       status::task_status, priority::task_priority,
+       CASE WHEN r_due < 0.7 THEN current_date + (floor(r_due_day * 91)::int - 30) END,
+       ARRAY(SELECT t FROM unnest(tag_words) AS t ORDER BY random() LIMIT n_tags)::varchar[],
+       created_at, updated_at,
+       CASE WHEN status = 'done' THEN updated_at END
+FROM (
+    SELECT owner_id, assignee_id, status, r_verb, r_object, r_description, n_sentences, r_due,
+           r_due_day, n_tags, created_at,
+           created_at + (now() - created_at) * r_update AS updated_at,
+           CASE WHEN r_priority < 0.20 THEN 'low' WHEN r_priority < 0.65 THEN 'medium'
+                WHEN r_priority < 0.90 THEN 'high' ELSE 'urgent' END AS priority
+    FROM (
+        SELECT owner_id, assignee_id, status,
+               random() AS r_verb, random() AS r_object, random() AS r_description,
+               floor(random() * 3)::int AS n_sentences, random() AS r_due,
+               random() AS r_due_day, floor(random() * 4)::int AS n_tags,
+               random() AS r_priority, random() AS r_update,
+               now() - random() * interval '365 days' AS created_at
+        FROM (
+            SELECT 1 AS owner_id,
+                   CASE WHEN g % 10 = 3 THEN 2 + floor(random() * ($1::int - 1))::int END
+                       AS assignee_id,
+                   CASE WHEN g % 20 < 9 THEN 'todo' WHEN g % 20 < 14 THEN 'in_progress'
+                        WHEN g % 20 < 18 THEN 'done' ELSE 'cancelled' END AS status
+            FROM generate_series(1, $2::int) AS g
+            UNION ALL
+            SELECT 2 + (g - 1) / $3::int,
+                   CASE WHEN g % 40 = 7 THEN 1
+                        WHEN g % 5 = 1 THEN 2 + floor(random() * ($1::int - 1))::int END,
+                   (ARRAY['todo', 'todo', 'todo', 'todo', 'in_progress', 'in_progress', 'done',
+                          'done', 'done', 'cancelled'])[1 + floor(random() * 10)::int]
+            FROM generate_series(1, ($1::int - 1) * $3::int) AS g
+        ) AS base
+    ) AS draws
+) AS task_rows,
+LATERAL (SELECT
+    ARRAY['Write', 'Review', 'Fix', 'Update', 'Migrate', 'Draft', 'Test', 'Document', 'Plan',
+          'Refactor', 'Benchmark', 'Prepare'] AS verbs,
+    ARRAY['release notes for v2.4', 'the onboarding checklist', 'login rate limiting',
+          'quarterly budget spreadsheet', 'PostgreSQL backup restore drill',
+          'customer interview notes', 'the CI pipeline cache', 'SQLAlchemy session handling',
+          'invoice PDF export', 'mobile push notifications', 'the pricing page copy',
+          'S3 lifecycle rules', 'search relevance', 'on-call runbook',
+          'accessibility audit findings', 'Redis failover test', 'team offsite agenda',
+          'API pagination docs', 'Kubernetes node upgrade', 'dashboard latency graphs',
+          'the vendor contract renewal', 'Android crash reports', 'GDPR data export',
+          'webhook retry policy', 'design system tokens', 'the support macro library',
+          'staging database refresh', 'OAuth consent screen', 'sprint retrospective notes',
+          'email template rendering'] AS objects,
+    ARRAY['Agreed in Monday''s planning; see the thread for context.',
+          'Blocked until the design review is done.',
+          'Keep the scope small: ship the first version, iterate afterwards.',
+          'Customers asked for this twice this month.',
+          'Check with the security team before merging.',
+          'Numbers from last quarter are in the shared drive.',
+          'Pair with someone from support to reproduce it.',
+          'Needs a migration; announce the maintenance window.'] AS details,
+    ARRAY['backend', 'frontend', 'docs', 'ops', 'bug', 'feature', 'q4', 'customer', 'security',
+          'research'] AS tag_words
+) AS vocabulary
+"""
+
+
+async def _seed(app_url: str, password_hash: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(asyncpg_dsn(app_url))
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT setseed(0.42)")
+            await conn.execute(SEED_USERS_SQL, password_hash, USERS, BENCH_USER)
+            # Explicit ids were inserted: move the identity past them for registrations.
+            await conn.execute(
+                "SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))"
+            )
+            await conn.execute(SEED_TASKS_SQL, USERS, BENCH_TASKS, TASKS_PER_OTHER_USER)
+        # Index-only scans need the visibility map; a live database's autovacuum would have
+        # done this long ago.
+        await conn.execute("VACUUM ANALYZE")
+        users = await conn.fetchval("SELECT count(*) FROM users")
+        tasks = await conn.fetchval("SELECT count(*) FROM tasks")
+        return int(users), int(tasks)
+    finally:
+        await conn.close()
+
+
+def build_template(env: Mapping[str, str]) -> str:
+    """Create, migrate and seed the template database; returns the PostgreSQL version."""
+    version = asyncio.run(
+        _admin(
+            [
+                f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)',
+                f'DROP DATABASE IF EXISTS "{TEMPLATE_DATABASE}" WITH (FORCE)',
+                f'CREATE DATABASE "{TEMPLATE_DATABASE}"',
+            ]
+        )
+    )
+    app_url, _ = database_urls(TEMPLATE_DATABASE)
+    migrate = subprocess.run(  # noqa: S603 - our own venv's executable
+        [str(BIN / "taskapi"), "migrate"],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": app_url, "LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrate.returncode != 0:
+        raise BenchError(f"taskapi migrate failed:\n{(migrate.stdout + migrate.stderr)[-3000:]}")
+    # The API's own hashing with the server's settings (same environment), so logins verify the
+    # way they will in the server and never need a rehash.
+    hashing = PasswordHashing(Settings())
+    try:
+        password_hash = asyncio.run(hashing.hash(PASSWORD))
+    finally:
+        hashing.close()
+    started = time.monotonic()
+    users, tasks = asyncio.run(_seed(app_url, password_hash))
+    print(
+        f"seeded {users:,} users and {tasks:,} tasks in {time.monotonic() - started:.1f} s "
+        f"(template database {TEMPLATE_DATABASE})",
+        flush=True,
+    )
+    return version
+
+
+def clone_database() -> str:
+    """A fresh copy of the seeded template; returns its DATABASE_URL."""
+    asyncio.run(
+        _admin(
+            [
+                f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)',
+                f'CREATE DATABASE "{DATABASE}" TEMPLATE "{TEMPLATE_DATABASE}"',
+            ]
+        )
+    )
+    return database_urls(DATABASE)[0]
+
+
+@dataclass(frozen=True)
+class Fixtures:
+    """Ids of the bench user's tasks, by the pool each scenario uses, and every username."""
+
+    user_id: int
+    usernames: list[str]
+    visible: list[int]
+    todo: list[int]
+    in_progress: list[int]
+    done: list[int]
+    cancelled: list[int]
+
+
+async def _fixtures(app_url: str) -> Fixtures:
+    conn = await asyncpg.connect(asyncpg_dsn(app_url))
+    try:
+        user_id = await conn.fetchval("SELECT id FROM users WHERE username = $1", BENCH_USER)
+        usernames = [row["username"] for row in await conn.fetch("SELECT username FROM users")]
+        visible = [
+            row["id"]
+            for row in await conn.fetch(
+                "SELECT id FROM tasks WHERE owner_id = $1 OR assignee_id = $1 ORDER BY id", user_id
+            )
+        ]
+        by_status: dict[str, list[int]] = {}
+        for row in await conn.fetch(
+            "SELECT id, status::text FROM tasks WHERE owner_id = $1 ORDER BY id", user_id
+        ):
+            by_status.setdefault(row["status"], []).append(row["id"])
+    finally:
+        await conn.close()
+    return Fixtures(
+        user_id=int(user_id),
+        usernames=usernames,
+        visible=visible,
+        todo=by_status.get("todo", []),
+        in_progress=by_status.get("in_progress", []),
+        done=by_status.get("done", []),
+        cancelled=by_status.get("cancelled", []),
+    )
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Req:
+    method: str
+    path: str
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What wrk replays: one cycle of requests shared by all connections, or one cycle per task
+    ("slots") of which no two requests are ever in flight at once (see requests.lua)."""
+
+    cycles: tuple[tuple[Req, ...], ...]
+    exclusive: bool = False
+
+    @classmethod
+    def cycle(cls, requests: Sequence[Req]) -> Workload:
+        return cls((tuple(requests),))
+
+    @classmethod
+    def per_task(cls, pool: Sequence[int], steps: Sequence[tuple[str, str, bytes]]) -> Workload:
+        """For each task of the pool, its own cycle of `steps` (method, path with {id}, body)."""
+        cycles = tuple(
+            tuple(Req(method, path.format(id=task_id), body) for method, path, body in steps)
+            for task_id in pool
+        )
+        return cls(cycles, exclusive=True)
+
+    @property
+    def first(self) -> Req:
+        return self.cycles[0][0]
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    duration_s: float
+    errors: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    # Slot workloads only: requests sent to a task still in flight, answers matching no task.
+    overlaps: int = 0
+    unmatched: int = 0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def describe_errors(self) -> str:
+        if not self.error_count:
+            return "0"
+        parts = ", ".join(f"{kind} {n}" for kind, n in self.errors.items() if n)
+        return f"{self.error_count} ({parts})"
+
+
+def write_requests(path: Path, headers: Mapping[str, str], workload: Workload) -> None:
+    """The file scripts/bench/requests.lua replays (its format is described there)."""
+    with open(path, "wb") as out:
+        for name, value in headers.items():
+            out.write(f"H {name}: {value}\n".encode())
+        for cycle in workload.cycles:
+            if workload.exclusive:
+                out.write(b"S\n")
+            for request in cycle:
+                out.write(f"R {request.method} {request.path} {len(request.body)}\n".encode())
+                out.write(request.body + b"\n")
+
+
+class Wrk:
+    def __init__(self, executable: str, workdir: Path) -> None:
+        self._executable = executable
+        self._workdir = workdir
+        self._files = 0
+
+    def start(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        workload: Workload,
+        connections: int,
+        seconds: int,
+    ) -> subprocess.Popen[str]:
+        self._files += 1
+        path = self._workdir / f"requests-{self._files}.txt"
+        write_requests(path, headers, workload)
+        command = [
+            self._executable,
+            "-t1",  # one generator thread: it shares the two cores with the server
+            f"-c{connections}",
+            f"-d{seconds}s",
+            f"--timeout={WRK_TIMEOUT_S}s",
+            "-s",
+            str(WRK_SCRIPT),
+            base_url,
+            "--",
+            str(path),
+        ]
+        return subprocess.Popen(  # noqa: S603 - wrk with our own arguments
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    @staticmethod
+    def result(process: subprocess.Popen[str]) -> WrkResult:
+        stdout, stderr = process.communicate()
+        line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+        if process.returncode != 0 or line is None:
+            raise BenchError(f"wrk failed (status {process.returncode}):\n{stdout}\n{stderr}")
+        data = json.loads(line.removeprefix("BENCH_RESULT "))
+        return WrkResult(
+            requests=data["requests"],
+            duration_s=data["duration_us"] / 1e6,
+            errors={kind: int(n) for kind, n in data["errors"].items()},
+            p50_ms=data["latency_us"]["p50"] / 1000,
+            p99_ms=data["latency_us"]["p99"] / 1000,
+            overlaps=data["slots"]["overlaps"],
+            unmatched=data["slots"]["unmatched"],
+        )
+
+    def run(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        workload: Workload,
+        connections: int,
+        seconds: int,
+    ) -> WrkResult:
+        return self.result(self.start(base_url, headers, workload, connections, seconds))
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+Target = Literal["api", "ceiling", "api-nocache"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    workload: Workload
+    headers: Mapping[str, str]
+    expect: int  # the status of a successful response
+    target: Target = "api"
+    # Stateful scenarios warm up on a pool of their own, so the measured run starts from seeded
+    # rows (a transition pool must start with every task in `todo`).
+    warmup: Workload | None = None
+    # The request checked before the run; stateful scenarios use one outside their pools.
+    probe: Req | None = None
+    connections: int | None = None  # default: --connections
+    detail: str = ""  # what exactly is requested, for the table's notes
+    # A floor under --duration, for requests slower than a short (--quick) run: a run shorter
+    # than the latency completes next to nothing.
+    min_seconds: int = 0
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    connections: int
+    result: WrkResult | None = None
+    warmup_errors: int = 0
+    notes: list[str] = field(default_factory=list)
+    broken: str | None = None  # why it could not be measured, or why the figures are invalid
+
+    def problems(self) -> list[str]:
+        """Why the figures do not mean what they say; empty for a valid measurement."""
+        found = [self.broken] if self.broken else []
+        if self.result is None:
+            found = found or ["not measured"]
+        elif not self.result.requests:
+            found.append("no request completed during the run")
+        elif self.result.error_count:
+            found.append(f"{self.result.describe_errors()} errors")
+        if self.warmup_errors:
+            found.append(f"{self.warmup_errors} errors in the warm-up")
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+
+def _take(pool: list[int], count: int, what: str) -> list[int]:
+    if len(pool) < count:
+        raise BenchError(f"the seed has {len(pool)} {what}, the benchmark needs {count}")
+    taken = pool[:count]
+    del pool[:count]
+    return taken
+
+
+def upload_body(name: str, size: int, boundary: str) -> bytes:
+    line = b"The quick brown fox jumps over the lazy dog; benchmark notes, line by line.\n"
+    content = (line * (size // len(line) + 1))[:size]
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode()
+    return head + content + f"\r\n--{boundary}--\r\n".encode()
+
+
+def build_scenarios(
+    fixtures: Fixtures, token: str, download_id: int, options: Options
+) -> dict[str, Scenario]:
+    auth = {"Authorization": f"Bearer {token}"}
+    json_auth = {**auth, "Content-Type": "application/json"}
+    boundary = "bench" + secrets.token_hex(8)
+    upload_headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    todo, in_progress = list(fixtures.todo), list(fixtures.in_progress)
+    transition_probe = _take(todo, 1, "todo tasks")[0]
+    transition_warmup = _take(todo, TRANSITION_WARMUP_POOL, "todo tasks")
+    transition_pool = _take(todo, TRANSITION_POOL, "todo tasks")
+    patch_probe = _take(in_progress, 1, "in_progress tasks")[0]
+    patch_warmup = _take(in_progress, PATCH_WARMUP_POOL, "in_progress tasks")
+    patch_pool = _take(in_progress, PATCH_POOL, "in_progress tasks")
+    upload_pool = _take(list(fixtures.done), UPLOAD_POOL, "done tasks")
+    # Spread over the whole visible set (owned and assigned), not only the newest rows.
+    step = max(1, len(fixtures.visible) // GET_POOL)
+    get_pool = fixtures.visible[::step][:GET_POOL]
+
+    # Per task: there and back again, so every request is a real change (a repeated title
+    # would be a no-op, a repeated status a 409).
+    transitions = [
+        ("POST", f"{API}/tasks/{{id}}/transition", b'{"status": "in_progress"}'),
+        ("POST", f"{API}/tasks/{{id}}/transition", b'{"status": "todo"}'),
+    ]
+    patches = [
+        ("PATCH", f"{API}/tasks/{{id}}", b'{"title": "Renamed by the benchmark (a)"}'),
+        ("PATCH", f"{API}/tasks/{{id}}", b'{"title": "Renamed by the benchmark (b)"}'),
+    ]
+    due = (datetime.now(UTC).date() + timedelta(days=14)).isoformat()
+    creates = [
+        Req("POST", f"{API}/tasks", json.dumps({
+            "title": f"Benchmark task {n}",
+            "description": "Created by make bench.",
+            "priority": ("low", "medium", "high", "urgent")[n % 4],
+            "due_date": due,
+            "tags": ["bench", ("backend", "ops", "docs")[n % 3]],
+        }).encode())
+        for n in range(12)
+    ]  # fmt: skip
+    logins = [
+        Req("POST", f"{API}/auth/login",
+            json.dumps({"username": name, "password": PASSWORD}).encode())
+        for name in fixtures.usernames
+    ]  # fmt: skip
+    uploads = [
+        Req("POST", f"{API}/tasks/{task_id}/files",
+            upload_body(f"notes-{task_id}.txt", UPLOAD_BYTES, boundary))
+        for task_id in upload_pool
+    ]  # fmt: skip
+    gets = [Req("GET", f"{API}/tasks/{task_id}") for task_id in get_pool]
+
+    def single(method: str, path: str) -> Workload:
+        return Workload.cycle([Req(method, path)])
+
+    first_page = single("GET", f"{API}/tasks")
+    stats = single("GET", f"{API}/tasks/stats")
+    scenarios = [
+        Scenario("ceiling", "ceiling (bare list)", first_page, auth, 200, target="ceiling",
+                 detail="Starlette + asyncpg + orjson"),
+        Scenario("list", "list", first_page, auth, 200, detail="first page of 20"),
+        Scenario("filtered", "filtered list", single("GET", f"{API}/tasks?{FILTER}"), auth, 200,
+                 detail=FILTER),
+        Scenario("search", "search", single("GET", f"{API}/tasks?search={SEARCH_TERM}"), auth,
+                 200, detail=f"search={SEARCH_TERM}"),
+        Scenario("get", "get one", Workload.cycle(gets), auth, 200,
+                 detail=f"{len(gets):,} ids round-robin"),
+        Scenario("stats-hit", "stats (cache hit)", stats, auth, 200),
+        Scenario("stats-miss", "stats (cache miss)", stats, auth, 200, target="api-nocache",
+                 detail="STATS_CACHE_TTL_SECONDS=0"),
+        Scenario("download", "download 1 MiB", single("GET", f"{API}/files/{download_id}"), auth,
+                 200),
+        Scenario("login", "login", Workload.cycle(logins), {"Content-Type": "application/json"},
+                 200, detail=f"{len(logins):,} users round-robin", min_seconds=LOGIN_MIN_SECONDS),
+        Scenario("create", "create", Workload.cycle(creates), json_auth, 201),
+        Scenario("patch", "patch", Workload.per_task(patch_pool, patches), json_auth, 200,
+                 warmup=Workload.per_task(patch_warmup, patches),
+                 probe=Req("PATCH", f"{API}/tasks/{patch_probe}", patches[0][2]),
+                 detail=f"title, {len(patch_pool):,} tasks, none in flight twice"),
+        Scenario("transition", "transition", Workload.per_task(transition_pool, transitions),
+                 json_auth, 200, warmup=Workload.per_task(transition_warmup, transitions),
+                 probe=Req("POST", f"{API}/tasks/{transition_probe}/transition",
+                           transitions[0][2]),
+                 detail=f"todo <-> in_progress, {len(transition_pool):,} tasks, none in flight "
+                        "twice"),
+        Scenario("upload", "upload 10 KiB", Workload.cycle(uploads), upload_headers, 201,
+                 detail=f"text/plain, {len(uploads):,} tasks round-robin"),
+        Scenario("storm-list", "list alone", first_page, auth, 200,
+                 connections=options.storm_list),
+    ]  # fmt: skip
+    return {scenario.key: scenario for scenario in scenarios}
+
+
+# --- one worker count ------------------------------------------------------------------------
+
+
+@dataclass
+class Storm:
+    list_alone: Outcome
+    list_during: WrkResult | None = None
+    logins: WrkResult | None = None
+    broken: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        alone = self.list_alone.result
+        if alone is None or self.list_during is None or not alone.p99_ms:
+            return None
+        return self.list_during.p99_ms / alone.p99_ms
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.broken is None
+            and self.list_alone.ok
+            and self.list_during is not None
+            and self.logins is not None
+            and not self.list_during.error_count
+            and not self.logins.error_count
+        )
+
+
+@dataclass
+class Phase:
+    workers: int
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    storm: Storm | None = None
+    # ERROR and CRITICAL lines in the servers' logs, by log file name.
+    log_errors: dict[str, list[str]] = field(default_factory=dict)
+    # CPU busy share with none of our processes running, just before and just after: anything
+    # else using the CPU during the phase makes its figures low and noisy.
+    busy_before: float = 0.0
+    busy_after: float = 0.0
+
+    @property
+    def ceiling(self) -> WrkResult | None:
+        outcome = self.outcomes.get("ceiling")
+        return outcome.result if outcome is not None and outcome.ok else None
+
+
+def server_env(workers: int, database_url: str, storage: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "S3_", "STORAGE_", "PROMETHEUS_"))
+    }
+    env.update(
+        ENVIRONMENT="production",
+        SECRET_KEY=SECRET_KEY,
+        DATABASE_URL=database_url,
+        REDIS_KEY_PREFIX=f"bench:{secrets.token_hex(4)}:",
+        STORAGE_BACKEND="local",
+        STORAGE_DIR=str(storage),
+        WEB_CONCURRENCY=str(workers),
+        ACCESS_TOKEN_TTL_SECONDS="3600",
+        RATE_LIMIT_ENABLED="true",
+        RATE_LIMIT_USER_BURST=HUGE,
+        RATE_LIMIT_USER_PER_MINUTE=HUGE,
+        RATE_LIMIT_AUTH_BURST=HUGE,
+        RATE_LIMIT_AUTH_PER_MINUTE=HUGE,
+        # The production default (INFO, JSON lines, an access log line per request) into the
+        # server's log file: logging costs what it costs in production, off the terminal.
+        LOG_LEVEL="INFO",
+    )
+    env.pop("LOG_FORMAT", None)
+    env.update(extra)
+    return env
+
+
+def api_server(name: str, env: Mapping[str, str], workers: int, log: Path) -> Server:
+    command = [str(BIN / "taskapi"), "serve", "--host", "127.0.0.1", "--port", "{port}"]
+    return Server(name, [*command, "--workers", str(workers)], env, log)
+
+
+def ceiling_server(env: Mapping[str, str], workers: int, log: Path) -> Server:
+    command = [
+        str(BIN / "python"), "-m", "uvicorn", "ceiling:app", "--app-dir", str(BENCH_DIR),
+        "--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return Server("ceiling app", command, env, log)
+
+
+def cache_counts(base_url: str) -> tuple[float, float]:
+    """(stats cache hits, misses) so far, summed over the server's workers."""
+    text = httpx.get(f"{base_url}/ops/metrics", timeout=10).text
+    counts = {"hits": 0.0, "misses": 0.0}
+    for kind in counts:
+        match = re.search(rf"^taskapi_stats_cache_{kind}_total\S* (\S+)$", text, re.MULTILINE)
+        if match:
+            counts[kind] = float(match.group(1))
+    return counts["hits"], counts["misses"]
+
+
+def login(base_url: str, username: str) -> str:
+    response = httpx.post(
+        f"{base_url}{API}/auth/login",
+        json={"username": username, "password": PASSWORD},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        raise BenchError(f"login as {username} failed: {response.status_code} {response.text}")
+    token: str = response.json()["access_token"]
+    return token
+
+
+def upload_download_file(base_url: str, token: str, task_id: int) -> int:
+    content = (b"0123456789abcdef" * 64 + b"\n") * (DOWNLOAD_BYTES // 1025)
+    content += b"x" * (DOWNLOAD_BYTES - len(content))
+    response = httpx.post(
+        f"{base_url}{API}/tasks/{task_id}/files",
+        headers={"Authorization": f"Bearer {token}"},
+        files={"file": ("download-1mib.txt", content, "text/plain")},
+        timeout=60,
+    )
+    if response.status_code != 201 or response.json().get("size") != DOWNLOAD_BYTES:
+        raise BenchError(f"uploading the 1 MiB file failed: {response.status_code} {response.text}")
+    file_id: int = response.json()["id"]
+    return file_id
+
+
+def first_difference(api: object, ceiling: object, where: str = "body") -> str | None:
+    """Where two JSON documents first differ: `body.items[3].tags: API [...], ceiling [...]`."""
+    if isinstance(api, dict) and isinstance(ceiling, dict):
+        if api.keys() != ceiling.keys():
+            return f"{where} keys: API {sorted(api)}, ceiling {sorted(ceiling)}"
+        for key in api:
+            if found := first_difference(api[key], ceiling[key], f"{where}.{key}"):
+                return found
+        return None
+    if isinstance(api, list) and isinstance(ceiling, list):
+        if len(api) != len(ceiling):
+            return f"{where}: API {len(api)} items, ceiling {len(ceiling)}"
+        for index, (left, right) in enumerate(zip(api, ceiling, strict=True)):
+            if found := first_difference(left, right, f"{where}[{index}]"):
+                return found
+        return None
+    return None if api == ceiling else f"{where}: API {api!r:.200}, ceiling {ceiling!r:.200}"
+
+
+def _short(response: httpx.Response) -> str:
+    return f"{response.status_code} {response.text[:200]}"
+
+
+class PhaseRunner:
+    """Everything measured with one worker count."""
+
+    def __init__(self, workers: int, options: Options, wrk: Wrk, workdir: Path) -> None:
+        self.workers = workers
+        self.options = options
+        self.wrk = wrk
+        self.workdir = workdir
+        self.phase = Phase(workers)
+        self.urls: dict[Target, str] = {}
+
+    def say(self, text: str) -> None:
+        print(f"  [{self.workers}w] {text}", flush=True)
+
+    def probe(self, scenario: Scenario, outcome: Outcome) -> bool:
+        """One request, checked; notes what the scenario really measures (totals, cache)."""
+        request = scenario.probe or scenario.workload.first
+        response = httpx.request(
+            request.method,
+            self.urls[scenario.target] + request.path,
+            headers=dict(scenario.headers),
+            content=request.body or None,
+            timeout=30,
+        )
+        if response.status_code != scenario.expect:
+            outcome.broken = f"probe: expected {scenario.expect}, got {_short(response)}"
+            return False
+        if request.path.startswith(f"{API}/tasks") and request.method == "GET":
+            body = response.json()
+            if "total" in body and "items" in body:
+                outcome.notes.append(f"total {body['total']:,}")
+        if scenario.key == "ceiling":
+            api = httpx.get(
+                self.urls["api"] + request.path, headers=dict(scenario.headers), timeout=30
+            )
+            if api.status_code != 200:
+                outcome.broken = f"the API's list failed: {_short(api)}"
+                return False
+            if difference := first_difference(api.json(), response.json()):
+                outcome.broken = f"the ceiling's body differs from the API's list: {difference}"
+                return False
+            same_bytes = api.content == response.content
+            outcome.notes.append("body = API's" + (" (byte for byte)" if same_bytes else ""))
+        return True
+
+    def measure(self, scenario: Scenario) -> Outcome:
+        connections = scenario.connections or self.options.connections
+        outcome = Outcome(scenario, connections)
+        if scenario.detail:
+            outcome.notes.append(scenario.detail)
+        self.phase.outcomes[scenario.key] = outcome
+        try:
+            if not self.probe(scenario, outcome):
+                self.say(f"{scenario.label}: BROKEN, {outcome.broken}")
+                return outcome
+        except httpx.HTTPError as error:
+            outcome.broken = f"probe failed: {type(error).__name__}: {error}"
+            self.say(f"{scenario.label}: BROKEN, {outcome.broken}")
+            return outcome
+        url = self.urls[scenario.target]
+        if self.options.warmup:
+            warm = self.wrk.run(
+                url,
+                scenario.headers,
+                scenario.warmup or scenario.workload,
+                connections,
+                self.options.warmup,
+            )
+            outcome.warmup_errors = warm.error_count
+            self.check_slots(outcome, warm, "warm-up")
+        stats_before = cache_counts(url) if scenario.key.startswith("stats") else None
+        seconds = max(self.options.duration, scenario.min_seconds)
+        if seconds != self.options.duration:
+            outcome.notes.append(f"{seconds} s run")
+        result = self.wrk.run(url, scenario.headers, scenario.workload, connections, seconds)
+        outcome.result = result
+        if 0 < result.requests < FEW_REQUESTS:
+            outcome.notes.append(f"only {result.requests} requests: p99 is rough")
+        self.check_slots(outcome, result, "run")
+        if stats_before is not None:
+            self.check_cache(scenario, outcome, stats_before, cache_counts(url))
+        if outcome.warmup_errors:
+            outcome.notes.append(f"{outcome.warmup_errors} errors in the warm-up")
+        status = "ok" if outcome.ok else "INVALID"
+        self.say(
+            f"{scenario.label}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, "
+            f"p99 {result.p99_ms:.1f} ms, errors {result.describe_errors()} [{status}]"
+        )
+        return outcome
+
+    @staticmethod
+    def check_slots(outcome: Outcome, result: WrkResult, run: str) -> None:
+        if result.overlaps or result.unmatched:
+            outcome.broken = (
+                f"{run}: {result.overlaps} requests sent to a task already in flight, "
+                f"{result.unmatched} responses matching no task in flight"
+            )
+
+    @staticmethod
+    def check_cache(
+        scenario: Scenario,
+        outcome: Outcome,
+        before: tuple[float, float],
+        after: tuple[float, float],
+    ) -> None:
+        hits, misses = after[0] - before[0], after[1] - before[1]
+        rate = hits / (hits + misses) if hits + misses else 0.0
+        outcome.notes.append(f"cache hits {rate:.0%}")
+        if scenario.key == "stats-hit" and rate < 0.95:
+            outcome.broken = f"only {rate:.0%} of the stats reads were cache hits"
+        if scenario.key == "stats-miss" and hits:
+            outcome.broken = f"{hits:.0f} stats reads were cache hits with the cache off"
+
+    def storm(self, scenarios: Mapping[str, Scenario]) -> None:
+        """The list at a small concurrency alone, then during a storm of logins."""
+        list_scenario, logins = scenarios["storm-list"], scenarios["login"]
+        storm = Storm(self.measure(list_scenario))
+        self.phase.storm = storm
+        if not storm.list_alone.ok:
+            storm.broken = "the list alone failed"
+            return
+        api = self.urls["api"]
+        seconds = self.options.duration
+        storm_process = self.wrk.start(
+            api, logins.headers, logins.workload, self.options.storm_logins,
+            seconds + 2 * STORM_LEAD_S,
+        )  # fmt: skip
+        time.sleep(STORM_LEAD_S)  # the storm is in full swing before the list is measured
+        try:
+            storm.list_during = self.wrk.run(
+                api, list_scenario.headers, list_scenario.workload, storm.list_alone.connections,
+                seconds,
+            )  # fmt: skip
+        finally:
+            storm.logins = self.wrk.result(storm_process)
+        self.say(
+            f"login storm: {storm.logins.rps:,.0f} logins/s; list p99 alone "
+            f"{storm.list_alone.result.p99_ms if storm.list_alone.result else 0:.1f} ms, "
+            f"during {storm.list_during.p99_ms:.1f} ms (x{storm.ratio or 0:.2f}); errors "
+            f"{storm.logins.error_count + storm.list_during.error_count}"
+        )
+
+    def run(self) -> Phase:
+        workers = self.workers
+        scratch = self.workdir / f"{workers}-workers"
+        scratch.mkdir()
+        self.phase.busy_before = cpu_busy_share()
+        if self.phase.busy_before > BUSY_WARNING:
+            self.say(
+                f"WARNING: {self.phase.busy_before:.0%} of the CPU is busy before anything of "
+                "ours runs: other processes will skew the figures"
+            )
+        database_url = clone_database()
+        env = server_env(workers, database_url, scratch / "storage")
+        prefixes = [env["REDIS_KEY_PREFIX"]]
+        self.say(f"taskapi serve --workers {workers} (log: {scratch / 'api.log'})")
+        try:
+            with api_server("taskapi serve", env, workers, scratch / "api.log") as api:
+                api.start("/ops/ready")
+                self.urls["api"] = api.url
+                self.measure_all(env, scratch, prefixes)
+        finally:
+            delete_redis_keys(prefixes)
+            self.phase.busy_after = cpu_busy_share()
+            for log in sorted(scratch.glob("*.log")):
+                if errors := log_errors(log):
+                    self.phase.log_errors[log.name] = errors
+                    self.say(f"ERROR lines: {describe_log_errors({log.name: errors})}")
+                    if other := [line for line in errors if "ClientDisconnect" not in line]:
+                        self.say(f"the first other one: {other[0][:600]}")
+        return self.phase
+
+    def measure_all(self, env: dict[str, str], scratch: Path, prefixes: list[str]) -> None:
+        api_url = self.urls["api"]
+        fixtures = asyncio.run(_fixtures(env["DATABASE_URL"]))
+        token = login(api_url, BENCH_USER)
+        download_id = upload_download_file(api_url, token, fixtures.cancelled[0])
+        scenarios = build_scenarios(fixtures, token, download_id, self.options)
+        auth = dict(scenarios["list"].headers)
+
+        with ceiling_server(env, self.workers, scratch / "ceiling.log") as ceiling:
+            ceiling.start(f"{API}/tasks", headers=auth)
+            self.urls["ceiling"] = ceiling.url
+            self.measure(scenarios["ceiling"])
+
+        # Reads first: they see the seeded data set, unchanged by the writes below.
+        for key in ("list", "filtered", "search", "get", "stats-hit", "download"):
+            self.measure(scenarios[key])
+
+        # A second server whose stats are never cached, over the same database, started only
+        # for this (the first one idles meanwhile).
+        nocache_env = {
+            **env,
+            "STATS_CACHE_TTL_SECONDS": "0",
+            "REDIS_KEY_PREFIX": f"bench:{secrets.token_hex(4)}:",
+        }
+        prefixes.append(nocache_env["REDIS_KEY_PREFIX"])
+        nocache = api_server(
+            "taskapi serve (STATS_CACHE_TTL_SECONDS=0)",
+            nocache_env,
+            self.workers,
+            scratch / "api-nocache.log",
+        )
+        try:
+            with nocache:
+                nocache.start("/ops/ready")
+                self.urls["api-nocache"] = nocache.url
+                self.measure(scenarios["stats-miss"])
+        except BenchError as error:
+            outcome = Outcome(scenarios["stats-miss"], self.options.connections)
+            outcome.broken = str(error).splitlines()[0]
+            self.phase.outcomes["stats-miss"] = outcome
+            self.say(f"stats (cache miss): BROKEN, {error}")
+
+        self.measure(scenarios["login"])
+        self.storm(scenarios)
+        for key in ("create", "patch", "transition", "upload"):
+            self.measure(scenarios[key])
+
+
+def cpu_busy_share(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU time spent busy over `seconds` (all cores, /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        # cpu  user nice system idle iowait irq softirq steal (guest time is already in user)
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return sum(values), values[3] + values[4]
+
+    try:
+        total_0, idle_0 = sample()
+        time.sleep(seconds)
+        total_1, idle_1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0  # not Linux: no warning rather than a wrong one
+    total = total_1 - total_0
+    return 1 - (idle_1 - idle_0) / total if total > 0 else 0.0
+
+
+def background_note(phase: Phase) -> str:
+    busiest = max(phase.busy_before, phase.busy_after)
+    note = (
+        f"other processes' CPU use with our servers stopped: {phase.busy_before:.0%} before, "
+        f"{phase.busy_after:.0%} after"
+    )
+    if busiest > BUSY_WARNING:
+        note += " -- WARNING: the machine was not idle, these figures are low and noisy"
+    return note + "."
+
+
+LOG_ERROR = re.compile(r'"level": "(ERROR|CRITICAL)"|^(ERROR|CRITICAL):')
+
+
+def log_errors(log: Path) -> list[str]:
+    """Errors in a server log: each JSON line at ERROR or above (the API), each uvicorn
+    `ERROR:` line (the ceiling) and each bare traceback, summed up by its last lines; a
+    traceback right after an error line belongs to it."""
+    errors: list[str] = []
+    traceback: list[str] | None = None
+    previous_was_error = False
+    with open(log, errors="replace") as lines:
+        for raw in [*lines, "end of log"]:
+            line = raw.rstrip()
+            if traceback is not None:
+                traceback.append(line)
+                if line and not line[0].isspace():  # "SomeError: message" ends a traceback
+                    summary = " | ".join(traceback[-3:])
+                    if previous_was_error:
+                        errors[-1] += " | " + summary
+                    else:
+                        errors.append(summary)
+                    traceback, previous_was_error = None, False
+            elif line.startswith("Traceback (most recent call last)"):
+                traceback = [line]
+            else:
+                previous_was_error = bool(LOG_ERROR.search(line))
+                if previous_was_error:
+                    errors.append(line)
+    return errors
+
+
+def describe_log_errors(errors: Mapping[str, list[str]]) -> str:
+    parts = []
+    for name, lines in errors.items():
+        disconnects = sum(1 for line in lines if "ClientDisconnect" in line)
+        part = f"{len(lines)} in {name}"
+        if disconnects:
+            # wrk stops by closing its connections: an upload in flight then loses its client.
+            part += f" ({disconnects} of them ClientDisconnect: uploads cut off as wrk stops)"
+        parts.append(part)
+    return "; ".join(parts)
+
+
+def delete_redis_keys(prefixes: Sequence[str]) -> None:
+    """Remove what the run left in the shared Redis (rate-limit buckets, cached stats)."""
+    url = os.environ.get("REDIS_URL") or Settings.model_fields["redis_url"].default
+    with contextlib.suppress(redis.RedisError, OSError):
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            for prefix in prefixes:
+                batch = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                for start in range(0, len(batch), 1000):
+                    client.delete(*batch[start : start + 1000])
+        finally:
+            client.close()
+
+
+def redis_version() -> str:
+    url = os.environ.get("REDIS_URL") or Settings.model_fields["redis_url"].default
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            return str(client.info("server")["redis_version"])
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as error:
+        raise BenchError(
+            f"Redis is not reachable at {url} ({error}); start it (`make services`)."
+        ) from error
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    title: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    align: str  # one letter per column: l(eft) for text, r(ight) for numbers
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        columns = range(len(self.header))
+        widths = [max(len(row[i]) for row in [self.header, *self.rows]) for i in columns]
+
+        def line(cells: tuple[str, ...]) -> str:
+            return "  ".join(
+                cell.rjust(width) if side == "r" else cell.ljust(width)
+                for cell, width, side in zip(cells, widths, self.align, strict=True)
+            ).rstrip()
+
+        out = [self.title, line(self.header), "  ".join("-" * width for width in widths)]
+        out += [line(row) for row in self.rows]
+        out += self.notes
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        def line(cells: tuple[str, ...]) -> str:
+            return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+        rule = "|" + "|".join("---:" if side == "r" else "---" for side in self.align) + "|"
+        out = [f"### {self.title}", "", line(self.header), rule, *(line(row) for row in self.rows)]
+        if self.notes:
+            out += ["", *self.notes]
+        return "\n".join(out)
+
+
+def _share(value: float, base: float | None) -> str:
+    return f"{value / base:.0%}" if base else "n/a"
+
+
+def _times(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
+SCENARIO_ORDER = (
+    "ceiling", "list", "filtered", "search", "get", "stats-hit", "stats-miss", "download",
+    "login", "create", "patch", "transition", "upload",
+)  # fmt: skip
+NOT_RELATIVE = frozenset(
+    {"ceiling", "login"}
+)  # no ratio to the ceiling: it is the ceiling / no list
+
+
+def scenario_table(phase: Phase, options: Options) -> Table:
+    ceiling = phase.ceiling
+    rows: list[tuple[str, ...]] = []
+    for key in SCENARIO_ORDER:
+        outcome = phase.outcomes.get(key)
+        if outcome is None:
+            continue
+        result = outcome.result
+        label = outcome.scenario.label
+        if result is None:
+            rows.append((label, str(outcome.connections), "-", "-", "-", "-", "-", "-",
+                         f"BROKEN: {outcome.broken}"))  # fmt: skip
+            continue
+        ceiling_rps = ceiling.rps if ceiling else None
+        ceiling_p99 = ceiling.p99_ms if ceiling else None
+        vs_rps = "" if key in NOT_RELATIVE else _share(result.rps, ceiling_rps)
+        vs_p99 = _times(result.p99_ms, ceiling_p99) if key == "list" else ""
+        notes = list(outcome.notes)
+        if outcome.broken:
+            notes.insert(0, f"INVALID: {outcome.broken}")
+        errors = result.describe_errors() + ("*" if outcome.warmup_errors else "")
+        rows.append((label, str(outcome.connections), f"{result.rps:,.0f}",
+                     f"{result.p50_ms:.1f}", f"{result.p99_ms:.1f}", errors, vs_rps, vs_p99,
+                     "; ".join(notes)))  # fmt: skip
+    workers = f"{phase.workers} worker{'s' if phase.workers > 1 else ''}"
+    log_note = "server log ERROR lines: " + (describe_log_errors(phase.log_errors) or "none.")
+    return Table(
+        f"{workers}: wrk -t1, {options.duration} s per scenario after a {options.warmup} s "
+        "warm-up",
+        ("scenario", "conns", "req/s", "p50 ms", "p99 ms", "errors", "req/s vs ceiling",
+         "p99 vs ceiling", "notes"),
+        rows,
+        align="lrrrrrrrl",
+        notes=["vs ceiling: the scenario's req/s as a share of the ceiling's, and its p99 as a "
+               "multiple of the ceiling's (same run, same connections).",
+               "errors: connect/read/write errors, timeouts and responses >= 400; "
+               "* = errors in the warm-up too.",
+               log_note, background_note(phase)],
+    )  # fmt: skip
+
+
+def storm_table(phases: Sequence[Phase], options: Options) -> Table:
+    rows: list[tuple[str, ...]] = []
+    for phase in phases:
+        storm = phase.storm
+        if storm is None:
+            continue
+        alone, during, logins = storm.list_alone.result, storm.list_during, storm.logins
+        errors = sum(result.error_count for result in (alone, during, logins) if result)
+        rows.append(
+            (
+                str(phase.workers),
+                f"{logins.rps:,.0f}" if logins else "-",
+                f"{alone.rps:,.0f}" if alone else "-",
+                f"{alone.p99_ms:.1f}" if alone else "-",
+                f"{during.rps:,.0f}" if during else "-",
+                f"{during.p99_ms:.1f}" if during else "-",
+                f"{storm.ratio:.2f}x" if storm.ratio is not None else "-",
+                str(errors) if storm.broken is None else f"BROKEN: {storm.broken}",
+            )
+        )
+    return Table(
+        f"Login storm: {options.storm_logins} connections logging in while {options.storm_list} "
+        f"list; the same list load alone first",
+        ("workers", "logins/s", "list req/s alone", "list p99 alone ms", "list req/s in storm",
+         "list p99 in storm ms", "p99 in storm / alone", "errors"),
+        rows,
+        align="rrrrrrrl",
+    )  # fmt: skip
+
+
+def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
+    """PASS/FAIL per goal; a scenario that could not be measured validly FAILs its goal."""
+    ceiling = phase.ceiling
+    workers = str(phase.workers)
+    rows: list[tuple[str, ...]] = []
+
+    def measured(key: str) -> WrkResult | None:
+        outcome = phase.outcomes.get(key)
+        return outcome.result if outcome is not None and outcome.ok else None
+
+    def add(goal: str, value: str | None, passed: bool) -> None:
+        verdict = "PASS" if passed else "FAIL"
+        rows.append((workers, goal, value or "not measured", verdict))
+
+    result = measured("list")
+    goal = f"list req/s >= {LIST_GOAL:.0%} of ceiling and p99 <= {LIST_P99_GOAL:g}x ceiling"
+    if result and ceiling:
+        share, p99 = result.rps / ceiling.rps, result.p99_ms / ceiling.p99_ms
+        add(goal, f"{share:.0%}, p99 {p99:.2f}x", share >= LIST_GOAL and p99 <= LIST_P99_GOAL)
+    else:
+        add(goal, None, False)
+    shares = [(key, READ_GOAL) for key in READ_SCENARIOS] + [("create", CREATE_GOAL)]
+    for key, minimum in shares:
+        result = measured(key)
+        label = phase.outcomes[key].scenario.label if key in phase.outcomes else key
+        goal = f"{label} req/s >= {minimum:.0%} of ceiling"
+        if result and ceiling:
+            add(goal, f"{result.rps / ceiling.rps:.0%}", result.rps / ceiling.rps >= minimum)
+        else:
+            add(goal, None, False)
+    storm = phase.storm
+    goal = f"list p99 during the login storm <= {STORM_GOAL:g}x alone"
+    if storm is not None and storm.ok and storm.ratio is not None:
+        add(goal, f"{storm.ratio:.2f}x", storm.ratio <= STORM_GOAL)
+    else:
+        add(goal, None, False)
+    return rows
+
+
+def build_report(
+    phases: Sequence[Phase], options: Options, machine: list[str], wall_s: float
+) -> list[Table]:
+    tables = [scenario_table(phase, options) for phase in phases]
+    tables.append(storm_table(phases, options))
+    goals = [row for phase in phases for row in goal_rows(phase)]
+    busy = [str(p.workers) for p in phases if max(p.busy_before, p.busy_after) > BUSY_WARNING]
+    goal_notes = (
+        [f"WARNING: other processes used the CPU around the {'/'.join(busy)}-worker run(s): "
+         "those verdicts are not trustworthy."]
+        if busy else []
+    )  # fmt: skip
+    header = ("workers", "goal", "measured", "verdict")
+    tables.append(Table("Goals", header, goals, "rlrl", notes=goal_notes))
+    described = [tuple(line.split(": ", 1)) for line in machine]
+    finished = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    tables.append(
+        Table(
+            "Machine",
+            ("", "description"),
+            described,
+            align="ll",
+            notes=[f"Whole run: {wall_s / 60:.1f} min, finished {finished}."],
+        )
+    )
+    return tables
+
+
+def invalid_measurements(phases: Sequence[Phase]) -> list[str]:
+    problems = []
+    for phase in phases:
+        for outcome in phase.outcomes.values():
+            if found := outcome.problems():
+                label = outcome.scenario.label
+                problems.append(f"{phase.workers} worker(s), {label}: {'; '.join(found)}")
+        if phase.storm is not None and not phase.storm.ok and phase.storm.list_alone.ok:
+            problems.append(f"{phase.workers} worker(s), login storm: errors or not measured")
+    return problems
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(argv)
+    started = time.monotonic()
+    try:
+        wrk_path = ensure_wrk()
+        redis_ver = redis_version()
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="taskapi-bench-"))
+    wrk = Wrk(wrk_path, workdir)
+    phases: list[Phase] = []
+    failed = True
+    try:
+        base_env = server_env(1, "", workdir / "storage")
+        postgres_version = build_template(base_env)
+        machine = describe_machine(wrk_path, postgres_version, redis_ver)
+        for workers in options.workers:
+            print(f"\n== {workers} worker(s) ==", flush=True)
+            phases.append(PhaseRunner(workers, options, wrk, workdir).run())
+        failed = False
+    except BenchError as error:
+        print(f"\nbench: {error}", file=sys.stderr)
+    finally:
+        if options.keep or failed:
+            print(f"\nkept: {workdir} (logs, request files, stored files)", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if not options.keep:
+            with contextlib.suppress(BenchError):
+                drop_databases()
+    if failed:
+        return 1
+
+    tables = build_report(phases, options, machine, time.monotonic() - started)
+    print()
+    print("\n\n".join(table.text() for table in tables))
+    if options.markdown is not None:
+        options.markdown.parent.mkdir(parents=True, exist_ok=True)
+        intro = (
+            f"# make bench\n\nwrk -t1 on loopback, {options.connections} connections, "
+            f"{options.duration} s per scenario after a {options.warmup} s warm-up.\n"
+        )
+        options.markdown.write_text(
+            intro + "\n" + "\n\n".join(table.markdown() for table in tables) + "\n"
+        )
+        print(f"\nMarkdown report: {options.markdown}")
+    problems = invalid_measurements(phases)
+    if problems:
+        print("\nINVALID MEASUREMENTS (the figures above do not mean what they say):")
+        print("\n".join(f"  - {problem}" for problem in problems))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
