@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,16 +153,24 @@ async def db_session(connection: AsyncConnection) -> AsyncIterator[AsyncSession]
         yield session
 
 
+def bind_to_connection(application: FastAPI, connection: AsyncConnection) -> None:
+    """Run the app's reads and writes inside the test's transaction (both session makers: reads
+    normally get an autocommit one, which cannot join a transaction)."""
+    sessionmaker = async_sessionmaker(
+        bind=connection,
+        expire_on_commit=False,
+        autoflush=False,
+        join_transaction_mode="create_savepoint",
+    )
+    application.state.sessionmaker = sessionmaker
+    application.state.read_sessionmaker = sessionmaker
+
+
 @pytest.fixture
 async def app(settings: Settings, connection: AsyncConnection) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        application.state.sessionmaker = async_sessionmaker(
-            bind=connection,
-            expire_on_commit=False,
-            autoflush=False,
-            join_transaction_mode="create_savepoint",
-        )
+        bind_to_connection(application, connection)
         yield application
 
 
@@ -309,17 +317,30 @@ class StatementLog:
         return len(self.statements)
 
 
+_TRANSACTION_CONTROL = ("SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "COMMIT")
+
+
 @pytest.fixture
-def sql_log(connection: AsyncConnection) -> Iterator[StatementLog]:
-    """Every SQL statement the app sends on the test's connection (savepoints excluded)."""
+async def sql_log(connection: AsyncConnection) -> AsyncIterator[StatementLog]:
+    """Every SQL statement the app sends on the test's connection (transaction control
+    excluded): through SQLAlchemy, and straight to asyncpg (the list's compiled queries)."""
     log = StatementLog()
     sync_connection = connection.sync_connection
     assert sync_connection is not None
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+        if not statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
             log.statements.append(statement)
 
+    # SQLAlchemy runs statements as prepared ones, which asyncpg's query logger does not see;
+    # it sees the queries sent with Connection.fetch/execute, so nothing is counted twice.
+    def record_direct(query: Any) -> None:
+        record(None, None, query.query)
+
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
     event.listen(sync_connection, "before_cursor_execute", record)
+    driver.add_query_logger(record_direct)
     yield log
+    driver.remove_query_logger(record_direct)
     event.remove(sync_connection, "before_cursor_execute", record)

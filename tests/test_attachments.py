@@ -33,7 +33,13 @@ from taskapi.attachments import service
 from taskapi.config import Settings
 from taskapi.errors import Conflict
 from taskapi.jobs.worker import Worker
-from tests.conftest import MAIN_DB, UserHandle, make_settings, register_and_login
+from tests.conftest import (
+    MAIN_DB,
+    UserHandle,
+    bind_to_connection,
+    make_settings,
+    register_and_login,
+)
 from tests.storage_fixtures import (
     StorageProbe,
     moto_endpoint_fixture,  # noqa: F401 - registers the `moto_endpoint` fixture
@@ -379,12 +385,7 @@ async def make_env(
             settings = make_settings(MAIN_DB, **overrides)
             application = create_app(settings)
             await stack.enter_async_context(application.router.lifespan_context(application))
-            application.state.sessionmaker = async_sessionmaker(
-                bind=connection,
-                expire_on_commit=False,
-                autoflush=False,
-                join_transaction_mode="create_savepoint",
-            )
+            bind_to_connection(application, connection)
             client = await stack.enter_async_context(
                 httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=application), base_url="http://testserver"

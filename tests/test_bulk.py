@@ -408,8 +408,13 @@ async def _insert_tasks(db_session, owner: UserHandle, assignee: UserHandle, n: 
 
 
 async def test_bulk_sql_statements_do_not_grow_with_ids(client, alice, bob, db_session, sql_log):
+    warm = await _insert_tasks(db_session, alice, bob, 1)
     few = await _insert_tasks(db_session, alice, bob, 2)
     many = await _insert_tasks(db_session, alice, bob, 200)
+    # First requests pay one-off costs (the caller's lookup before the principal cache holds it,
+    # asyncpg's type introspection): not what is being compared.
+    await bulk_patch(client, alice, warm, {"priority": "urgent", "tags": ["b"]})
+    await bulk_status(client, alice, warm, "done")
     counts: dict[tuple[str, int], int] = {}
     for ids in (few, many):
         sql_log.clear()
@@ -428,7 +433,7 @@ async def test_bulk_sql_statements_do_not_grow_with_ids(client, alice, bob, db_s
         task = await fetch(client, bob, task_id)
         assert (task["priority"], task["status"], task["version"]) == ("urgent", "done", 3)
     notes = await client.get("/api/v1/notifications", params={"limit": 1}, headers=bob.headers)
-    assert notes.json()["total"] == 2 * (2 + 200)
+    assert notes.json()["total"] == 2 * (1 + 2 + 200)
 
 
 # --- concurrency (real commits) ----------------------------------------------------------------

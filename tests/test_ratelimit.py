@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from taskapi import ratelimit
@@ -36,6 +36,7 @@ from tests.conftest import (
     TEMPLATE_DB,
     UserHandle,
     admin_execute,
+    bind_to_connection,
     database_url,
     make_settings,
 )
@@ -70,12 +71,7 @@ async def running(settings: Settings, connection: AsyncConnection) -> AsyncItera
     """An app instance (its own lifespan, Redis client and limiter) on the test's transaction."""
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        application.state.sessionmaker = async_sessionmaker(
-            bind=connection,
-            expire_on_commit=False,
-            autoflush=False,
-            join_transaction_mode="create_savepoint",
-        )
+        bind_to_connection(application, connection)
         yield application
 
 

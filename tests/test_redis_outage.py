@@ -16,11 +16,18 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.app import create_app
 from taskapi.cache import CachedStats, RedisGuard, StatsCache
-from tests.conftest import MAIN_DB, StatementLog, UserHandle, make_settings, register_and_login
+from tests.conftest import (
+    MAIN_DB,
+    StatementLog,
+    UserHandle,
+    bind_to_connection,
+    make_settings,
+    register_and_login,
+)
 from tests.fault_servers import RedisServer, free_port
 from tests.task_helpers import TASKS, task_url
 
@@ -61,12 +68,7 @@ async def _build_app(
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        application.state.sessionmaker = async_sessionmaker(
-            bind=connection,
-            expire_on_commit=False,
-            autoflush=False,
-            join_transaction_mode="create_savepoint",
-        )
+        bind_to_connection(application, connection)
         yield application
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.app import create_app
 from tests.conftest import (
@@ -22,6 +22,7 @@ from tests.conftest import (
     TEMPLATE_DB,
     UserHandle,
     admin_execute,
+    bind_to_connection,
     database_url,
     make_settings,
     register_and_login,
@@ -213,12 +214,7 @@ async def upload_client(
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        application.state.sessionmaker = async_sessionmaker(
-            bind=connection,
-            expire_on_commit=False,
-            autoflush=False,
-            join_transaction_mode="create_savepoint",
-        )
+        bind_to_connection(application, connection)
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

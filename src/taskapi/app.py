@@ -12,11 +12,12 @@ from starlette.middleware.cors import CORSMiddleware
 from taskapi import __version__
 from taskapi.attachments.router import MULTIPART_OVERHEAD
 from taskapi.attachments.router import router as attachments_router
+from taskapi.auth.principal_cache import PrincipalCache
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AuthService
 from taskapi.cache import RedisGuard, StatsCache, create_redis
 from taskapi.config import Settings, get_settings
-from taskapi.db import create_engine, create_sessionmaker
+from taskapi.db import create_engine, create_sessionmaker, read_only_engine
 from taskapi.errors import install_error_handlers
 from taskapi.idempotency import install_idempotency
 from taskapi.jobs.worker import Worker
@@ -57,13 +58,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     stats_cache = StatsCache(guard, settings.redis_key_prefix, settings.stats_cache_ttl_seconds)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.read_sessionmaker = create_sessionmaker(read_only_engine(engine))
     app.state.password_hashing = hashing
     app.state.auth_service = AuthService(hashing, TokenCodec(settings))
     app.state.cursor_codec = CursorCodec(settings.signing_key)
     app.state.redis = guard
     app.state.stats_cache = stats_cache
     app.state.rate_limiter = RateLimiter(guard, settings)
-    app.state.after_commit = [stats_cache.after_commit]
+    principal_cache = PrincipalCache(
+        guard, settings.redis_key_prefix, settings.principal_cache_ttl_seconds
+    )
+    app.state.principal_cache = principal_cache
+    app.state.after_commit = [principal_cache.after_commit, stats_cache.after_commit]
     storage = await create_storage(settings)
     app.state.storage = storage
     stop_worker = asyncio.Event()
@@ -97,12 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
 
-    app.include_router(ops_router)
+    # Routes are matched in order: the busiest first (no two routers' paths overlap).
+    app.include_router(tasks_router, prefix=API_PREFIX)
+    app.include_router(attachments_router, prefix=API_PREFIX)
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
-    app.include_router(tasks_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
-    app.include_router(attachments_router, prefix=API_PREFIX)
+    app.include_router(ops_router)
 
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
     # security headers.

@@ -85,9 +85,16 @@ def mark_stats_stale(session: AsyncSession, *user_ids: int | None) -> None:
     session.info.setdefault(_STATS_STALE, set()).update(u for u in user_ids if u is not None)
 
 
-# Reads the user's generation and the payload cached for it in one round trip.
+# Reads the user's generation and the payload cached for it in one round trip. A missing
+# generation (never set, or evicted) gets a new one from Redis' clock rather than a default, so a
+# payload stored before an eviction can never become current again.
 _GET_STATS = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  local clock = redis.call('TIME')
+  generation = 'n' .. clock[1] .. '.' .. clock[2]
+  redis.call('SET', KEYS[1], generation)
+end
 return {generation, redis.call('GET', KEYS[2] .. generation)}
 """
 
@@ -122,7 +129,14 @@ class StatsCache:
         # The UTC date is part of the key: "overdue" changes at midnight without any write.
         return f"{self._prefix}stats:{user_id}:{datetime.now(UTC).date().isoformat()}:"
 
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
+
     async def get(self, user_id: int) -> CachedStats:
+        if not self.enabled:
+            metrics.STATS_CACHE_MISSES.inc()
+            return CachedStats(generation=None, payload=None)
         if self._pending:
             # Invalidations missed during an outage go first: the guard's recovery hook runs only
             # after the first successful call, so a read could otherwise be that call and return
@@ -146,7 +160,7 @@ class StatsCache:
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         ids = set(user_ids) | self._pending
-        if not ids:
+        if not ids or not self.enabled:
             return
 
         async def bump(client: redis.Redis) -> Any:

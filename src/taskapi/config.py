@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     redis_retry_cooldown_seconds: float = Field(default=1.0, ge=0)
     redis_key_prefix: str = "taskapi:"
     # Also bounds staleness if one process could not reach Redis to invalidate while others could.
-    stats_cache_ttl_seconds: int = Field(default=60, ge=1)
+    # 0 turns the stats cache off (every read aggregates in PostgreSQL).
+    stats_cache_ttl_seconds: int = Field(default=60, ge=0)
+    # Who an access token belongs to (auth/principal_cache.py); 0 turns the cache off. Only
+    # bounds staleness if a process could not reach Redis to invalidate while others could.
+    principal_cache_ttl_seconds: int = Field(default=60, ge=0)
 
     secret_key: SecretStr | None = None
     secret_key_file: Path = Path("var/secret_key")

@@ -7,13 +7,17 @@ is sent (FastAPI's `scope="function"` for dependencies with yield).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -43,7 +47,8 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout_seconds,
-        "pool_pre_ping": True,
+        # Not pool_pre_ping: it costs a round trip on every checkout. `_ping_if_idle` pings only
+        # connections that sat idle, the ones a restart or a dropped link may have killed.
         "connect_args": {
             "timeout": settings.database_connect_timeout_seconds,
             # A client-side bound too: statement_timeout is enforced by the server, which cannot
@@ -70,7 +75,62 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     engine = create_async_engine(make_url(settings.database_url), **options)
     event.listen(engine.sync_engine, "do_connect", _connect)
     event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
+    event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
+    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
     return engine
+
+
+def read_only_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool in autocommit: a read sends no BEGIN and no COMMIT (two round trips of the
+    three a one-query request would otherwise make). Each statement sees its own snapshot, so
+    a read that needs one consistent view must be a single statement (as the list page is)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+# A connection used within this many seconds is taken as alive; one idle longer is pinged first.
+# A server restart inside the window costs the next request on that connection a 503 (the
+# disconnect invalidates the whole pool, so only one), instead of a round trip on every request.
+PING_AFTER_IDLE_SECONDS = 2.0
+_CHECKED_IN_AT = "taskapi.checked_in_at"
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    checked_in_at = record.info.get(_CHECKED_IN_AT)
+    if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+        return  # brand new, or in use a moment ago
+    try:
+        dbapi_connection.ping()
+    except Exception as error:
+        # The pool discards this connection and checks out (or opens) another.
+        raise DisconnectionError(f"idle connection failed its ping: {error}") from error
+
+
+async def fetch_direct(
+    connection: AsyncConnection, sql: str, arguments: Sequence[Any]
+) -> list[Any]:
+    """Run one compiled statement on the asyncpg connection under `connection`, skipping
+    SQLAlchemy's per-execution work — and so redoing the part of its error handling that
+    matters: a connection found dead or timed out is invalidated, with every other connection
+    of its generation (a restart killed them all), and surfaces as the database outage it is
+    (a 503), never a 500 or a dead connection back in the pool."""
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        records: list[Any] = await driver.fetch(sql, *arguments)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        lost = driver.is_closed() or isinstance(
+            error, OSError | TimeoutError | asyncpg.PostgresConnectionError
+        )
+        if not lost:
+            raise
+        connection.sync_engine.pool._invalidate(raw, error, _checkin=False)
+        await connection.invalidate(error)
+        raise OperationalError(sql, None, error, connection_invalidated=True) from error
+    return records
 
 
 def _drop_timed_out_connection(context: Any) -> None:
@@ -115,9 +175,15 @@ async def _undo(session: AsyncSession) -> None:
         await undo()
 
 
+def _has_work(session: AsyncSession) -> bool:
+    # A request that never touched the database (a cached read) skips the commit's machinery.
+    return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
+
+
 async def _commit(session: AsyncSession, hooks: list[AfterCommitHook]) -> None:
     try:
-        await session.commit()
+        if _has_work(session):
+            await session.commit()
     except BaseException:
         await _undo(session)
         raise
@@ -128,8 +194,14 @@ async def _commit(session: AsyncSession, hooks: list[AfterCommitHook]) -> None:
         await hook(session.info)
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    state = request.app.state
+    sessionmaker: async_sessionmaker[AsyncSession] = (
+        state.read_sessionmaker if request.method in READ_METHODS else state.sessionmaker
+    )
     hooks: list[AfterCommitHook] = getattr(request.app.state, "after_commit", [])
     async with sessionmaker() as session:
         try:

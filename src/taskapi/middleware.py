@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskapi.errors import (
@@ -100,6 +101,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            # The client went away mid-request (an upload cut off): nobody to answer, nothing
+            # of ours failed. Recorded as 499, without a traceback.
+            status = CLIENT_CLOSED_REQUEST
         except Exception as error:
             if not response_started and is_database_unavailable(error):
                 # Raised outside the routes (a middleware's own query): the same 503 as inside.

@@ -159,6 +159,24 @@ class Task(Base):
             postgresql_where=text("assignee_id IS NOT NULL"),
         ),
         Index("ix_tasks_owner_due_date", "owner_id", "due_date"),
+        # Filtered totals and stats aggregates are index-only scans of these (migration 0005).
+        Index(
+            "ix_tasks_owner_status_priority",
+            "owner_id",
+            "status",
+            "priority",
+            "due_date",
+            postgresql_include=["tags"],
+        ),
+        Index(
+            "ix_tasks_assignee_status_priority",
+            "assignee_id",
+            "status",
+            "priority",
+            "due_date",
+            postgresql_include=["owner_id", "tags"],
+            postgresql_where=text("assignee_id IS NOT NULL"),
+        ),
         Index("ix_tasks_tags", "tags", postgresql_using="gin"),
         Index("ix_tasks_search_vector", "search_vector", postgresql_using="gin"),
     )

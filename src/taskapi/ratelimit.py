@@ -23,6 +23,11 @@ from taskapi.errors import AppError
 
 # KEYS[1] bucket; ARGV[1] capacity; ARGV[2] refill in tokens per millisecond.
 # Redis' own clock, so every process agrees on time. Returns {allowed, tokens left}.
+# With KEYS[2] (a generation key) and KEYS[3] (an entry prefix) it also reads a generational
+# cache entry in the same round trip (auth/principal_cache.py): {..., generation, entry}.
+# A missing generation (never set, or evicted under memory pressure) is replaced by a new one
+# from Redis' clock, never read as a default: an entry stored before an eviction must not
+# become current again.
 _TOKEN_BUCKET = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -43,7 +48,26 @@ if tokens >= 1 then
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
+if KEYS[3] then
+  local generation = redis.call('GET', KEYS[2])
+  if not generation then
+    generation = 'n' .. clock[1] .. '.' .. clock[2]
+    redis.call('SET', KEYS[2], generation)
+  end
+  return {allowed, tostring(tokens), generation, redis.call('GET', KEYS[3] .. generation)}
+end
 return {allowed, tostring(tokens)}
+"""
+
+# The cache read alone, for when rate limiting is off.
+_READ_GENERATIONAL = """
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  local clock = redis.call('TIME')
+  generation = 'n' .. clock[1] .. '.' .. clock[2]
+  redis.call('SET', KEYS[1], generation)
+end
+return {generation, redis.call('GET', KEYS[2] .. generation)}
 """
 
 _LOCAL_BUCKETS_MAX = 100_000
@@ -95,6 +119,23 @@ class Decision:
         return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
 
 
+class CachedRead:
+    """A generational cache entry to fetch along with the bucket: `generation` stays None when
+    Redis could not be asked (then nothing may be stored either)."""
+
+    __slots__ = ("entry", "entry_prefix", "generation", "generation_key")
+
+    def __init__(self, generation_key: str, entry_prefix: str) -> None:
+        self.generation_key = generation_key
+        self.entry_prefix = entry_prefix
+        self.generation: bytes | None = None
+        self.entry: bytes | None = None
+
+    def found(self, generation: bytes, entry: bytes | None) -> None:
+        self.generation = generation
+        self.entry = entry
+
+
 class LocalBuckets:
     """The same arithmetic in process memory, for when Redis is down."""
 
@@ -120,6 +161,7 @@ class RateLimiter:
         self._guard = guard
         self._prefix = f"{settings.redis_key_prefix}rl:"
         self._script = guard.client.register_script(_TOKEN_BUCKET)
+        self._read = guard.client.register_script(_READ_GENERATIONAL)
         self._local = LocalBuckets()
         self.user_policy = Policy(
             "user", settings.rate_limit_user_burst, settings.rate_limit_user_per_minute
@@ -131,19 +173,31 @@ class RateLimiter:
             ipaddress.ip_network(proxy, strict=False) for proxy in settings.trusted_proxies
         ]
 
-    async def take(self, policy: Policy, identity: str) -> Decision:
+    async def take(self, policy: Policy, identity: str, read: CachedRead | None = None) -> Decision:
         key = f"{self._prefix}{policy.name}:{identity}"
         args = [policy.burst, policy.per_second / 1000]
-        ok, reply = await self._guard.run(lambda _client: self._script(keys=[key], args=args))
+        keys = [key] if read is None else [key, read.generation_key, read.entry_prefix]
+        ok, reply = await self._guard.run(lambda _client: self._script(keys=keys, args=args))
         if ok and isinstance(reply, list):
+            if read is not None:
+                read.found(reply[2], reply[3] if len(reply) > 3 else None)
             return Decision(policy, bool(int(reply[0])), float(reply[1]))
         return self._local.take(key, policy)
 
-    async def enforce(self, request: Request, policy: Policy, identity: str) -> None:
-        """Spend one token or raise 429; the RateLimit headers go on the response either way."""
+    async def enforce(
+        self, request: Request, policy: Policy, identity: str, read: CachedRead | None = None
+    ) -> None:
+        """Spend one token or raise 429; the RateLimit headers go on the response either way.
+
+        `read`, if given, is filled from the same Redis round trip (even with limits off)."""
         if not self.enabled:
+            if read is not None:
+                keys = [read.generation_key, read.entry_prefix]
+                ok, reply = await self._guard.run(lambda _client: self._read(keys=keys))
+                if ok and isinstance(reply, list):
+                    read.found(reply[0], reply[1] if len(reply) > 1 else None)
             return
-        decision = await self.take(policy, identity)
+        decision = await self.take(policy, identity, read)
         request.state.rate_limit = decision
         if not decision.allowed:
             metrics.RATE_LIMITED.labels(policy=policy.name).inc()
@@ -176,7 +230,7 @@ def client_ip(request: Request, networks: list[Network]) -> str:
     return hops[0] if hops else peer
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     limiter: RateLimiter = request.app.state.rate_limiter
     return limiter
 

@@ -25,7 +25,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="The file's id")]
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 

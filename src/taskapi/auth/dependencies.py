@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2PasswordBearer
 
+from taskapi.auth.principal_cache import PrincipalCache
 from taskapi.auth.service import AuthService, Principal
 from taskapi.db import DbSession
 from taskapi.errors import Unauthorized
 from taskapi.models import User
-from taskapi.ratelimit import RateLimiter, get_rate_limiter
+from taskapi.ratelimit import RateLimiter
+from taskapi.security import TokenClaims
 
 # auto_error=False: a missing token is reported by our own problem+json 401, not FastAPI's.
 bearer_scheme = OAuth2PasswordBearer(
@@ -21,7 +23,7 @@ bearer_scheme = OAuth2PasswordBearer(
 )
 
 
-def get_auth_service(request: Request) -> AuthService:
+async def get_auth_service(request: Request) -> AuthService:
     service: AuthService = request.app.state.auth_service
     return service
 
@@ -29,25 +31,52 @@ def get_auth_service(request: Request) -> AuthService:
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
+def _bearer_claims(request: Request, token: str | None) -> tuple[AuthService, TokenClaims]:
+    if not token:
+        raise Unauthorized()
+    auth: AuthService = request.app.state.auth_service
+    return auth, auth.tokens.decode(token, expected_type="access")
+
+
+async def get_current_user(
+    request: Request,
+    session: DbSession,
+    token: Annotated[str | None, Security(bearer_scheme)],
+) -> User:
+    """The caller, from the principal cache when it holds the login (no database round trip;
+    the lookup shares the rate limiter's Redis call), else from the database.
+
+    The user is a snapshot for reading; handlers that change the account use
+    `CurrentPrincipal`, which is loaded from the database."""
+    auth, claims = _bearer_claims(request, token)
+    state = request.app.state
+    limiter: RateLimiter = state.rate_limiter
+    cache: PrincipalCache = state.principal_cache
+    read = cache.read_for(claims.user_id, claims.session_id) if await cache.usable() else None
+    # Spend from the user's bucket before touching the database.
+    await limiter.enforce(request, limiter.user_policy, str(claims.user_id), read)
+    user = PrincipalCache.decode(read.entry) if read is not None and read.entry else None
+    if user is None:
+        user = (await auth.current_principal(session, claims)).user
+        if read is not None:
+            await cache.store(read, user)
+    request.state.user_id = user.id
+    return user
+
+
 async def get_principal(
     request: Request,
     session: DbSession,
-    auth: AuthServiceDep,
-    limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
     token: Annotated[str | None, Security(bearer_scheme)],
 ) -> Principal:
-    if not token:
-        raise Unauthorized()
-    claims = auth.tokens.decode(token, expected_type="access")
-    # Spend from the user's bucket before touching the database.
+    """The caller and their login, loaded from the database (never the cache): for handlers that
+    change the account."""
+    auth, claims = _bearer_claims(request, token)
+    limiter: RateLimiter = request.app.state.rate_limiter
     await limiter.enforce(request, limiter.user_policy, str(claims.user_id))
     principal = await auth.current_principal(session, claims)
     request.state.user_id = principal.user.id
     return principal
-
-
-async def get_current_user(principal: Annotated[Principal, Depends(get_principal)]) -> User:
-    return principal.user
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

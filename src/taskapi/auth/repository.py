@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.auth.principal_cache import mark_principal_stale
 from taskapi.models import RefreshToken, User
 
 
@@ -71,11 +72,13 @@ async def find_by_hash(session: AsyncSession, token_hash: str) -> RefreshToken |
 
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
-    await session.execute(
+    owners = await session.scalars(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
+        .returning(RefreshToken.user_id)
     )
+    mark_principal_stale(session, *set(owners))
 
 
 async def revoke_user_families(
@@ -85,3 +88,4 @@ async def revoke_user_families(
     if keep is not None:
         condition = condition & (RefreshToken.family_id != keep)
     await session.execute(update(RefreshToken).where(condition).values(revoked_at=now))
+    mark_principal_stale(session, user_id)

@@ -50,6 +50,10 @@ class AuthService:
         self.tokens = tokens
 
     async def register(self, session: AsyncSession, data: RegisterIn) -> User:
+        async with self.hashing.admission:
+            return await self._register(session, data)
+
+    async def _register(self, session: AsyncSession, data: RegisterIn) -> User:
         if await repository.username_exists(session, data.username):
             raise UsernameTaken()
         if await repository.email_exists(session, data.email):
@@ -68,6 +72,10 @@ class AuthService:
         return user
 
     async def authenticate(self, session: AsyncSession, identifier: str, password: str) -> User:
+        async with self.hashing.admission:
+            return await self._authenticate(session, identifier, password)
+
+    async def _authenticate(self, session: AsyncSession, identifier: str, password: str) -> User:
         user = await repository.find_user_by_login(session, identifier)
         if user is None:
             await self.hashing.verify_against_dummy(password)

@@ -64,13 +64,27 @@ class LocalStorage(Storage):
 
     async def open(self, key: str) -> ObjectStream:
         path = self._path(key)
-        handle = await asyncio.to_thread(open, path, "rb")
-        size = (await asyncio.to_thread(os.fstat, handle.fileno())).st_size
+
+        def open_and_read_first() -> tuple[BinaryIO, int, bytes]:
+            # One trip to a thread instead of three: a file of up to CHUNK_SIZE is read whole.
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+            try:
+                return handle, os.fstat(handle.fileno()).st_size, handle.read(CHUNK_SIZE)
+            except BaseException:
+                handle.close()
+                raise
+
+        handle, size, first = await asyncio.to_thread(open_and_read_first)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+                chunk, sent = first, 0
+                while chunk:
                     yield chunk
+                    sent += len(chunk)
+                    if sent >= size:
+                        break  # no extra trip to a thread just to read the end of the file
+                    chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
             finally:
                 handle.close()
 

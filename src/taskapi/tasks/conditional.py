@@ -34,7 +34,7 @@ class IfMatch:
             raise PreconditionFailed()
 
 
-def get_if_match(
+async def get_if_match(
     if_match: Annotated[
         str | None,
         Header(description="Only apply the change if the task's current ETag is listed (else 412)"),

@@ -6,13 +6,38 @@ Every query starts from `repository.visible_tasks`; this module only narrows and
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from functools import lru_cache
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
-from sqlalchemy import ColumnElement, and_, cast, false, func, literal, not_, or_, true
-from sqlalchemy.dialects.postgresql import REGCONFIG
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    String,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    true,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 
 from taskapi.models import SEARCH_CONFIG, Task, TaskPriority, TaskStatus
 from taskapi.tasks.schemas import MAX_ID, normalize_tag
@@ -152,6 +177,49 @@ class TaskListParams(BaseModel):
         return self.model_dump(mode="json", exclude={"limit", "offset", "cursor"})
 
 
+# Query parameters that may repeat (`?status=a&status=b`); the rest take their last value.
+_REPEATABLE = frozenset({"status", "priority", "tags"})
+_FIELDS = frozenset(TaskListParams.model_fields)
+_DEFAULT_PARAMS = TaskListParams()
+
+
+async def list_params(request: Request) -> TaskListParams:
+    """TaskListParams from the query string, read as FastAPI reads a query-parameter model (its
+    errors are the same 422s) but without its per-field machinery, which costs more than the
+    rest of a list request's Python. The route documents the parameters with
+    `LIST_QUERY_PARAMETERS`."""
+    query = request.query_params
+    if not query:
+        return _DEFAULT_PARAMS  # never mutated
+    data: dict[str, Any] = {}
+    for key in query:
+        if key in _FIELDS:
+            data[key] = query.getlist(key) if key in _REPEATABLE else query[key]
+    try:
+        return TaskListParams.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)]
+        ) from None
+
+
+def _query_parameters_of(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI parameters FastAPI itself documents for `model` as a query-parameter model."""
+    docs = FastAPI()
+
+    async def endpoint(params: Any) -> None:
+        del params
+
+    # Set here, not written: this module's annotations are strings, and `model` is a local.
+    endpoint.__annotations__ = {"params": Annotated[model, Query()], "return": None}
+    docs.get("/")(endpoint)
+    parameters: list[dict[str, Any]] = docs.openapi()["paths"]["/"]["get"]["parameters"]
+    return parameters
+
+
+LIST_QUERY_PARAMETERS: Final = _query_parameters_of(TaskListParams)
+
+
 # --- search --------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"(-?)\"([^\"]*)\"?|(-?)([^\s\"]+)")
@@ -197,11 +265,106 @@ def build_tsquery(text: str) -> str | None:
     return " & ".join(include + [f"!{term}" for term in exclude])
 
 
-def search_query(text: str) -> ColumnElement[Any] | None:
-    tsquery = build_tsquery(text)
-    if tsquery is None:
-        return None
-    return func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), tsquery)
+# --- the statement's shape and its values --------------------------------------------------------
+#
+# A list statement is built once per *shape* (which filters are present, the sort, whether a
+# cursor is followed) with bind parameters for every value, and cached: building SQLAlchemy
+# constructs costs more CPU per request than PostgreSQL spends answering the query.
+
+TSQUERY = func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery"))
+RANK = func.ts_rank_cd(Task.search_vector, TSQUERY)
+USER_ID: BindParameter[int] = bindparam("user_id")
+TODAY: BindParameter[date] = bindparam("today")
+# Lists are bound as one array (= ANY($n)), not expanded into a parameter per item.
+_STATUS_ARRAY = ARRAY(Task.__table__.c.status.type)
+_PRIORITY_ARRAY = ARRAY(Task.__table__.c.priority.type)
+
+
+class ListShape(NamedTuple):
+    """Everything about a list request that changes the SQL text; values are bound separately."""
+
+    scope: str
+    assignee: Literal["me", "none", "id"] | None
+    status: bool
+    priority: bool
+    completed: bool | None
+    overdue: bool | None
+    tags: bool
+    due_before: bool
+    due_after: bool
+    created_before: bool
+    created_after: bool
+    updated_since: bool
+    search: Literal["query", "nothing"] | None  # "nothing": only exclusions/punctuation given
+    sort: tuple[SortKey, ...]
+    relevance: bool
+    after_nulls: tuple[bool, ...] | None  # following a cursor: which of its values are null
+
+
+def list_shape(params: TaskListParams, tsquery: str | None, after: list[Any] | None) -> ListShape:
+    assignee: Literal["me", "none", "id"] | None = (
+        params.assignee
+        if params.assignee in ("me", "none")
+        else ("id" if params.assignee is not None else None)
+    )
+    search: Literal["query", "nothing"] | None = None
+    if params.search is not None:
+        search = "query" if tsquery is not None else "nothing"
+    return ListShape(
+        scope=params.scope,
+        assignee=assignee,
+        status=bool(params.status),
+        priority=bool(params.priority),
+        completed=params.completed,
+        overdue=params.overdue,
+        tags=bool(params.tags),
+        due_before=params.due_before is not None,
+        due_after=params.due_after is not None,
+        # (date.max + 1 day would overflow; every task was created on or before it anyway)
+        created_before=params.created_before is not None and params.created_before < date.max,
+        created_after=params.created_after is not None,
+        updated_since=params.updated_since is not None,
+        search=search,
+        sort=tuple(params.sort_keys),
+        relevance=search == "query" and params.relevance_order,
+        after_nulls=None if after is None else tuple(value is None for value in after),
+    )
+
+
+def list_values(
+    params: TaskListParams,
+    user_id: int,
+    today: date,
+    tsquery: str | None,
+    after: list[Any] | None,
+) -> dict[str, Any]:
+    """The bind values for a statement of `list_shape(params, ...)`."""
+    values: dict[str, Any] = {"user_id": user_id, "today": today}
+    if params.assignee not in (None, "me", "none"):
+        values["assignee_id"] = params.assignee
+    if params.status:
+        values["status"] = params.status
+    if params.priority:
+        values["priority"] = params.priority
+    if params.tags:
+        values["tags"] = params.tags
+    if params.due_before is not None:
+        values["due_before"] = params.due_before
+    if params.due_after is not None:
+        values["due_after"] = params.due_after
+    if params.created_before is not None and params.created_before < date.max:
+        values["created_before"] = _start_of(params.created_before + timedelta(days=1))
+    if params.created_after is not None:
+        values["created_after"] = _start_of(params.created_after)
+    if params.updated_since is not None:
+        since = params.updated_since
+        values["updated_since"] = since if since.tzinfo else since.replace(tzinfo=UTC)
+    if tsquery is not None:
+        values["tsquery"] = tsquery
+    for i, value in enumerate(after or ()):
+        if value is not None:
+            values[f"after_{i}"] = value
+    return values
 
 
 # --- filters -------------------------------------------------------------------------------------
@@ -211,59 +374,56 @@ def _start_of(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-def overdue_condition(today: date) -> ColumnElement[bool]:
+def overdue_condition(today: Any) -> ColumnElement[bool]:
+    """Due before `today` (a date or a bind parameter) and still open."""
     return and_(
         Task.due_date.is_not(None),
         Task.due_date < today,
-        Task.status.not_in((TaskStatus.DONE, TaskStatus.CANCELLED)),
+        # Two comparisons rather than NOT IN (...): no list parameter to expand, so list
+        # statements compile once (repository.list_statements).
+        Task.status != TaskStatus.DONE,
+        Task.status != TaskStatus.CANCELLED,
     )
 
 
-def filter_conditions(
-    params: TaskListParams, user_id: int, today: date, tsquery: ColumnElement[Any] | None
-) -> list[ColumnElement[bool]]:
+def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
-    if params.scope == "owned":
-        conditions.append(Task.owner_id == user_id)
-    elif params.scope == "assigned":
-        conditions.append(Task.assignee_id == user_id)
-    if params.assignee == "me":
-        conditions.append(Task.assignee_id == user_id)
-    elif params.assignee == "none":
+    if shape.scope == "owned":
+        conditions.append(Task.owner_id == USER_ID)
+    elif shape.scope == "assigned":
+        conditions.append(Task.assignee_id == USER_ID)
+    if shape.assignee == "me":
+        conditions.append(Task.assignee_id == USER_ID)
+    elif shape.assignee == "none":
         conditions.append(Task.assignee_id.is_(None))
-    elif params.assignee is not None:
-        conditions.append(Task.assignee_id == params.assignee)
-    if params.status:
-        conditions.append(Task.status.in_(params.status))
-    if params.priority:
-        conditions.append(Task.priority.in_(params.priority))
-    if params.completed is not None:
+    elif shape.assignee == "id":
+        conditions.append(Task.assignee_id == bindparam("assignee_id"))
+    if shape.status:
+        conditions.append(Task.status == any_(bindparam("status", type_=_STATUS_ARRAY)))
+    if shape.priority:
+        conditions.append(Task.priority == any_(bindparam("priority", type_=_PRIORITY_ARRAY)))
+    if shape.completed is not None:
         is_done = Task.status == TaskStatus.DONE
-        conditions.append(is_done if params.completed else Task.status != TaskStatus.DONE)
-    if params.overdue is not None:
-        overdue = overdue_condition(today)
-        conditions.append(overdue if params.overdue else not_(overdue))
-    if params.tags:
-        conditions.append(Task.tags.contains(params.tags))
-    if params.due_before is not None:
-        conditions.append(Task.due_date <= params.due_before)
-    if params.due_after is not None:
-        conditions.append(Task.due_date >= params.due_after)
-    if params.created_before is not None and params.created_before < date.max:
-        # (date.max + 1 day would overflow; every task was created on or before it anyway)
-        conditions.append(Task.created_at < _start_of(params.created_before + timedelta(days=1)))
-    if params.created_after is not None:
-        conditions.append(Task.created_at >= _start_of(params.created_after))
-    if params.updated_since is not None:
-        since = params.updated_since
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        conditions.append(Task.updated_at >= since)
-    if params.search is not None:
-        if tsquery is None:
-            conditions.append(false())
-        else:
-            conditions.append(Task.search_vector.bool_op("@@")(tsquery))
+        conditions.append(is_done if shape.completed else Task.status != TaskStatus.DONE)
+    if shape.overdue is not None:
+        overdue = overdue_condition(TODAY)
+        conditions.append(overdue if shape.overdue else not_(overdue))
+    if shape.tags:
+        conditions.append(Task.tags.contains(bindparam("tags")))
+    if shape.due_before:
+        conditions.append(Task.due_date <= bindparam("due_before"))
+    if shape.due_after:
+        conditions.append(Task.due_date >= bindparam("due_after"))
+    if shape.created_before:
+        conditions.append(Task.created_at < bindparam("created_before"))
+    if shape.created_after:
+        conditions.append(Task.created_at >= bindparam("created_after"))
+    if shape.updated_since:
+        conditions.append(Task.updated_at >= bindparam("updated_since"))
+    if shape.search == "nothing":
+        conditions.append(false())
+    elif shape.search == "query":
+        conditions.append(Task.search_vector.bool_op("@@")(TSQUERY))
     return conditions
 
 
@@ -287,13 +447,14 @@ class OrderPart:
         return [column]
 
 
-def order_parts(params: TaskListParams, rank: ColumnElement[Any] | None) -> list[OrderPart]:
+@lru_cache(maxsize=256)
+def order_parts(sort: tuple[SortKey, ...], relevance: bool) -> tuple[OrderPart, ...]:
     parts: list[OrderPart] = []
-    if params.relevance_order and rank is not None:
-        parts.append(OrderPart("rank", rank, descending=True))
-        keys = [SortKey("id", True)]
+    if relevance:
+        parts.append(OrderPart("rank", RANK, descending=True))
+        keys: tuple[SortKey, ...] = (SortKey("id", True),)
     else:
-        keys = params.sort_keys
+        keys = sort
     for key in keys:
         if key.field == "due_date":
             parts.append(OrderPart("due_date", Task.due_date, key.descending, nullable=True))
@@ -304,10 +465,28 @@ def order_parts(params: TaskListParams, rank: ColumnElement[Any] | None) -> list
     if parts[-1].name != "id":
         # Unique tie-breaker so every row has exactly one place in the order.
         parts.append(OrderPart("id", Task.id, parts[-1].descending))
-    return parts
+    return tuple(parts)
 
 
-def cursor_values(task: Task, parts: list[OrderPart], rank_value: float | None) -> list[Any]:
+def after_parameters(
+    parts: tuple[OrderPart, ...], nulls: tuple[bool, ...]
+) -> list[ColumnElement[Any] | None]:
+    """Bind parameters standing for a cursor's values (None where the value is null)."""
+    values: list[ColumnElement[Any] | None] = []
+    for i, (part, null) in enumerate(zip(parts, nulls, strict=True)):
+        if null:
+            values.append(None)
+        elif part.name == "title":
+            # Compared with the sort expression lower(title): lower-cased by the same function.
+            values.append(func.lower(bindparam(f"after_{i}", type_=String())))
+        else:
+            values.append(bindparam(f"after_{i}"))
+    return values
+
+
+def cursor_values(row: Any, parts: tuple[OrderPart, ...], rank_value: float | None) -> list[Any]:
+    """The values of `parts` for a list row (anything indexable by column name), to resume after
+    it."""
     values: list[Any] = []
     for part in parts:
         if part.name == "rank":
@@ -315,9 +494,9 @@ def cursor_values(task: Task, parts: list[OrderPart], rank_value: float | None) 
         elif part.name == "title":
             # The raw title: PostgreSQL lower-cases it when comparing (see _decode_value), since
             # Python's str.lower() differs from SQL lower() for some characters (e.g. "İ").
-            values.append(task.title)
+            values.append(row["title"])
         else:
-            value = getattr(task, part.name)
+            value = row[part.name]
             if isinstance(value, datetime | date):
                 value = value.isoformat()
             elif isinstance(value, TaskStatus | TaskPriority):
@@ -346,12 +525,11 @@ def _decode_value(part: OrderPart, raw: Any) -> Any:
     if part.name == "rank":
         return float(raw)
     if part.name == "title":
-        # Compared with the sort expression lower(title): lower-case with the same function.
-        return func.lower(literal(str(raw)))
+        return str(raw)
     raise ValueError(part.name)
 
 
-def decode_cursor_values(parts: list[OrderPart], raw: list[Any]) -> list[Any]:
+def decode_cursor_values(parts: tuple[OrderPart, ...], raw: list[Any]) -> list[Any]:
     if len(raw) != len(parts):
         raise ValueError("cursor does not match the sort")
     return [_decode_value(part, value) for part, value in zip(parts, raw, strict=True)]
@@ -376,7 +554,7 @@ def _equal(part: OrderPart, value: Any) -> ColumnElement[bool]:
     return condition
 
 
-def keyset_condition(parts: list[OrderPart], values: list[Any]) -> ColumnElement[bool]:
+def keyset_condition(parts: Sequence[OrderPart], values: Sequence[Any]) -> ColumnElement[bool]:
     """(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ... — works for mixed directions."""
     alternatives: list[ColumnElement[bool]] = []
     prefix: list[ColumnElement[bool]] = []

@@ -4,18 +4,53 @@ may see; every read and write of tasks starts from it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any, Final, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from taskapi.models import Task, User
-from taskapi.tasks.listing import OrderPart, keyset_condition
+from taskapi.db import fetch_direct
+from taskapi.models import Task, TaskStatus, User
+from taskapi.tasks.listing import (
+    RANK,
+    TODAY,
+    USER_ID,
+    ListShape,
+    OrderPart,
+    after_parameters,
+    filter_conditions,
+    keyset_condition,
+    order_parts,
+    overdue_condition,
+)
 
 
-def visible_to(user_id: int) -> ColumnElement[bool]:
+def visible_to(user_id: Any) -> ColumnElement[bool]:
     return or_(Task.owner_id == user_id, Task.assignee_id == user_id)
+
+
+def visible_halves(user_id: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """`visible_to` as two disjoint halves whose union is exactly it: the tasks the user owns, and
+    those assigned to them that they do not own. Each half has an index in list order, which the
+    OR of `visible_to` cannot use for ordering (tests hold the two definitions together)."""
+    return (
+        Task.owner_id == user_id,
+        and_(Task.assignee_id == user_id, Task.owner_id != user_id),
+    )
 
 
 def visible_tasks(user_id: int) -> Select[Task]:
@@ -55,32 +90,158 @@ async def update_many(
     return list((await session.scalars(statement)).all())
 
 
-async def list_page(
-    session: AsyncSession,
-    user_id: int,
-    *,
-    conditions: Sequence[ColumnElement[bool]],
-    order_parts: Sequence[OrderPart],
-    after: list[Any] | None,
-    rank: ColumnElement[Any] | None,
-    limit: int,
-    offset: int,
-) -> tuple[list[tuple[Task, float | None]], int]:
-    """One page (plus one row, to know whether another page follows) and the filtered total."""
-    filtered = visible_tasks(user_id).where(*conditions)
-    page = filtered.add_columns(rank) if rank is not None else filtered
-    if after is not None:
-        page = page.where(keyset_condition(list(order_parts), after))
-    order_by = [clause for part in order_parts for clause in part.order_by()]
-    page = page.order_by(*order_by).limit(limit + 1).offset(offset)
-    result = await session.execute(page)
-    rows: list[tuple[Task, float | None]] = [
-        (row[0], row[1] if rank is not None else None) for row in result
+# What a list row carries: every column but the search vector, plus the two derived flags, so a
+# page is built from plain rows without loading (and tracking) ORM objects.
+_LIST_COLUMNS: tuple[ColumnElement[Any], ...] = (
+    *(column for column in Task.__table__.c if column.key != "search_vector"),
+    (Task.status == TaskStatus.DONE).label("completed"),
+    overdue_condition(TODAY).label("is_overdue"),
+)
+
+
+def _count_visible(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[int]:
+    # One count per half: each is an index(-only) scan, where a count over the OR would be a
+    # bitmap heap scan of the user's whole visible set.
+    counts = [
+        select(func.count()).select_from(Task).where(half, *conditions).scalar_subquery()
+        for half in visible_halves(USER_ID)
     ]
-    total = await session.scalar(
-        select(func.count()).select_from(filtered.with_only_columns(Task.id).subquery())
+    total: ColumnElement[int] = counts[0] + counts[1]
+    return total
+
+
+# The columns of a list item, in TaskOut's order.
+LIST_ITEM_COLUMNS: Final = (
+    "id", "title", "description", "status", "completed", "priority", "due_date", "is_overdue",
+    "tags", "owner_id", "assignee_id", "attachment_count", "created_at", "updated_at",
+    "completed_at", "version",
+)  # fmt: skip
+_DIALECT = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledQuery:
+    """SQL text with $n placeholders and how to fill them, compiled once and run directly on the
+    asyncpg connection: SQLAlchemy's per-execution work (compile-cache lookup, result
+    processing) costs several times what PostgreSQL spends on a page."""
+
+    sql: str
+    names: tuple[str, ...]  # the parameter behind each $n
+    constants: dict[str, Any]  # values fixed in the statement (enum literals)
+
+    @classmethod
+    def of(cls, statement: Select[Any]) -> CompiledQuery:
+        compiled = statement.compile(dialect=_DIALECT)
+        names = tuple(compiled.positiontup or ())
+        constants = {
+            name: compiled.binds[name].effective_value
+            for name in names
+            if not compiled.binds[name].required
+        }
+        return cls(compiled.string, names, constants)
+
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
+        return [values[name] if name in values else self.constants[name] for name in self.names]
+
+    async def fetch(self, session: AsyncSession, values: dict[str, Any]) -> list[Any]:
+        bind = session.bind
+        if isinstance(bind, AsyncEngine) and not session.in_transaction():
+            # One statement needs no transaction: borrow a pooled connection for it alone,
+            # without the session's bookkeeping (about half the cost of this whole call).
+            async with bind.connect() as borrowed:
+                return await self._run(borrowed, values)
+        # Inside the session's transaction (or the tests' rolled-back connection).
+        return await self._run(await session.connection(), values)
+
+    async def _run(self, connection: AsyncConnection, values: dict[str, Any]) -> list[Any]:
+        return await fetch_direct(connection, self.sql, self.arguments(values))
+
+
+class ListStatements(NamedTuple):
+    page: CompiledQuery
+    total: CompiledQuery
+    order_parts: tuple[OrderPart, ...]
+
+
+@lru_cache(maxsize=512)
+def list_statements(shape: ListShape) -> ListStatements:
+    """The page and total statements for one shape of list request, built and compiled once
+    (they only hold bind parameters).
+
+    The page is one statement that also returns the filtered total. Each half of the visible set
+    is read in list order and cut at offset + limit + 1 rows, so with the default order the
+    owner's and the assignee's index each yield a few rows instead of the user's whole set being
+    fetched and sorted; the halves are then merged and cut again. Rows carry the item columns,
+    `total`, and `rank` when ordered by relevance.
+    """
+    parts = order_parts(shape.sort, shape.relevance)
+    conditions = filter_conditions(shape)
+    sort_keys = [part.expression.label(f"sort_{i}") for i, part in enumerate(parts)]
+    extra = [RANK.label("rank")] if shape.relevance else []
+    order_by = [clause for part in parts for clause in part.order_by()]
+    halves = []
+    for half in visible_halves(USER_ID):
+        branch = select(*_LIST_COLUMNS, *sort_keys, *extra).where(half, *conditions)
+        if shape.after_nulls is not None:
+            branch = branch.where(
+                keyset_condition(parts, after_parameters(parts, shape.after_nulls))
+            )
+        halves.append(branch.order_by(*order_by).limit(bindparam("reach")))
+    merged = union_all(*halves).subquery("visible_page")
+    merged_parts = [replace(part, expression=merged.c[f"sort_{i}"]) for i, part in enumerate(parts)]
+    total = _count_visible(conditions)
+    outputs = [merged.c[name] for name in LIST_ITEM_COLUMNS]
+    if shape.relevance:
+        outputs.append(merged.c.rank)
+    page = (
+        select(*outputs, total.label("total"))
+        .order_by(*[clause for part in merged_parts for clause in part.order_by()])
+        .limit(bindparam("page_limit"))
+        .offset(bindparam("page_offset"))
     )
-    return rows, int(total or 0)
+    return ListStatements(
+        page=CompiledQuery.of(page), total=CompiledQuery.of(select(total)), order_parts=parts
+    )
+
+
+# GET /tasks/{id}: the task as a list item, if the caller can see it.
+_ITEM_COLUMNS_BY_NAME = {column.key: column for column in _LIST_COLUMNS}
+_VISIBLE_ITEM: Final = CompiledQuery.of(
+    select(*(_ITEM_COLUMNS_BY_NAME[name] for name in LIST_ITEM_COLUMNS)).where(
+        Task.id == bindparam("task_id"), visible_to(USER_ID)
+    )
+)
+
+
+async def get_visible_item(
+    session: AsyncSession, user_id: int, task_id: int, today: date
+) -> dict[str, Any] | None:
+    """The read-only counterpart of `get_visible`: a plain row in `LIST_ITEM_COLUMNS`, without
+    loading an ORM object."""
+    rows = await _VISIBLE_ITEM.fetch(
+        session, {"task_id": task_id, "user_id": user_id, "today": today}
+    )
+    return dict(zip(LIST_ITEM_COLUMNS, rows[0], strict=False)) if rows else None
+
+
+async def list_page(
+    session: AsyncSession, shape: ListShape, values: dict[str, Any], *, limit: int, offset: int
+) -> tuple[list[Any], int]:
+    """One page plus one row (to know whether another page follows), and the filtered total:
+    asyncpg records with the `LIST_ITEM_COLUMNS`, `total` and, when ranked, `rank`."""
+    statements = list_statements(shape)
+    bound = {
+        **values,
+        "reach": offset + limit + 1,
+        "page_limit": limit + 1,
+        "page_offset": offset,
+    }
+    rows = await statements.page.fetch(session, bound)
+    if rows:
+        return rows, int(rows[0]["total"])
+    # Nothing on this page (past the end, or nothing matches): the total needs its own query.
+    (row,) = await statements.total.fetch(session, values)
+    return rows, int(row[0] or 0)
 
 
 async def user_exists(session: AsyncSession, user_id: int) -> bool:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.cache import StatsCache
@@ -11,9 +11,11 @@ from taskapi.openapi import problem_responses
 from taskapi.pagination import CursorCodec
 from taskapi.tasks import service
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
-from taskapi.tasks.dependencies import VisibleTask, VisibleTaskForUpdate
-from taskapi.tasks.listing import TaskListParams
+from taskapi.tasks.dependencies import TaskId, VisibleTaskForUpdate
+from taskapi.tasks.listing import LIST_QUERY_PARAMETERS, TaskListParams, list_params
 from taskapi.tasks.schemas import (
+    TASK_ITEM_JSON,
+    TASK_PAGE_JSON,
     AssignIn,
     BulkResult,
     BulkStatusIn,
@@ -35,7 +37,7 @@ _SINGLE = problem_responses(404, 422)
 _WRITE = problem_responses(403, 404, 409, 412, 422)
 
 
-def get_cursor_codec(request: Request) -> CursorCodec:
+async def get_cursor_codec(request: Request) -> CursorCodec:
     codec: CursorCodec = request.app.state.cursor_codec
     return codec
 
@@ -52,28 +54,33 @@ def _task_response(response: Response, task_version: int, task: object) -> TaskO
 # Fixed paths first: they would otherwise be taken for a task id.
 
 
-@router.get("", responses=problem_responses(422), summary="List the tasks you can see")
+@router.get(
+    "",
+    response_model=TaskPage,
+    responses=problem_responses(422),
+    summary="List the tasks you can see",
+    openapi_extra={"parameters": LIST_QUERY_PARAMETERS},
+)
 async def list_tasks(
     user: CurrentUser,
     session: DbSession,
-    params: Annotated[TaskListParams, Query()],
+    params: Annotated[TaskListParams, Depends(list_params)],
     request: Request,
-    response: Response,
-    cursors: Annotated[CursorCodec, Depends(get_cursor_codec)],
-) -> TaskPage:
+) -> Response:
     """Tasks you own or are assigned. Filters combine with AND. Paginate with `limit` plus either
     `offset` or `cursor` (the `next_cursor` of the previous page: keyset pagination, stable while
     tasks are added). A `Link: <...>; rel="next"` header points at the next page."""
-    page = await service.list_tasks(session, user, params, cursors)
-    if page.next_cursor is not None:
+    page = await service.list_tasks(session, user, params, request.app.state.cursor_codec)
+    response = Response(TASK_PAGE_JSON.dump_json(page), media_type="application/json")
+    if page["next_cursor"] is not None:
         next_url = request.url.remove_query_params("offset").include_query_params(
-            cursor=page.next_cursor
+            cursor=page["next_cursor"]
         )
         response.headers["Link"] = f'<{next_url}>; rel="next"'
-    return page
+    return response
 
 
-def get_stats_cache(request: Request) -> StatsCache:
+async def get_stats_cache(request: Request) -> StatsCache:
     cache: StatsCache = request.app.state.stats_cache
     return cache
 
@@ -133,13 +140,18 @@ async def create_task(
     summary="Get a task",
 )
 async def get_task(
-    task: VisibleTask,
-    response: Response,
+    task_id: TaskId,
+    user: CurrentUser,
+    session: DbSession,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> TaskOut | Response:
-    if none_match(if_none_match, task.version):
-        return Response(status_code=304, headers={"ETag": etag_for(task.version)})
-    return _task_response(response, task.version, task)
+) -> Response:
+    task = await service.get_task_item(session, user, task_id)
+    etag = etag_for(task["version"])
+    if none_match(if_none_match, task["version"]):
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(
+        TASK_ITEM_JSON.dump_json(task), media_type="application/json", headers={"ETag": etag}
+    )
 
 
 @router.patch("/{task_id}", responses=_WRITE, summary="Update some fields of a task")

@@ -10,8 +10,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     model_validator,
 )
+
+# pydantic needs typing_extensions' TypedDict before Python 3.12.
+from typing_extensions import TypedDict
 
 from taskapi.models import TaskPriority, TaskStatus
 
@@ -161,6 +165,41 @@ class TaskPage(BaseModel):
     limit: int
     offset: int | None
     next_cursor: str | None
+
+
+class TaskItemRow(TypedDict):
+    """A TaskOut as the list reads it from PostgreSQL: already typed by the database."""
+
+    id: int
+    title: str
+    description: str | None
+    status: str
+    completed: bool
+    priority: str
+    due_date: date | None
+    is_overdue: bool
+    tags: list[str]
+    owner_id: int
+    assignee_id: int | None
+    attachment_count: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    version: int
+
+
+class TaskPageRows(TypedDict):
+    items: list[TaskItemRow]
+    total: int
+    limit: int
+    offset: int | None
+    next_cursor: str | None
+
+
+# Serialises a page straight from database rows, in Rust, without validating what PostgreSQL
+# already typed: the same JSON TaskPage gives (tests compare them), at a fraction of the cost.
+TASK_PAGE_JSON: Final = TypeAdapter(TaskPageRows)
+TASK_ITEM_JSON: Final = TypeAdapter(TaskItemRow)
 
 
 class TagsIn(BaseModel):

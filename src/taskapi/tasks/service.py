@@ -11,12 +11,19 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import case, delete, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments import service as attachments
 from taskapi.cache import StatsCache, mark_stats_stale
-from taskapi.errors import AppError, Forbidden, TagNotFound, UnknownAssignee, ValidationFailed
+from taskapi.errors import (
+    AppError,
+    Forbidden,
+    TagNotFound,
+    TaskNotFound,
+    UnknownAssignee,
+    ValidationFailed,
+)
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.notifications import service as notifications
 from taskapi.pagination import CursorCodec, InvalidCursor, query_fingerprint
@@ -27,8 +34,8 @@ from taskapi.tasks.schemas import (
     BulkItemResult,
     BulkResult,
     TaskCreate,
-    TaskOut,
-    TaskPage,
+    TaskItemRow,
+    TaskPageRows,
     TaskPatch,
     TaskReplace,
     TaskStats,
@@ -301,18 +308,22 @@ async def bulk_status(
 # --- list and stats ------------------------------------------------------------------------------
 
 
+async def get_task_item(session: AsyncSession, user: User, task_id: int) -> TaskItemRow:
+    """A task the caller can see, as GET /tasks/{id} shows it (read straight from the database,
+    no ORM object: this is the busiest single-task read)."""
+    item = await repository.get_visible_item(session, user.id, task_id, _today())
+    if item is None:
+        raise TaskNotFound()
+    return item  # type: ignore[return-value]
+
+
 async def list_tasks(
     session: AsyncSession, user: User, params: listing.TaskListParams, cursors: CursorCodec
-) -> TaskPage:
+) -> TaskPageRows:
     today = _today()
-    tsquery = listing.search_query(params.search) if params.search else None
-    conditions = listing.filter_conditions(params, user.id, today, tsquery)
-    rank = (
-        func.ts_rank_cd(Task.search_vector, tsquery)
-        if tsquery is not None and params.relevance_order
-        else None
-    )
-    parts = listing.order_parts(params, rank)
+    tsquery = listing.build_tsquery(params.search) if params.search else None
+    relevance = tsquery is not None and params.relevance_order
+    parts = listing.order_parts(tuple(params.sort_keys), relevance)
     fingerprint = query_fingerprint(params.fingerprint_parts())
     after: list[Any] | None = None
     if params.cursor is not None:
@@ -320,31 +331,28 @@ async def list_tasks(
             after = listing.decode_cursor_values(parts, cursors.decode(params.cursor, fingerprint))
         except (ValueError, TypeError) as exc:
             raise InvalidCursor() from exc
+    shape = listing.list_shape(params, tsquery, after)
+    values = listing.list_values(params, user.id, today, tsquery, after)
+    offset = params.offset or 0
     rows, total = await repository.list_page(
-        session,
-        user.id,
-        conditions=conditions,
-        order_parts=parts,
-        after=after,
-        rank=rank,
-        limit=params.limit,
-        offset=params.offset or 0,
+        session, shape, values, limit=params.limit, offset=offset
     )
     has_more = len(rows) > params.limit
     rows = rows[: params.limit]
     next_cursor = None
     if has_more and rows:
-        last_task, last_rank = rows[-1]
+        last = rows[-1]
         next_cursor = cursors.encode(
-            listing.cursor_values(last_task, parts, last_rank), fingerprint
+            listing.cursor_values(last, parts, last["rank"] if relevance else None), fingerprint
         )
-    return TaskPage(
-        items=[TaskOut.model_validate(task) for task, _ in rows],
-        total=total,
-        limit=params.limit,
-        offset=None if params.cursor is not None else (params.offset or 0),
-        next_cursor=next_cursor,
-    )
+    columns = repository.LIST_ITEM_COLUMNS
+    return {
+        "items": [dict(zip(columns, row, strict=False)) for row in rows],  # type: ignore[misc]
+        "total": total,
+        "limit": params.limit,
+        "offset": None if params.cursor is not None else offset,
+        "next_cursor": next_cursor,
+    }
 
 
 def _percentage(part: int, whole: int) -> float:
@@ -366,18 +374,26 @@ async def stats_json(session: AsyncSession, cache: StatsCache, user: User) -> by
 
 
 async def task_stats(session: AsyncSession, user: User) -> TaskStats:
-    """Aggregated in PostgreSQL: two statements, whatever the number of tasks."""
+    """Aggregated in PostgreSQL: two statements, whatever the number of tasks. Each half of the
+    visible set is aggregated on its own (the counts are index-only scans of the status/priority
+    indexes) and the halves' groups are added up."""
     today = _today()
     overdue = listing.overdue_condition(today)
+    halves = repository.visible_halves(user.id)
     grouped = await session.execute(
-        select(
-            Task.status,
-            Task.priority,
-            func.count(),
-            func.count(case((overdue, 1))),
+        union_all(
+            *(
+                select(
+                    Task.status,
+                    Task.priority,
+                    func.count(),
+                    func.count(case((overdue, 1))),
+                )
+                .where(half)
+                .group_by(Task.status, Task.priority)
+                for half in halves
+            )
         )
-        .where(repository.visible_to(user.id))
-        .group_by(Task.status, Task.priority)
     )
     by_status = {s.value: 0 for s in TaskStatus}
     by_priority = {p.value: 0 for p in TaskPriority}
@@ -387,11 +403,14 @@ async def task_stats(session: AsyncSession, user: User) -> TaskStats:
         by_priority[priority.value] += count
         overdue_count += overdue_in_group
     tag = func.unnest(Task.tags).label("tag")
+    per_half = union_all(
+        *(select(tag, func.count().label("n")).where(half).group_by(tag) for half in halves)
+    ).subquery()
+    tag_total = func.sum(per_half.c.n)
     tag_rows = await session.execute(
-        select(tag, func.count())
-        .where(repository.visible_to(user.id))
-        .group_by(tag)
-        .order_by(func.count().desc(), tag)
+        select(per_half.c.tag, tag_total)
+        .group_by(per_half.c.tag)
+        .order_by(tag_total.desc(), per_half.c.tag)
     )
     total = sum(by_status.values())
     completed = by_status[TaskStatus.DONE.value]

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments import service as attachments
 from taskapi.auth import repository as auth_repository
+from taskapi.auth.principal_cache import mark_principal_stale
 from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
 from taskapi.cache import mark_stats_stale
 from taskapi.errors import EmailTaken, InvalidCurrentPassword
@@ -40,6 +41,7 @@ async def update_me(
         user.email = data.email  # a change of case only
     if session.is_modified(user):
         user.updated_at = func.now()
+        mark_principal_stale(session, user.id)
         try:
             await session.flush()
         except IntegrityError as error:
@@ -59,6 +61,7 @@ async def delete_me(session: AsyncSession, user: User) -> None:
     keys = await attachments.keys_of_tasks(session, Task.owner_id == user.id)
     await attachments.enqueue_object_deletion(session, keys)
     await session.execute(delete(User).where(User.id == user.id))
+    mark_principal_stale(session, user.id)
 
 
 async def search_by_username_prefix(

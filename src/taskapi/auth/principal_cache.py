@@ -1,0 +1,120 @@
+"""Who an access token belongs to, cached in Redis, so an authenticated request needs no database
+round trip: the lookup rides in the same Redis call as the rate-limit bucket (ratelimit.py).
+
+Correctness follows the stats cache's pattern. Each user has a random *generation*; an entry is
+stored under the generation read *before* the database was asked, and every change that could
+end a login or alter the account (logout, token reuse, password change, profile update, account
+deletion) replaces the generation right after its commit. A lookup racing such a change can
+only store under a generation nobody reads any more, so a revoked token is refused by the very
+next request. Changes that could not reach Redis are replayed before the cache is trusted again;
+the TTL bounds what a process cut off from Redis could leave behind.
+
+The cached user is a snapshot without the password hash: handlers that change the account load
+it from the database (`CurrentPrincipalForUpdate`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as redis
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskapi.cache import RedisGuard
+from taskapi.models import User
+from taskapi.ratelimit import CachedRead
+
+_PRINCIPAL_STALE = "taskapi.principal_stale"
+
+
+def mark_principal_stale(session: AsyncSession, *user_ids: int) -> None:
+    """Record users whose logins or account this transaction changes; their cached principals are
+    dropped right after the commit."""
+    session.info.setdefault(_PRINCIPAL_STALE, set()).update(user_ids)
+
+
+class CachedUser(BaseModel):
+    id: int
+    username: str
+    email: str
+    full_name: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_user(self) -> User:
+        """A detached User carrying the snapshot (no password hash; never added to a session)."""
+        return User(**self.model_dump())
+
+
+class PrincipalCache:
+    def __init__(self, guard: RedisGuard, prefix: str, ttl_seconds: int) -> None:
+        self._guard = guard
+        self._prefix = f"{prefix}auth:"
+        self._ttl = ttl_seconds
+        # Invalidations that could not reach Redis; the cache is bypassed until they land.
+        self._pending: set[int] = set()
+        guard.on_recovery(self._replay_pending)
+
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
+
+    def read_for(self, user_id: int, session_id: uuid.UUID) -> CachedRead:
+        return CachedRead(
+            f"{self._prefix}gen:{user_id}", f"{self._prefix}{user_id}:{session_id.hex}:"
+        )
+
+    async def usable(self) -> bool:
+        """False while invalidations are waiting for Redis: the cache must not be read then."""
+        if not self.enabled:
+            return False
+        if self._pending:
+            await self.invalidate(())
+        return not self._pending
+
+    @staticmethod
+    def decode(payload: bytes) -> User | None:
+        try:
+            return CachedUser.model_validate_json(payload).to_user()
+        except ValueError:
+            return None  # a foreign or outdated entry: ask the database
+
+    async def store(self, read: CachedRead, user: User) -> None:
+        if read.generation is None:
+            return  # Redis was not reachable: nothing to store under
+        payload = CachedUser.model_validate(user, from_attributes=True).model_dump_json()
+        key = read.entry_prefix + read.generation.decode()
+        await self._guard.run(lambda client: client.set(key, payload, ex=self._ttl))
+
+    async def invalidate(self, user_ids: Iterable[int]) -> None:
+        ids = set(user_ids) | self._pending
+        if not ids:
+            return
+
+        async def bump(client: redis.Redis) -> Any:
+            async with client.pipeline(transaction=False) as pipe:
+                for user_id in ids:
+                    # Random, not a counter: a counter restarting after Redis loses its data
+                    # could meet an entry a slow reader stored under the same number.
+                    pipe.set(f"{self._prefix}gen:{user_id}", secrets.token_hex(8))
+                return await pipe.execute()
+
+        ok, _ = await self._guard.run(bump)
+        if ok:
+            self._pending -= ids
+        else:
+            self._pending |= ids
+
+    async def after_commit(self, info: dict[str, Any]) -> None:
+        stale = info.pop(_PRINCIPAL_STALE, None)
+        if stale:
+            await self.invalidate(stale)
+
+    async def _replay_pending(self) -> None:
+        if self._pending:
+            await self.invalidate(())
