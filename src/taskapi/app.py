@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -152,7 +153,24 @@ def create_served_app() -> FastAPI:
     no logging setup from the parent, so each configures its own before building the app."""
     settings = get_settings()
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_garbage_collector()
+    return app
+
+
+# Requests allocate many short-lived objects (ORM states, models, dicts) but few cycles: with
+# CPython's default first threshold (700 allocations) the collector runs every few requests.
+GC_FIRST_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """For a serving process: what was built at start-up (routes, schemas, compiled SQL) is
+    moved out of the collector's way for good, and young collections run less often. Measured
+    with `make bench`."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_FIRST_THRESHOLD, second, third)
 
 
 def _register_problem_schema(app: FastAPI) -> None:

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.util import greenlet_spawn
 
 from taskapi.config import Settings
 from taskapi.errors import AppError
@@ -65,14 +66,27 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _without_tls_negotiation(url: URL) -> bool:
+    """asyncpg's default (`prefer`) first asks every new connection for TLS, creating an SSL
+    context each time, and silently continues without it if refused: on loopback that costs a
+    connection time and protects nothing. Any ssl/sslmode the URL sets is left alone."""
+    return url.host in _LOOPBACK_HOSTS and not ({"ssl", "sslmode"} & set(url.query))
+
+
 def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     options = engine_options(settings)
+    url = make_url(settings.database_url)
+    if _without_tls_negotiation(url):
+        options["connect_args"]["ssl"] = False
     options.update(overrides)
     if overrides.get("poolclass") is not None:
         # Pool sizing only applies to the default QueuePool.
         for key in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(key, None)
-    engine = create_async_engine(make_url(settings.database_url), **options)
+    engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine, "do_connect", _connect)
     event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
     event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
@@ -112,12 +126,51 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
 async def fetch_direct(
     connection: AsyncConnection, sql: str, arguments: Sequence[Any]
 ) -> list[Any]:
-    """Run one compiled statement on the asyncpg connection under `connection`, skipping
-    SQLAlchemy's per-execution work — and so redoing the part of its error handling that
-    matters: a connection found dead or timed out is invalidated, with every other connection
-    of its generation (a restart killed them all), and surfaces as the database outage it is
-    (a 503), never a 500 or a dead connection back in the pool."""
+    """Run one compiled statement on the asyncpg connection under `connection` (inside its
+    transaction, if any), skipping SQLAlchemy's per-execution work; see `_fetch`."""
     raw = await connection.get_raw_connection()
+    try:
+        return await _fetch(raw, sql, arguments)
+    except _ConnectionLost as lost:
+        await connection.invalidate(lost.error)
+        raise lost.as_operational_error(sql) from lost.error
+
+
+async def fetch_borrowed(engine: AsyncEngine, sql: str, arguments: Sequence[Any]) -> list[Any]:
+    """Run one compiled statement on a connection borrowed from the pool for it alone (no
+    transaction: asyncpg autocommits), without a Connection or Session around it."""
+    dbapi: Any = engine.dialect.loaded_dbapi
+    try:
+        raw = await engine.raw_connection()
+    except dbapi.Error as error:
+        # Unlike Connection.connect(), the raw checkout leaves the driver's error unwrapped:
+        # wrap it as SQLAlchemy would, so an unreachable server is recognised (a 503).
+        raise DBAPIError.instance(None, None, error, dbapi.Error) from error
+    try:
+        return await _fetch(raw, sql, arguments)
+    except _ConnectionLost as lost:
+        await greenlet_spawn(raw.invalidate, lost.error)
+        raise lost.as_operational_error(sql) from lost.error
+    finally:
+        # Checking in may close the connection (an overflow one, an invalidated one): I/O,
+        # so inside a greenlet like every other SQLAlchemy call that may wait.
+        await greenlet_spawn(raw.close)
+
+
+class _ConnectionLost(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def as_operational_error(self, sql: str) -> OperationalError:
+        return OperationalError(sql, None, self.error, connection_invalidated=True)
+
+
+async def _fetch(raw: Any, sql: str, arguments: Sequence[Any]) -> list[Any]:
+    """SQLAlchemy's error handling, redone for what matters here: a connection found dead or
+    timed out marks every connection of its generation for replacement (a restart killed them
+    all) and becomes `_ConnectionLost`, for the caller to invalidate it and answer with the
+    outage (a 503): never a 500, never a dead connection back in the pool."""
     driver: Any = raw.driver_connection
     try:
         records: list[Any] = await driver.fetch(sql, *arguments)
@@ -127,9 +180,8 @@ async def fetch_direct(
         )
         if not lost:
             raise
-        connection.sync_engine.pool._invalidate(raw, error, _checkin=False)
-        await connection.invalidate(error)
-        raise OperationalError(sql, None, error, connection_invalidated=True) from error
+        raw._pool._invalidate(raw, error, _checkin=False)
+        raise _ConnectionLost(error) from error
     return records
 
 

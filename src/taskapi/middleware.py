@@ -45,6 +45,15 @@ _BASE_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 # Swagger UI and ReDoc load their scripts from a CDN; everything else is data and may run nothing.
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _DOC_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+_NO_STORE = (b"cache-control", b"no-store")
+# Set by us whatever the app sent.
+_REPLACED_HEADERS = frozenset({b"server", b"x-request-id"})
+# Ours unless the app set its own; the common case (it set none of them) is one precomputed list.
+_OWN_HEADER_NAMES = frozenset(
+    {name for name, _ in _BASE_SECURITY_HEADERS} | {_API_CSP[0], _NO_STORE[0]}
+)
+_DEFAULT_API_HEADERS = [*_BASE_SECURITY_HEADERS, _API_CSP, _NO_STORE]
+_DEFAULT_DOCS_HEADERS = [*_BASE_SECURITY_HEADERS, _NO_STORE]
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -81,18 +90,23 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers: list[tuple[bytes, bytes]] = [
-                    (k, v)
-                    for k, v in message.get("headers", [])
-                    if k.lower() not in (b"server", b"x-request-id")
-                ]
-                present = {k.lower() for k, _ in headers}
+                # One pass over what the app set (names lower-cased once), then ours.
+                headers: list[tuple[bytes, bytes]] = []
+                present: set[bytes] = set()
+                for name, value in message.get("headers", ()):
+                    lowered = name.lower()
+                    if lowered not in _REPLACED_HEADERS:
+                        headers.append((name, value))
+                        present.add(lowered)
                 headers.append((b"x-request-id", request_id.encode()))
-                headers.extend(h for h in _BASE_SECURITY_HEADERS if h[0] not in present)
-                if not is_docs and _API_CSP[0] not in present:
-                    headers.append(_API_CSP)
-                if b"cache-control" not in present:
-                    headers.append((b"cache-control", b"no-store"))
+                if present.isdisjoint(_OWN_HEADER_NAMES):
+                    headers += _DEFAULT_API_HEADERS if not is_docs else _DEFAULT_DOCS_HEADERS
+                else:
+                    headers.extend(h for h in _BASE_SECURITY_HEADERS if h[0] not in present)
+                    if not is_docs and _API_CSP[0] not in present:
+                        headers.append(_API_CSP)
+                    if b"cache-control" not in present:
+                        headers.append(_NO_STORE)
                 decision = scope["state"].get("rate_limit")
                 if decision is not None:
                     headers.extend(decision.headers())

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 
 from taskapi.models import SEARCH_CONFIG, Task, TaskPriority, TaskStatus
+from taskapi.pagination import query_fingerprint
 from taskapi.tasks.schemas import MAX_ID, normalize_tag
 
 MAX_SEARCH_LENGTH = 2000
@@ -201,6 +202,16 @@ async def list_params(request: Request) -> TaskListParams:
         raise RequestValidationError(
             [{**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)]
         ) from None
+
+
+_DEFAULT_FINGERPRINT = query_fingerprint(_DEFAULT_PARAMS.fingerprint_parts())
+
+
+def fingerprint_of(params: TaskListParams) -> str:
+    """What a cursor is bound to; the plain first page's is worked out once."""
+    if params is _DEFAULT_PARAMS:
+        return _DEFAULT_FINGERPRINT
+    return query_fingerprint(params.fingerprint_parts())
 
 
 def _query_parameters_of(model: type[BaseModel]) -> list[dict[str, Any]]:

@@ -21,9 +21,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskapi.db import fetch_direct
+from taskapi.db import fetch_borrowed, fetch_direct
 from taskapi.models import Task, TaskStatus, User
 from taskapi.tasks.listing import (
     RANK,
@@ -148,13 +148,9 @@ class CompiledQuery:
         if isinstance(bind, AsyncEngine) and not session.in_transaction():
             # One statement needs no transaction: borrow a pooled connection for it alone,
             # without the session's bookkeeping (about half the cost of this whole call).
-            async with bind.connect() as borrowed:
-                return await self._run(borrowed, values)
+            return await fetch_borrowed(bind, self.sql, self.arguments(values))
         # Inside the session's transaction (or the tests' rolled-back connection).
-        return await self._run(await session.connection(), values)
-
-    async def _run(self, connection: AsyncConnection, values: dict[str, Any]) -> list[Any]:
-        return await fetch_direct(connection, self.sql, self.arguments(values))
+        return await fetch_direct(await session.connection(), self.sql, self.arguments(values))
 
 
 class ListStatements(NamedTuple):

@@ -26,7 +26,7 @@ from taskapi.errors import (
 )
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.notifications import service as notifications
-from taskapi.pagination import CursorCodec, InvalidCursor, query_fingerprint
+from taskapi.pagination import CursorCodec, InvalidCursor
 from taskapi.tasks import listing, repository
 from taskapi.tasks.conditional import IfMatch
 from taskapi.tasks.schemas import (
@@ -324,7 +324,7 @@ async def list_tasks(
     tsquery = listing.build_tsquery(params.search) if params.search else None
     relevance = tsquery is not None and params.relevance_order
     parts = listing.order_parts(tuple(params.sort_keys), relevance)
-    fingerprint = query_fingerprint(params.fingerprint_parts())
+    fingerprint = listing.fingerprint_of(params)
     after: list[Any] | None = None
     if params.cursor is not None:
         try:
