@@ -119,7 +119,7 @@ async def download_file(
     redirect: Annotated[bool, Query(description="On S3: 307 to a presigned URL")] = False,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    attachment = await service.get_visible_attachment(session, user, file_id)
+    attachment = await service.get_file_to_serve(session, user, file_id)
     etag = f'"{attachment.sha256}"'
     # RFC 9110 §13.1.2: weak comparison, and `*` matches any current representation.
     cached = [t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")]
@@ -130,18 +130,18 @@ async def download_file(
         if url is not None:
             return RedirectResponse(url, status_code=307)
     stream = await service.open_download(storage, attachment)
-    return StreamingResponse(
-        stream.chunks,
-        media_type=attachment.content_type,
-        headers={
-            "Content-Length": str(stream.size),
-            "Content-Disposition": content_disposition(attachment.filename),
-            "ETag": etag,
-            "X-Content-Type-Options": "nosniff",
-            # Content addressed by its hash: browsers may keep it but must revalidate (304).
-            "Cache-Control": "private, no-cache",
-        },
-    )
+    headers = {
+        "Content-Length": str(stream.size),
+        "Content-Disposition": content_disposition(attachment.filename),
+        "ETag": etag,
+        "X-Content-Type-Options": "nosniff",
+        # Content addressed by its hash: browsers may keep it but must revalidate (304).
+        "Cache-Control": "private, no-cache",
+    }
+    if stream.whole is not None:
+        # Already in memory (at most one chunk): one body, no streaming task per response.
+        return Response(stream.whole, media_type=attachment.content_type, headers=headers)
+    return StreamingResponse(stream.chunks, media_type=attachment.content_type, headers=headers)
 
 
 @router.delete(

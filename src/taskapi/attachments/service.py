@@ -12,19 +12,20 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments.naming import sanitize_filename
 from taskapi.attachments.sniffing import SNIFF_BYTES, TextValidator, detect
 from taskapi.attachments.upload import BadMultipart, FilePart
-from taskapi.db import on_rollback
+from taskapi.db import CompiledQuery, on_rollback
 from taskapi.errors import NotFound, PayloadTooLarge
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import DELETE_OBJECTS
 from taskapi.models import Attachment, Task, User
 from taskapi.storage import ObjectStream, Storage, StorageUnavailable, new_object_key
 from taskapi.storage.base import UploadSink
+from taskapi.tasks.listing import USER_ID
 from taskapi.tasks.repository import visible_to
 
 logger = logging.getLogger("taskapi.attachments")
@@ -159,6 +160,39 @@ async def list_attachments(session: AsyncSession, task: Task) -> Sequence[Attach
     return (await session.scalars(query)).all()
 
 
+@dataclass(frozen=True, slots=True)
+class FileToServe:
+    """What a download needs of an attachment row."""
+
+    id: int
+    storage_key: str
+    filename: str
+    content_type: str
+    sha256: str
+
+
+_FILE_TO_SERVE = CompiledQuery.of(
+    select(
+        Attachment.id,
+        Attachment.storage_key,
+        Attachment.filename,
+        Attachment.content_type,
+        Attachment.sha256,
+    )
+    .join(Task, Task.id == Attachment.task_id)
+    .where(Attachment.id == bindparam("file_id"), visible_to(USER_ID))
+)
+
+
+async def get_file_to_serve(session: AsyncSession, user: User, file_id: int) -> FileToServe:
+    """The download's lookup, read straight from the database (no ORM object): downloads are
+    a hot read."""
+    rows = await _FILE_TO_SERVE.fetch(session, {"file_id": file_id, "user_id": user.id})
+    if not rows:
+        raise FileNotFound()
+    return FileToServe(*rows[0])
+
+
 async def get_visible_attachment(
     session: AsyncSession, user: User, attachment_id: int
 ) -> Attachment:
@@ -199,7 +233,7 @@ async def release_connection(session: AsyncSession) -> None:
     await session.rollback()
 
 
-async def presigned_url(storage: Storage, attachment: Attachment) -> str | None:
+async def presigned_url(storage: Storage, attachment: Attachment | FileToServe) -> str | None:
     try:
         return await storage.presigned_url(
             attachment.storage_key, attachment.filename, attachment.content_type
@@ -208,7 +242,7 @@ async def presigned_url(storage: Storage, attachment: Attachment) -> str | None:
         raise StorageUnavailable() from error
 
 
-async def open_download(storage: Storage, attachment: Attachment) -> ObjectStream:
+async def open_download(storage: Storage, attachment: Attachment | FileToServe) -> ObjectStream:
     try:
         return await storage.open(attachment.storage_key)
     except FileNotFoundError as error:

@@ -32,6 +32,9 @@ class StoredObject:
 class ObjectStream:
     size: int
     chunks: AsyncIterator[bytes]
+    # The whole object when it was read at once (a small local file): it can be sent as one
+    # body, without a streaming response's machinery.
+    whole: bytes | None = None
 
 
 class UploadSink(ABC):

@@ -65,18 +65,27 @@ class LocalStorage(Storage):
     async def open(self, key: str) -> ObjectStream:
         path = self._path(key)
 
-        def open_and_read_first() -> tuple[BinaryIO, int, bytes]:
-            # One trip to a thread instead of three: a file of up to CHUNK_SIZE is read whole.
-            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        def open_and_read_first() -> tuple[BinaryIO | None, int, bytes]:
+            # One trip to a thread instead of three: a file of up to CHUNK_SIZE is read whole
+            # (and closed at once).
+            handle = open(path, "rb")  # noqa: SIM115 - closed here or by the generator below
             try:
-                return handle, os.fstat(handle.fileno()).st_size, handle.read(CHUNK_SIZE)
+                size = os.fstat(handle.fileno()).st_size
+                first = handle.read(CHUNK_SIZE)
             except BaseException:
                 handle.close()
                 raise
+            if len(first) >= size:
+                handle.close()
+                return None, size, first
+            return handle, size, first
 
         handle, size, first = await asyncio.to_thread(open_and_read_first)
+        if handle is None:
+            return ObjectStream(size=size, chunks=_single(first), whole=first)
 
         async def chunks() -> AsyncIterator[bytes]:
+            assert handle is not None
             try:
                 chunk, sent = first, 0
                 while chunk:
@@ -120,3 +129,7 @@ class LocalStorage(Storage):
             return await asyncio.to_thread(probe)
         except OSError:
             return False
+
+
+async def _single(data: bytes) -> AsyncIterator[bytes]:
+    yield data

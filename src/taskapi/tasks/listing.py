@@ -283,7 +283,10 @@ def build_tsquery(text: str) -> str | None:
 # constructs costs more CPU per request than PostgreSQL spends answering the query.
 
 TSQUERY = func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery"))
-RANK = func.ts_rank_cd(Task.search_vector, TSQUERY)
+# ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per
+# match (4.7 ms vs 1.1 ms for 554 matches); title-over-description weights and term frequency
+# still order the results.
+RANK = func.ts_rank(Task.search_vector, TSQUERY)
 USER_ID: BindParameter[int] = bindparam("user_id")
 TODAY: BindParameter[date] = bindparam("today")
 # Lists are bound as one array (= ANY($n)), not expanded into a parameter per item.

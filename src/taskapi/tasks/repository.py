@@ -4,7 +4,7 @@ may see; every read and write of tasks starts from it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
@@ -20,13 +20,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.db import fetch_borrowed, fetch_direct
+from taskapi.db import CompiledQuery
 from taskapi.models import Task, TaskStatus, User
 from taskapi.tasks.listing import (
-    RANK,
     TODAY,
     USER_ID,
     ListShape,
@@ -116,41 +114,6 @@ LIST_ITEM_COLUMNS: Final = (
     "tags", "owner_id", "assignee_id", "attachment_count", "created_at", "updated_at",
     "completed_at", "version",
 )  # fmt: skip
-_DIALECT = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledQuery:
-    """SQL text with $n placeholders and how to fill them, compiled once and run directly on the
-    asyncpg connection: SQLAlchemy's per-execution work (compile-cache lookup, result
-    processing) costs several times what PostgreSQL spends on a page."""
-
-    sql: str
-    names: tuple[str, ...]  # the parameter behind each $n
-    constants: dict[str, Any]  # values fixed in the statement (enum literals)
-
-    @classmethod
-    def of(cls, statement: Select[Any]) -> CompiledQuery:
-        compiled = statement.compile(dialect=_DIALECT)
-        names = tuple(compiled.positiontup or ())
-        constants = {
-            name: compiled.binds[name].effective_value
-            for name in names
-            if not compiled.binds[name].required
-        }
-        return cls(compiled.string, names, constants)
-
-    def arguments(self, values: dict[str, Any]) -> list[Any]:
-        return [values[name] if name in values else self.constants[name] for name in self.names]
-
-    async def fetch(self, session: AsyncSession, values: dict[str, Any]) -> list[Any]:
-        bind = session.bind
-        if isinstance(bind, AsyncEngine) and not session.in_transaction():
-            # One statement needs no transaction: borrow a pooled connection for it alone,
-            # without the session's bookkeeping (about half the cost of this whole call).
-            return await fetch_borrowed(bind, self.sql, self.arguments(values))
-        # Inside the session's transaction (or the tests' rolled-back connection).
-        return await fetch_direct(await session.connection(), self.sql, self.arguments(values))
 
 
 class ListStatements(NamedTuple):
@@ -168,16 +131,17 @@ def list_statements(shape: ListShape) -> ListStatements:
     is read in list order and cut at offset + limit + 1 rows, so with the default order the
     owner's and the assignee's index each yield a few rows instead of the user's whole set being
     fetched and sorted; the halves are then merged and cut again. Rows carry the item columns,
-    `total`, and `rank` when ordered by relevance.
+    `total`, and `rank` when ordered by relevance. Searches take `_search_statements`.
     """
     parts = order_parts(shape.sort, shape.relevance)
     conditions = filter_conditions(shape)
     sort_keys = [part.expression.label(f"sort_{i}") for i, part in enumerate(parts)]
-    extra = [RANK.label("rank")] if shape.relevance else []
+    if shape.search == "query":
+        return _search_statements(shape, parts, conditions, sort_keys)
     order_by = [clause for part in parts for clause in part.order_by()]
     halves = []
     for half in visible_halves(USER_ID):
-        branch = select(*_LIST_COLUMNS, *sort_keys, *extra).where(half, *conditions)
+        branch = select(*_LIST_COLUMNS, *sort_keys).where(half, *conditions)
         if shape.after_nulls is not None:
             branch = branch.where(
                 keyset_condition(parts, after_parameters(parts, shape.after_nulls))
@@ -188,7 +152,8 @@ def list_statements(shape: ListShape) -> ListStatements:
     total = _count_visible(conditions)
     outputs = [merged.c[name] for name in LIST_ITEM_COLUMNS]
     if shape.relevance:
-        outputs.append(merged.c.rank)
+        # The rank is the first order part: computed once, as sort_0.
+        outputs.append(merged.c.sort_0.label("rank"))
     page = (
         select(*outputs, total.label("total"))
         .order_by(*[clause for part in merged_parts for clause in part.order_by()])
@@ -197,6 +162,45 @@ def list_statements(shape: ListShape) -> ListStatements:
     )
     return ListStatements(
         page=CompiledQuery.of(page), total=CompiledQuery.of(select(total)), order_parts=parts
+    )
+
+
+def _search_statements(
+    shape: ListShape,
+    parts: tuple[OrderPart, ...],
+    conditions: Sequence[ColumnElement[bool]],
+    sort_keys: Sequence[ColumnElement[Any]],
+) -> ListStatements:
+    """A search matches through the full-text index, not in list order, and ranking needs every
+    match anyway: the matches are found once (materialised), then counted and paged. Reading
+    each half in order and counting it again would walk the text index four times."""
+    matched = (
+        select(*_LIST_COLUMNS, *sort_keys)
+        .where(visible_to(USER_ID), *conditions)
+        .cte("matched")
+        .prefix_with("MATERIALIZED")
+    )
+    matched_parts = tuple(
+        replace(part, expression=matched.c[f"sort_{i}"]) for i, part in enumerate(parts)
+    )
+    total = select(func.count()).select_from(matched).scalar_subquery()
+    outputs = [matched.c[name] for name in LIST_ITEM_COLUMNS]
+    if shape.relevance:
+        outputs.append(matched.c.sort_0.label("rank"))  # the first order part
+    page = select(*outputs, total.label("total"))
+    if shape.after_nulls is not None:
+        page = page.where(
+            keyset_condition(matched_parts, after_parameters(parts, shape.after_nulls))
+        )
+    page = (
+        page.order_by(*[clause for part in matched_parts for clause in part.order_by()])
+        .limit(bindparam("page_limit"))
+        .offset(bindparam("page_offset"))
+    )
+    # Past the end (or after the last cursor row) the page is empty: the total on its own.
+    alone = select(func.count()).where(visible_to(USER_ID), *conditions)
+    return ListStatements(
+        page=CompiledQuery.of(page), total=CompiledQuery.of(alone), order_parts=parts
     )
 
 
