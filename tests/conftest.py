@@ -100,6 +100,11 @@ def make_settings(db_name: str, **overrides: Any) -> Settings:
         # Jobs are run explicitly by the tests that are about them.
         "worker_embedded": False,
         "storage_dir": STORAGE_ROOT / uuid.uuid4().hex,
+        # Nearly every test registers and logs users in: at OWASP cost (~20 ms per hash) that
+        # was minutes of the suite. The real parameters are the Settings defaults, checked in
+        # test_settings; tests about hashing itself set their own.
+        "argon2_memory_cost_kib": 1024,
+        "argon2_time_cost": 1,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

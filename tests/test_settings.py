@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from taskapi.config import Settings, SettingsError, resolve_secret_key
+from taskapi.security import PasswordHashing
 from tests.conftest import ROOT
 
 # Every variable named in API.md's configuration table that Settings reads itself
@@ -302,3 +303,20 @@ def test_gitignore_keeps_secrets_and_local_state_out_of_git() -> None:
         "var/ (dev secret key, uploads) must be ignored"
     )
     assert lines & {".env", "/.env"}, ".env must be ignored"
+
+
+async def test_password_hashing_defaults_meet_owasp_minimum_for_argon2id() -> None:
+    """The suite hashes cheaply (conftest.make_settings); the service's own defaults must be at
+    least OWASP's Argon2id minimum: m=19 MiB, t=2, p=1."""
+    settings = Settings(_env_file=None, environment="test", secret_key="x" * 40)  # type: ignore[call-arg]
+    assert settings.argon2_memory_cost_kib >= 19 * 1024
+    assert settings.argon2_time_cost >= 2
+    assert settings.argon2_parallelism >= 1
+    hashing = PasswordHashing(settings)
+    try:
+        stored = await hashing.hash("correct horse battery staple")
+    finally:
+        hashing.close()
+    assert stored.startswith("$argon2id$")
+    assert f"m={settings.argon2_memory_cost_kib},t={settings.argon2_time_cost}," in stored
+    assert settings.password_hash_threads >= 1
