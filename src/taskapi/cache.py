@@ -99,6 +99,52 @@ return {generation, redis.call('GET', KEYS[2] .. generation)}
 """
 
 
+class Generations:
+    """The invalidation half of a generational cache: per-user random generations in Redis.
+
+    `bump` replaces users' generations, right after the commit that made their entries stale.
+    Bumps that could not reach Redis are kept and replayed, on recovery and before any read
+    (`settled`), so entries are never trusted while a bump is outstanding.
+    """
+
+    def __init__(self, guard: RedisGuard, key_of: Callable[[int], str]) -> None:
+        self._guard = guard
+        self.key_of = key_of
+        self._pending: set[int] = set()
+        guard.on_recovery(self._replay)
+
+    async def bump(self, user_ids: Iterable[int]) -> None:
+        ids = set(user_ids) | self._pending
+        if not ids:
+            return
+
+        async def replace(client: redis.Redis) -> Any:
+            async with client.pipeline(transaction=False) as pipe:
+                for user_id in ids:
+                    # Random, not a counter: after Redis loses its data a counter would restart
+                    # and could meet an entry a slow reader stored under the same number.
+                    pipe.set(self.key_of(user_id), secrets.token_hex(8))
+                return await pipe.execute()
+
+        ok, _ = await self._guard.run(replace)
+        if ok:
+            self._pending -= ids
+        else:
+            self._pending |= ids
+
+    async def settled(self) -> bool:
+        """Whether entries may be read: no bump outstanding (any are replayed first; the
+        guard's recovery hook runs only after a first successful call, which could otherwise
+        be the very read they were meant to precede)."""
+        if self._pending:
+            await self.bump(())
+        return not self._pending
+
+    async def _replay(self) -> None:
+        if self._pending:
+            await self.bump(())
+
+
 @dataclass(frozen=True, slots=True)
 class CachedStats:
     generation: bytes | None  # None: Redis unavailable, don't try to store
@@ -118,9 +164,7 @@ class StatsCache:
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._get_script = guard.client.register_script(_GET_STATS)
-        # Invalidations that could not reach Redis; replayed when it comes back.
-        self._pending: set[int] = set()
-        guard.on_recovery(self._replay_pending)
+        self._generations = Generations(guard, self._generation_key)
 
     def _generation_key(self, user_id: int) -> str:
         return f"{self._prefix}stats:gen:{user_id}"
@@ -137,14 +181,10 @@ class StatsCache:
         if not self.enabled:
             metrics.STATS_CACHE_MISSES.inc()
             return CachedStats(generation=None, payload=None)
-        if self._pending:
-            # Invalidations missed during an outage go first: the guard's recovery hook runs only
-            # after the first successful call, so a read could otherwise be that call and return
-            # a value they were meant to drop. Still unreachable: bypass the cache.
-            await self.invalidate(())
-            if self._pending:
-                metrics.STATS_CACHE_MISSES.inc()
-                return CachedStats(generation=None, payload=None)
+        if not await self._generations.settled():
+            # Invalidations missed during an outage are still outstanding: bypass the cache.
+            metrics.STATS_CACHE_MISSES.inc()
+            return CachedStats(generation=None, payload=None)
         keys = [self._generation_key(user_id), self._payload_prefix(user_id)]
         ok, reply = await self._guard.run(lambda _client: self._get_script(keys=keys))
         if not ok or not isinstance(reply, list):
@@ -159,30 +199,10 @@ class StatsCache:
         await self._guard.run(lambda client: client.set(key, payload, ex=self._ttl))
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
-        ids = set(user_ids) | self._pending
-        if not ids or not self.enabled:
-            return
-
-        async def bump(client: redis.Redis) -> Any:
-            async with client.pipeline(transaction=False) as pipe:
-                for user_id in ids:
-                    # A random generation, not a counter: after Redis loses its data a counter
-                    # would restart and could meet a payload a slow reader stored under the same
-                    # number; a random one never repeats.
-                    pipe.set(self._generation_key(user_id), secrets.token_hex(8))
-                return await pipe.execute()
-
-        ok, _ = await self._guard.run(bump)
-        if ok:
-            self._pending -= ids
-        else:
-            self._pending |= ids
+        if self.enabled:
+            await self._generations.bump(user_ids)
 
     async def after_commit(self, info: dict[str, Any]) -> None:
         stale = info.pop(_STATS_STALE, None)
         if stale:
             await self.invalidate(stale)
-
-    async def _replay_pending(self) -> None:
-        if self._pending:
-            await self.invalidate(())

@@ -15,17 +15,15 @@ it from the database (`CurrentPrincipalForUpdate`).
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as redis
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.cache import RedisGuard
+from taskapi.cache import Generations, RedisGuard
 from taskapi.models import User
 from taskapi.ratelimit import CachedRead
 
@@ -56,9 +54,7 @@ class PrincipalCache:
         self._guard = guard
         self._prefix = f"{prefix}auth:"
         self._ttl = ttl_seconds
-        # Invalidations that could not reach Redis; the cache is bypassed until they land.
-        self._pending: set[int] = set()
-        guard.on_recovery(self._replay_pending)
+        self._generations = Generations(guard, lambda user_id: f"{self._prefix}gen:{user_id}")
 
     @property
     def enabled(self) -> bool:
@@ -66,16 +62,12 @@ class PrincipalCache:
 
     def read_for(self, user_id: int, session_id: uuid.UUID) -> CachedRead:
         return CachedRead(
-            f"{self._prefix}gen:{user_id}", f"{self._prefix}{user_id}:{session_id.hex}:"
+            self._generations.key_of(user_id), f"{self._prefix}{user_id}:{session_id.hex}:"
         )
 
     async def usable(self) -> bool:
         """False while invalidations are waiting for Redis: the cache must not be read then."""
-        if not self.enabled:
-            return False
-        if self._pending:
-            await self.invalidate(())
-        return not self._pending
+        return self.enabled and await self._generations.settled()
 
     @staticmethod
     def decode(payload: bytes) -> User | None:
@@ -92,29 +84,9 @@ class PrincipalCache:
         await self._guard.run(lambda client: client.set(key, payload, ex=self._ttl))
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
-        ids = set(user_ids) | self._pending
-        if not ids:
-            return
-
-        async def bump(client: redis.Redis) -> Any:
-            async with client.pipeline(transaction=False) as pipe:
-                for user_id in ids:
-                    # Random, not a counter: a counter restarting after Redis loses its data
-                    # could meet an entry a slow reader stored under the same number.
-                    pipe.set(f"{self._prefix}gen:{user_id}", secrets.token_hex(8))
-                return await pipe.execute()
-
-        ok, _ = await self._guard.run(bump)
-        if ok:
-            self._pending -= ids
-        else:
-            self._pending |= ids
+        await self._generations.bump(user_ids)
 
     async def after_commit(self, info: dict[str, Any]) -> None:
         stale = info.pop(_PRINCIPAL_STALE, None)
         if stale:
             await self.invalidate(stale)
-
-    async def _replay_pending(self) -> None:
-        if self._pending:
-            await self.invalidate(())
