@@ -85,10 +85,12 @@ def mark_stats_stale(session: AsyncSession, *user_ids: int | None) -> None:
     session.info.setdefault(_STATS_STALE, set()).update(u for u in user_ids if u is not None)
 
 
-# Reads the user's generation and the payload cached for it in one round trip. A missing
-# generation (never set, or evicted) gets a new one from Redis' clock rather than a default, so a
-# payload stored before an eviction can never become current again.
-_GET_STATS = """
+# Reads a generation (KEYS[1]) and the entry stored under it (KEYS[2] .. generation) in one round
+# trip: for the stats cache, and for the principal cache when rate limiting is off (ratelimit.py
+# folds the same read into its bucket script). A missing generation (never set, or evicted) gets
+# a new one from Redis' clock rather than a default, so an entry stored before an eviction can
+# never become current again.
+READ_GENERATIONAL = """
 local generation = redis.call('GET', KEYS[1])
 if not generation then
   local clock = redis.call('TIME')
@@ -163,7 +165,7 @@ class StatsCache:
         self._guard = guard
         self._prefix = prefix
         self._ttl = ttl_seconds
-        self._get_script = guard.client.register_script(_GET_STATS)
+        self._get_script = guard.client.register_script(READ_GENERATIONAL)
         self._generations = Generations(guard, self._generation_key)
 
     def _generation_key(self, user_id: int) -> str:

@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from taskapi import metrics
-from taskapi.cache import RedisGuard
+from taskapi.cache import READ_GENERATIONAL, RedisGuard
 from taskapi.config import Settings
 from taskapi.errors import AppError
 
@@ -59,16 +59,6 @@ end
 return {allowed, tostring(tokens)}
 """
 
-# The cache read alone, for when rate limiting is off.
-_READ_GENERATIONAL = """
-local generation = redis.call('GET', KEYS[1])
-if not generation then
-  local clock = redis.call('TIME')
-  generation = 'n' .. clock[1] .. '.' .. clock[2]
-  redis.call('SET', KEYS[1], generation)
-end
-return {generation, redis.call('GET', KEYS[2] .. generation)}
-"""
 
 _LOCAL_BUCKETS_MAX = 100_000
 
@@ -161,7 +151,7 @@ class RateLimiter:
         self._guard = guard
         self._prefix = f"{settings.redis_key_prefix}rl:"
         self._script = guard.client.register_script(_TOKEN_BUCKET)
-        self._read = guard.client.register_script(_READ_GENERATIONAL)
+        self._read = guard.client.register_script(READ_GENERATIONAL)
         self._local = LocalBuckets()
         self.user_policy = Policy(
             "user", settings.rate_limit_user_burst, settings.rate_limit_user_per_minute

@@ -371,8 +371,7 @@ def list_values(
     if params.created_after is not None:
         values["created_after"] = _start_of(params.created_after)
     if params.updated_since is not None:
-        since = params.updated_since
-        values["updated_since"] = since if since.tzinfo else since.replace(tzinfo=UTC)
+        values["updated_since"] = params.updated_since  # already in UTC (its validator)
     if tsquery is not None:
         values["tsquery"] = tsquery
     for i, value in enumerate(after or ()):
