@@ -35,6 +35,7 @@ from taskapi.jobs.handlers import (
     DELETE_OBJECTS,
     DUE_SOON,
     EXPIRE_IDEMPOTENCY_KEYS,
+    FOLD_TASK_STATS,
     SWEEP_ORPHANS,
     JobContext,
 )
@@ -56,7 +57,7 @@ from tests.storage_fixtures import MotoServer, moto_server
 TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
 TINY = 0.001  # seconds: lets "now" move past a run_at that is exactly now
-PERIODIC = sorted([DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, SWEEP_ORPHANS])
+PERIODIC = sorted([DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, FOLD_TASK_STATS, SWEEP_ORPHANS])
 
 
 # --- moto (S3) -----------------------------------------------------------------------------------
@@ -382,6 +383,7 @@ async def test_periodic_jobs_are_kept_scheduled_exactly_once(app: FastAPI) -> No
     assert await worker.run_once() == 1
     assert sorted(row["kind"] for row in await jobs(app)) == [
         EXPIRE_IDEMPOTENCY_KEYS,
+        FOLD_TASK_STATS,
         SWEEP_ORPHANS,
     ]
     await worker.schedule_periodic()

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     due_soon_interval_seconds: int = Field(default=900, ge=1)
     # How often expired Idempotency-Key records are deleted (they stop replaying at expiry anyway).
     idempotency_sweep_interval_seconds: int = Field(default=3600, ge=1)
+    # How often the worker folds the stats counts of users who write but rarely read their stats.
+    stats_fold_interval_seconds: int = Field(default=300, ge=1)
 
     rate_limit_enabled: bool = True
     # Generous for real clients (a burst of 300, then 20/s); the per-IP login bucket is ten times

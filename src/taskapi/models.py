@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Computed,
     Date,
@@ -197,6 +198,50 @@ class Task(Base):
     # version_id_col: every UPDATE bumps `version` and carries `WHERE version = <loaded>`, so a
     # write based on a stale read can never silently overwrite a newer one.
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
+
+
+class TaskStatDelta(Base):
+    """One signed term of one user's task statistics, written by PostgreSQL triggers on `tasks`
+    (migration 0006) in the transaction of the change: summed per key, these rows are the counts
+    GET /tasks/stats returns, so a stats read costs a few dozen rows however many tasks the user
+    sees. Writers only ever INSERT here, so concurrent writes to one user's tasks never wait on
+    (or deadlock over) a shared counter row; `taskapi.tasks.stat_counts.fold` later replaces a
+    user's rows by their sums.
+
+    Each row counts exactly one thing for `user_id` (the task's owner, and its assignee when that
+    is someone else): a (status, priority) pair, an open task due on `due_date` (overdue is the sum
+    of those before today), or a `tag`. No foreign key: rows for a user deleted in the same
+    transaction as their tasks must still be insertable, and account deletion removes them."""
+
+    __tablename__ = "task_stat_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[TaskStatus | None] = mapped_column(
+        Enum(TaskStatus, name="task_status", values_callable=_enum_values, create_type=False)
+    )
+    priority: Mapped[TaskPriority | None] = mapped_column(
+        Enum(TaskPriority, name="task_priority", values_callable=_enum_values, create_type=False)
+    )
+    due_date: Mapped[date | None] = mapped_column(Date)
+    tag: Mapped[str | None] = mapped_column(String(50))
+    n: Mapped[int] = mapped_column(Integer)
+    # False until a fold has summed the row; the partial index finds the users worth folding.
+    folded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+    __table_args__ = (
+        CheckConstraint(
+            "(status IS NOT NULL AND priority IS NOT NULL AND due_date IS NULL AND tag IS NULL)"
+            " OR (status IS NULL AND priority IS NULL AND num_nonnulls(due_date, tag) = 1)",
+            name="one_dimension",
+        ),
+        Index("ix_task_stat_deltas_user_id", "user_id"),
+        Index(
+            "ix_task_stat_deltas_unfolded_user_id",
+            "user_id",
+            postgresql_where=text("NOT folded"),
+        ),
+    )
 
 
 class Notification(Base):

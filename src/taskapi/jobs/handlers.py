@@ -15,6 +15,7 @@ from taskapi.config import Settings
 from taskapi.jobs.queue import utcnow
 from taskapi.models import Attachment
 from taskapi.storage import Storage
+from taskapi.tasks import stat_counts
 
 logger = logging.getLogger("taskapi.jobs")
 
@@ -22,6 +23,7 @@ DELETE_OBJECTS = "delete_objects"
 SWEEP_ORPHANS = "sweep_orphans"
 DUE_SOON = "due_soon_notifications"
 EXPIRE_IDEMPOTENCY_KEYS = "expire_idempotency_keys"
+FOLD_TASK_STATS = "fold_task_stats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +135,32 @@ async def expire_idempotency_keys(ctx: JobContext, payload: dict[str, Any]) -> N
         logger.info("removed %d expired idempotency keys", removed)
 
 
+# A user is folded once this many rows wait; a stats read folds at READ_FOLD_THRESHOLD anyway.
+FOLD_AT_LEAST = 32
+FOLD_USERS_PER_TRANSACTION = 100
+
+
+async def fold_task_stats(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Fold the stats counts of every user with enough unfolded rows (see
+    taskapi.tasks.stat_counts), so that writers who never read their stats do not pile up rows."""
+    folded = 0
+    while True:
+        async with ctx.sessionmaker() as session:
+            count = await stat_counts.fold_busiest(
+                session, at_least=FOLD_AT_LEAST, limit=FOLD_USERS_PER_TRANSACTION
+            )
+            await session.commit()
+        folded += count
+        if count < FOLD_USERS_PER_TRANSACTION:
+            break
+    if folded:
+        logger.info("folded the stats counts of %d users", folded)
+
+
 HANDLERS: dict[str, Handler] = {
     DELETE_OBJECTS: delete_objects,
     SWEEP_ORPHANS: sweep_orphans,
     DUE_SOON: due_soon_notifications,
     EXPIRE_IDEMPOTENCY_KEYS: expire_idempotency_keys,
+    FOLD_TASK_STATS: fold_task_stats,
 }

@@ -1,7 +1,7 @@
 """The job worker: claims due jobs, runs them, retries failures with backoff, and keeps the
-periodic jobs (orphan sweep, due-soon notifications, expired idempotency keys) scheduled. Runs
-inside the API process (`WORKER_EMBEDDED`) or alone (`taskapi worker`); any number of them can
-share the queue."""
+periodic jobs (orphan sweep, due-soon notifications, expired idempotency keys, stats folding)
+scheduled. Runs inside the API process (`WORKER_EMBEDDED`) or alone (`taskapi worker`); any
+number of them can share the queue."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from taskapi.jobs import queue
 from taskapi.jobs.handlers import (
     DUE_SOON,
     EXPIRE_IDEMPOTENCY_KEYS,
+    FOLD_TASK_STATS,
     HANDLERS,
     SWEEP_ORPHANS,
     Handler,
@@ -54,6 +55,7 @@ class Worker:
             (SWEEP_ORPHANS, self.settings.orphan_sweep_interval_seconds),
             (DUE_SOON, self.settings.due_soon_interval_seconds),
             (EXPIRE_IDEMPOTENCY_KEYS, self.settings.idempotency_sweep_interval_seconds),
+            (FOLD_TASK_STATS, self.settings.stats_fold_interval_seconds),
         )
         async with self.context.sessionmaker() as session:
             for kind, interval in periodic:

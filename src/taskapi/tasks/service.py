@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, union_all
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments import service as attachments
@@ -24,10 +24,10 @@ from taskapi.errors import (
     UnknownAssignee,
     ValidationFailed,
 )
-from taskapi.models import Task, TaskPriority, TaskStatus, User
+from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
 from taskapi.pagination import CursorCodec, InvalidCursor
-from taskapi.tasks import listing, repository
+from taskapi.tasks import listing, repository, stat_counts
 from taskapi.tasks.conditional import IfMatch
 from taskapi.tasks.schemas import (
     MAX_TAGS,
@@ -374,53 +374,20 @@ async def stats_json(session: AsyncSession, cache: StatsCache, user: User) -> by
 
 
 async def task_stats(session: AsyncSession, user: User) -> TaskStats:
-    """Aggregated in PostgreSQL: two statements, whatever the number of tasks. Each half of the
-    visible set is aggregated on its own (the counts are index-only scans of the status/priority
-    indexes) and the halves' groups are added up."""
-    today = _today()
-    overdue = listing.overdue_condition(today)
-    halves = repository.visible_halves(user.id)
-    grouped = await session.execute(
-        union_all(
-            *(
-                select(
-                    Task.status,
-                    Task.priority,
-                    func.count(),
-                    func.count(case((overdue, 1))),
-                )
-                .where(half)
-                .group_by(Task.status, Task.priority)
-                for half in halves
-            )
-        )
-    )
-    by_status = {s.value: 0 for s in TaskStatus}
-    by_priority = {p.value: 0 for p in TaskPriority}
-    overdue_count = 0
-    for status, priority, count, overdue_in_group in grouped:
-        by_status[status.value] += count
-        by_priority[priority.value] += count
-        overdue_count += overdue_in_group
-    tag = func.unnest(Task.tags).label("tag")
-    per_half = union_all(
-        *(select(tag, func.count().label("n")).where(half).group_by(tag) for half in halves)
-    ).subquery()
-    tag_total = func.sum(per_half.c.n)
-    tag_rows = await session.execute(
-        select(per_half.c.tag, tag_total)
-        .group_by(per_half.c.tag)
-        .order_by(tag_total.desc(), per_half.c.tag)
-    )
-    total = sum(by_status.values())
-    completed = by_status[TaskStatus.DONE.value]
+    """From the counts the `tasks` triggers keep (one indexed read of a few dozen rows, however
+    many tasks the user sees); folds them when enough writes have piled up since the last fold."""
+    counts = await stat_counts.read(session, user.id, _today())
+    if counts.unfolded >= stat_counts.READ_FOLD_THRESHOLD:
+        await stat_counts.fold(session, user.id)
+    total = sum(counts.by_status.values())
+    completed = counts.by_status[TaskStatus.DONE.value]
     return TaskStats(
         total=total,
         completed=completed,
         incomplete=total - completed,
         completion_rate=_percentage(completed, total),
-        overdue=overdue_count,
-        by_status=by_status,
-        by_priority=by_priority,
-        by_tag={str(name): int(count) for name, count in tag_rows},
+        overdue=counts.overdue,
+        by_status=counts.by_status,
+        by_priority=counts.by_priority,
+        by_tag=counts.by_tag,
     )

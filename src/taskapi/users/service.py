@@ -14,6 +14,7 @@ from taskapi.cache import mark_stats_stale
 from taskapi.errors import EmailTaken, InvalidCurrentPassword
 from taskapi.models import Task, User
 from taskapi.security import PasswordHashing
+from taskapi.tasks import stat_counts
 from taskapi.users.schemas import UserSearchPage, UserSummary, UserUpdate
 
 
@@ -61,6 +62,7 @@ async def delete_me(session: AsyncSession, user: User) -> None:
     keys = await attachments.keys_of_tasks(session, Task.owner_id == user.id)
     await attachments.enqueue_object_deletion(session, keys)
     await session.execute(delete(User).where(User.id == user.id))
+    await stat_counts.forget(session, user.id)
     mark_principal_stale(session, user.id)
 
 
