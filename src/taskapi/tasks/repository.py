@@ -172,10 +172,12 @@ def _search_statements(
     sort_keys: Sequence[ColumnElement[Any]],
 ) -> ListStatements:
     """A search matches through the full-text index, not in list order, and ranking needs every
-    match anyway: the matches are found once (materialised), then counted and paged. Reading
-    each half in order and counting it again would walk the text index four times."""
+    match anyway: the matches are found once (materialised) with only their ids and sort keys,
+    then counted and paged, and only the page's rows are read whole. Materialising every
+    match's full row (descriptions included) cost twice the whole statement; reading each half
+    in order and counting it again would walk the text index four times."""
     matched = (
-        select(*_LIST_COLUMNS, *sort_keys)
+        select(Task.id.label("id"), *sort_keys)
         .where(visible_to(USER_ID), *conditions)
         .cte("matched")
         .prefix_with("MATERIALIZED")
@@ -183,19 +185,28 @@ def _search_statements(
     matched_parts = tuple(
         replace(part, expression=matched.c[f"sort_{i}"]) for i, part in enumerate(parts)
     )
-    total = select(func.count()).select_from(matched).scalar_subquery()
-    outputs = [matched.c[name] for name in LIST_ITEM_COLUMNS]
-    if shape.relevance:
-        outputs.append(matched.c.sort_0.label("rank"))  # the first order part
-    page = select(*outputs, total.label("total"))
+    chosen = select(matched.c.id, *(matched.c[f"sort_{i}"] for i in range(len(parts))))
     if shape.after_nulls is not None:
-        page = page.where(
+        chosen = chosen.where(
             keyset_condition(matched_parts, after_parameters(parts, shape.after_nulls))
         )
-    page = (
-        page.order_by(*[clause for part in matched_parts for clause in part.order_by()])
+    chosen_page = (
+        chosen.order_by(*[clause for part in matched_parts for clause in part.order_by()])
         .limit(bindparam("page_limit"))
         .offset(bindparam("page_offset"))
+        .subquery("chosen")
+    )
+    page_parts = tuple(
+        replace(part, expression=chosen_page.c[f"sort_{i}"]) for i, part in enumerate(parts)
+    )
+    total = select(func.count()).select_from(matched).scalar_subquery()
+    outputs = [_ITEM_COLUMNS_BY_NAME[name] for name in LIST_ITEM_COLUMNS]
+    if shape.relevance:
+        outputs.append(chosen_page.c.sort_0.label("rank"))  # the first order part
+    page = (
+        select(*outputs, total.label("total"))
+        .select_from(chosen_page.join(Task, Task.id == chosen_page.c.id))
+        .order_by(*[clause for part in page_parts for clause in part.order_by()])
     )
     # Past the end (or after the last cursor row) the page is empty: the total on its own.
     alone = select(func.count()).where(visible_to(USER_ID), *conditions)
