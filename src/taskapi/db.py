@@ -296,22 +296,33 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         state.read_sessionmaker if request.method in READ_METHODS else state.sessionmaker
     )
     hooks: list[AfterCommitHook] = getattr(request.app.state, "after_commit", [])
-    async with sessionmaker() as session:
-        try:
-            yield session
-        except AppError as error:
-            if error.commit_transaction:
-                await _commit(session, hooks)
-            else:
-                await session.rollback()
-                await _undo(session)
-            raise
-        except BaseException:
+    session = sessionmaker()
+    try:
+        yield session
+    except AppError as error:
+        if error.commit_transaction:
+            await _commit(session, hooks)
+        else:
             await session.rollback()
             await _undo(session)
-            raise
-        else:
-            await _commit(session, hooks)
+        raise
+    except BaseException:
+        await session.rollback()
+        await _undo(session)
+        raise
+    else:
+        await _commit(session, hooks)
+    finally:
+        if _was_used(session):
+            await session.close()
+
+
+def _was_used(session: AsyncSession) -> bool:
+    """Whether closing `session` has anything to release. Most reads never touch it (their one
+    statement borrows a pooled connection directly, or the answer is cached), and closing an
+    untouched session still costs a greenlet switch per request."""
+    sync = session.sync_session
+    return sync.in_transaction() or bool(sync.identity_map) or bool(sync.new or sync.deleted)
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]

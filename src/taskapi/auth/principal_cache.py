@@ -29,6 +29,11 @@ from taskapi.ratelimit import CachedRead
 
 _PRINCIPAL_STALE = "taskapi.principal_stale"
 
+# Decoded entries by their exact bytes: a changed account is a new entry (new bytes), so nothing
+# here can be stale; the bound only caps memory.
+_DECODED_MAX = 4096
+_decoded: dict[bytes, User] = {}
+
 
 def mark_principal_stale(session: AsyncSession, *user_ids: int) -> None:
     """Record users whose logins or account this transaction changes; their cached principals are
@@ -71,10 +76,19 @@ class PrincipalCache:
 
     @staticmethod
     def decode(payload: bytes) -> User | None:
-        try:
-            return CachedUser.model_validate_json(payload).to_user()
-        except ValueError:
-            return None  # a foreign or outdated entry: ask the database
+        """The User an entry holds. One entry is read on every request of its login, so each
+        distinct entry is decoded once per process and its (read-only, detached) User shared:
+        validating JSON and building an ORM instance cost more than the Redis call."""
+        user = _decoded.get(payload)
+        if user is None:
+            try:
+                user = CachedUser.model_validate_json(payload).to_user()
+            except ValueError:
+                return None  # a foreign or outdated entry: ask the database
+            if len(_decoded) >= _DECODED_MAX:
+                _decoded.pop(next(iter(_decoded)))  # the oldest: entries change with the account
+            _decoded[payload] = user
+        return user
 
     async def store(self, read: CachedRead, user: User) -> None:
         if read.generation is None:

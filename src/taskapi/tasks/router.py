@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, status
 
@@ -73,11 +74,21 @@ async def list_tasks(
     page = await service.list_tasks(session, user, params, request.app.state.cursor_codec)
     response = Response(TASK_PAGE_JSON.dump_json(page), media_type="application/json")
     if page["next_cursor"] is not None:
-        next_url = request.url.remove_query_params("offset").include_query_params(
-            cursor=page["next_cursor"]
-        )
-        response.headers["Link"] = f'<{next_url}>; rel="next"'
+        response.headers["Link"] = f'<{_next_page_url(request, page["next_cursor"])}>; rel="next"'
     return response
+
+
+def _next_page_url(request: Request, cursor: str) -> str:
+    """This request's URL with `cursor` in place of `offset` and of any previous cursor. Built
+    from the already parsed query rather than by Starlette's URL editing, which parses the query
+    twice more and rebuilds the URL each time (~5% of a list request)."""
+    kept = [
+        (key, value)
+        for key, value in request.query_params.multi_items()
+        if key not in ("offset", "cursor")
+    ]
+    kept.append(("cursor", cursor))
+    return f"{str(request.url).partition('?')[0]}?{urlencode(kept)}"
 
 
 async def get_stats_cache(request: Request) -> StatsCache:
