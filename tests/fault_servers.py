@@ -34,13 +34,17 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio as redis
 from alembic import command
+from fastapi import FastAPI
 
-from tests.conftest import alembic_config, run_alembic
+from taskapi.app import create_app
+from tests.conftest import alembic_config, make_settings, run_alembic
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 SERVER_USER = "postgres"
@@ -385,3 +389,42 @@ class Link:
                 await sink.drain()
         with contextlib.suppress(OSError):
             sink.close()
+
+
+# --- fixtures' building blocks ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def started_cluster() -> AsyncIterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster, running, removed afterwards."""
+    server = PostgresCluster()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.destroy()
+
+
+@contextlib.asynccontextmanager
+async def started_redis() -> AsyncIterator[RedisServer]:
+    """A throwaway redis-server on a free port, killed afterwards."""
+    server = RedisServer(free_port())
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.kill()
+
+
+@contextlib.asynccontextmanager
+async def app_on_cluster(
+    cluster: PostgresCluster, name: str, **overrides: Any
+) -> AsyncIterator[FastAPI]:
+    """The API over a new database `name` on `cluster` (started again if a failed test left it
+    stopped), through its lifespan."""
+    if not cluster.running():
+        await cluster.start()
+    url = await cluster.create_database(name)
+    application = create_app(make_settings(name, database_url=url, **overrides))
+    async with application.router.lifespan_context(application):
+        yield application

@@ -53,7 +53,7 @@ from tests.conftest import (
     make_settings,
     register_and_login,
 )
-from tests.fault_servers import RedisServer, free_port
+from tests.fault_servers import RedisServer, free_port, started_redis
 from tests.task_helpers import assert_problem
 
 API = "/api/v1"
@@ -313,12 +313,8 @@ async def test_without_redis_logins_work_from_the_database_and_logout_still_take
 
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    try:
-        await server.start()
+    async with started_redis() as server:
         yield server
-    finally:
-        await server.kill()
 
 
 async def test_a_logout_that_missed_a_paused_redis_is_replayed_before_the_cache_is_trusted(

@@ -84,8 +84,6 @@ class Deployment:
             self.db,
             storage_dir=self.storage,
             redis_key_prefix=self.redis_prefix,
-            argon2_memory_cost_kib=1024,
-            argon2_time_cost=1,
         )
         application = create_app(settings)
         async with application.router.lifespan_context(application):

@@ -16,9 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from taskapi.app import create_app
-from tests.conftest import UserHandle, make_settings, register_and_login
-from tests.fault_servers import PostgresCluster
+from tests.conftest import UserHandle, register_and_login
+from tests.fault_servers import PostgresCluster, app_on_cluster, started_cluster
 
 TASKS = "/api/v1/tasks"
 PROBLEM = "application/problem+json"
@@ -31,30 +30,18 @@ CONNECT_TIMEOUT = 1.0
 
 @pytest.fixture(scope="module")
 async def cluster() -> AsyncIterator[PostgresCluster]:
-    server = PostgresCluster()
-    try:
-        await server.start()
+    async with started_cluster() as server:
         yield server
-    finally:
-        await server.destroy()
 
 
 @pytest.fixture
 async def outage_app(cluster: PostgresCluster) -> AsyncIterator[FastAPI]:
-    if not cluster.running():  # a failed test may have left it stopped
-        await cluster.start()
-    name = f"outage_{time.monotonic_ns()}"
-    url = await cluster.create_database(name)
-    settings = make_settings(
-        name,
-        database_url=url,
+    async with app_on_cluster(
+        cluster,
+        f"outage_{time.monotonic_ns()}",
         database_connect_timeout_seconds=CONNECT_TIMEOUT,
         database_pool_timeout_seconds=2.0,
-        argon2_memory_cost_kib=1024,
-        argon2_time_cost=1,
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    ) as application:
         yield application
 
 

@@ -39,8 +39,8 @@ from taskapi.tasks import listing, repository
 from taskapi.tasks.listing import TaskListParams
 from taskapi.tasks.repository import visible_halves, visible_to
 from taskapi.tasks.schemas import TaskOut, TaskPage
-from tests.conftest import UserHandle, cloned_app, make_settings, register_and_login
-from tests.fault_servers import PostgresCluster
+from tests.conftest import UserHandle, cloned_app, register_and_login
+from tests.fault_servers import PostgresCluster, app_on_cluster, started_cluster
 from tests.task_helpers import TASKS, assert_problem
 
 # --- 1. the two halves are exactly the visible set ----------------------------------------------
@@ -516,29 +516,14 @@ async def test_list_statements_are_cached_per_shape_not_per_value(
 @pytest.fixture(scope="module")
 async def own_cluster() -> AsyncIterator[PostgresCluster]:
     """A throwaway cluster to restart (never the shared server on 5432)."""
-    server = PostgresCluster()
-    try:
-        await server.start()
+    async with started_cluster() as server:
         yield server
-    finally:
-        await server.destroy()
 
 
 @asynccontextmanager
 async def _client_on(cluster: PostgresCluster) -> AsyncIterator[httpx.AsyncClient]:
-    if not cluster.running():  # a failed test may have left it stopped
-        await cluster.start()
     name = f"read_path_{uuid.uuid4().hex[:10]}"
-    url = await cluster.create_database(name)
-    settings = make_settings(
-        name,
-        database_url=url,
-        database_connect_timeout_seconds=2.0,
-        argon2_memory_cost_kib=1024,
-        argon2_time_cost=1,
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async with app_on_cluster(cluster, name, database_connect_timeout_seconds=2.0) as application:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

@@ -28,7 +28,7 @@ from tests.conftest import (
     make_settings,
     register_and_login,
 )
-from tests.fault_servers import RedisServer, free_port
+from tests.fault_servers import RedisServer, started_redis
 from tests.task_helpers import TASKS, task_url
 
 STATS = f"{TASKS}/stats"
@@ -44,12 +44,8 @@ SKIPPED_LIMIT = SOCKET_TIMEOUT / 2
 
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    try:
-        await server.start()
+    async with started_redis() as server:
         yield server
-    finally:
-        await server.kill()
 
 
 async def _build_app(
