@@ -13,14 +13,14 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskapi.jobs.handlers import FOLD_AT_LEAST, JobContext, fold_task_stats
 from taskapi.tasks import stat_counts
 from tests.conftest import MakeUser, UserHandle, register_and_login
 from tests.task_helpers import TASKS, task_url
-from tests.test_migrations import downgrade, fresh_database, upgrade
+from tests.test_migrations import _insert_user, downgrade, fresh_database, upgrade
 
 STATS = f"{TASKS}/stats"
 STATUSES = ("todo", "in_progress", "done", "cancelled")
@@ -377,7 +377,8 @@ async def test_upgrading_counts_the_tasks_that_existed_before(migrated_databases
         engine = create_async_engine(url, poolclass=NullPool)
         try:
             async with engine.begin() as conn:
-                owner, helper = await _two_users(conn)
+                owner = await _insert_user(conn, "before_owner", "before_owner@example.com")
+                helper = await _insert_user(conn, "before_helper", "before_helper@example.com")
                 await conn.execute(
                     text(
                         "INSERT INTO tasks (owner_id, assignee_id, title, status, priority, "
@@ -416,17 +417,3 @@ async def test_upgrading_counts_the_tasks_that_existed_before(migrated_databases
                 assert await conn.scalar(text("SELECT to_regclass('task_stat_deltas')")) is None
         finally:
             await engine.dispose()
-
-
-async def _two_users(conn: AsyncConnection) -> tuple[int, int]:
-    ids = []
-    for name in ("before_owner", "before_helper"):
-        result = await conn.execute(
-            text(
-                "INSERT INTO users (username, email, password_hash) "
-                "VALUES (:name, :email, 'not-a-real-hash') RETURNING id"
-            ),
-            {"name": name, "email": f"{name}@example.com"},
-        )
-        ids.append(int(result.scalar_one()))
-    return ids[0], ids[1]

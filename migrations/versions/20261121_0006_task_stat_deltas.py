@@ -59,33 +59,37 @@ CREATE FUNCTION task_stat_contributions(
 $$
 """
 
-AFTER_INSERT = """
-CREATE FUNCTION task_stat_deltas_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO task_stat_deltas (user_id, status, priority, due_date, tag, n)
-    SELECT c.user_id, c.status, c.priority, c.due_date, c.tag, sum(c.n)
-    FROM inserted_tasks AS t
+
+def _summed_terms(tasks: str, sign: int, *, folded: bool = False) -> str:
+    """Every term of the rows of `tasks` (a table or transition table), summed per user and key.
+    Only ever given the literals below."""
+    return f"""
+    INSERT INTO task_stat_deltas (user_id, status, priority, due_date, tag, n, folded)
+    SELECT c.user_id, c.status, c.priority, c.due_date, c.tag, sum(c.n), {str(folded).lower()}
+    FROM {tasks} AS t
     CROSS JOIN LATERAL task_stat_contributions(
-        t.owner_id, t.assignee_id, t.status, t.priority, t.due_date, t.tags, 1) AS c
-    GROUP BY c.user_id, c.status, c.priority, c.due_date, c.tag;
+        t.owner_id, t.assignee_id, t.status, t.priority, t.due_date, t.tags, {sign}) AS c
+    GROUP BY c.user_id, c.status, c.priority, c.due_date, c.tag
+    """  # noqa: S608
+
+
+def _statement_trigger_function(name: str, body: str) -> str:
+    return f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    {body};
     RETURN NULL;
 END
 $$
 """
 
-AFTER_DELETE = """
-CREATE FUNCTION task_stat_deltas_after_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO task_stat_deltas (user_id, status, priority, due_date, tag, n)
-    SELECT c.user_id, c.status, c.priority, c.due_date, c.tag, sum(c.n)
-    FROM deleted_tasks AS t
-    CROSS JOIN LATERAL task_stat_contributions(
-        t.owner_id, t.assignee_id, t.status, t.priority, t.due_date, t.tags, -1) AS c
-    GROUP BY c.user_id, c.status, c.priority, c.due_date, c.tag;
-    RETURN NULL;
-END
-$$
-"""
+
+AFTER_INSERT = _statement_trigger_function(
+    "task_stat_deltas_after_insert", _summed_terms("inserted_tasks", 1)
+)
+AFTER_DELETE = _statement_trigger_function(
+    "task_stat_deltas_after_delete", _summed_terms("deleted_tasks", -1)
+)
 
 # Old terms out, new terms in; what did not change cancels out and is not written at all.
 AFTER_UPDATE = """
@@ -130,15 +134,7 @@ TRIGGERS = (
     """,
 )
 
-BACKFILL = """
-INSERT INTO task_stat_deltas (user_id, status, priority, due_date, tag, n, folded)
-SELECT c.user_id, c.status, c.priority, c.due_date, c.tag, sum(c.n), true
-FROM tasks AS t
-CROSS JOIN LATERAL task_stat_contributions(
-    t.owner_id, t.assignee_id, t.status, t.priority, t.due_date, t.tags, 1) AS c
-GROUP BY c.user_id, c.status, c.priority, c.due_date, c.tag
-ORDER BY c.user_id
-"""
+BACKFILL = _summed_terms("tasks", 1, folded=True)
 
 
 def upgrade() -> None:

@@ -160,7 +160,9 @@ class Task(Base):
             postgresql_where=text("assignee_id IS NOT NULL"),
         ),
         Index("ix_tasks_owner_due_date", "owner_id", "due_date"),
-        # Filtered totals and stats aggregates are index-only scans of these (migration 0005).
+        # Filtered totals are index-only scans of these (migration 0005). Stats no longer read
+        # them (task_stat_deltas, migration 0006), so their INCLUDE (tags) is now dead weight that
+        # a later migration can drop.
         Index(
             "ix_tasks_owner_status_priority",
             "owner_id",
