@@ -617,6 +617,35 @@ async def test_filtered_totals_use_the_status_priority_indexes(
     assert int(rows[0]["total"]) == 750
 
 
+# --- 9. a search parses its query once -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sort", ["", "-created_at"])
+async def test_search_parses_its_query_once_in_a_generic_plan(
+    db_session: AsyncSession, alice: UserHandle, sort: str
+) -> None:
+    """Prepared statements settle on a generic plan, where a plain to_tsquery(config, $n) is not
+    folded into a constant: it was run again for every matching row (in the recheck and in
+    ts_rank), over half of a search's time. It must stay a once-evaluated InitPlan, which
+    EXPLAIN shows as a bare parameter in the index and recheck conditions."""
+    params = TaskListParams(search='invoice -"draft copy"', sort=sort)
+    tsquery = listing.build_tsquery(params.search or "")
+    shape = listing.list_shape(params, tsquery, None)
+    values = listing.list_values(params, alice.id, datetime.now(UTC).date(), tsquery, None)
+    statements = repository.list_statements(shape)
+    bound = {**values, "reach": 21, "page_limit": 21, "page_offset": 0}
+    await db_session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+    driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+    for query, arguments in (
+        (statements.page, statements.page.arguments(bound)),
+        (statements.total, statements.total.arguments(values)),
+    ):
+        plan = "\n".join(row[0] for row in await driver.fetch("EXPLAIN " + query.sql, *arguments))
+        assert "@@" in plan, plan  # the match is in the plan...
+        assert "to_tsquery" not in plan, plan  # ...against the InitPlan's result, not a call
+
+
 # --- routes added flat, documented as included ---------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import (
     literal,
     not_,
     or_,
+    select,
     true,
 )
 from sqlalchemy.dialects.postgresql import REGCONFIG
@@ -281,7 +282,13 @@ def build_tsquery(text: str) -> str | None:
 # cursor is followed) with bind parameters for every value, and cached: building SQLAlchemy
 # constructs costs more CPU per request than PostgreSQL spends answering the query.
 
-TSQUERY = func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery"))
+# A scalar subquery, so PostgreSQL parses and stems the query once per statement (an InitPlan).
+# As a plain call to_tsquery(config, $n) stays unevaluated in a prepared statement's generic plan
+# and runs again for every matching row, in the recheck and in ts_rank: that was more than half
+# of a search's execution (2.4 ms -> 1.1 ms for 316 matches).
+TSQUERY = select(
+    func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery"))
+).scalar_subquery()
 # ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per
 # match (4.7 ms vs 1.1 ms for 554 matches); title-over-description weights and term frequency
 # still order the results.
