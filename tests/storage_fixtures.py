@@ -111,6 +111,13 @@ class StorageProbe:
             return body
         return (self.root / key).read_bytes()
 
+    def remove(self, key: str) -> None:
+        """Delete one object behind the app's back."""
+        if self.backend == "s3":
+            self._client.delete_object(Bucket=self.settings.s3_bucket, Key=key)
+        else:
+            (self.root / key).unlink()
+
     def clean(self) -> None:
         """Free what a test stored (moto keeps objects in this process's memory)."""
         if self.backend == "s3":

@@ -1086,6 +1086,51 @@ async def test_object_removed_when_the_commit_itself_fails(
     await env.assert_nothing_stored(alice, task)
 
 
+# --- the hot object cache ------------------------------------------------------------------------
+
+
+async def _download_after_removal(env: Env, size: int) -> tuple[bytes, httpx.Response]:
+    """Upload `size` bytes, download them once, delete the object behind the app's back, then
+    download again."""
+    alice = await env.user()
+    task = await env.task(alice)
+    lines = b"".join(f"line {n} of the notes\n".encode() for n in range(size // 16 + 1))
+    data = lines[:size]
+    uploaded = await env.upload(alice, task["id"], "notes.txt", data, "text/plain")
+    assert uploaded.status_code == 201, uploaded.text
+    url = f"{FILES}/{uploaded.json()['id']}"
+    first = await env.client.get(url, headers=alice.headers)
+    assert first.status_code == 200
+    assert first.content == data
+    (key,) = env.probe.objects()
+    env.probe.remove(key)
+    return data, await env.client.get(url, headers=alice.headers)
+
+
+async def test_a_small_file_downloaded_again_is_served_from_memory(env: Env) -> None:
+    """Keys are never rewritten, so a file read once is kept and sent without asking storage
+    (no thread hop and file read, no S3 request): even with the object gone from storage."""
+    data, again = await _download_after_removal(env, 64 * 1024)
+    assert again.status_code == 200, again.text
+    assert again.content == data
+    assert again.headers["content-length"] == str(len(data))
+    assert again.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+
+
+async def test_without_the_cache_every_download_reads_storage(make_env: MakeEnv) -> None:
+    env = await make_env(storage_cache_bytes=0)
+    _, again = await _download_after_removal(env, 64 * 1024)
+    assert_problem(again, 404, "file_not_found")
+
+
+async def test_files_larger_than_one_chunk_are_streamed_not_kept(make_env: MakeEnv) -> None:
+    # A cache larger than the file: it is still not kept (it streams, in chunks).
+    env = await make_env(storage_cache_bytes=8 * MiB)
+    _, again = await _download_after_removal(env, MiB + 1)
+    assert_problem(again, 404, "file_not_found")
+    assert env.app.state.storage.cached_bytes == 0
+
+
 # --- streaming memory ----------------------------------------------------------------------------
 
 

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "taskapi"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # Per process: recently downloaded objects of up to 1 MiB kept in memory (0: off).
+    storage_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     # Every other request body (JSON); larger ones are refused with 413 before being read.
     max_request_bytes: int = Field(default=1024 * 1024, ge=1)

@@ -59,6 +59,12 @@ STATS_CACHE_HITS = Counter("taskapi_stats_cache_hits", "GET /tasks/stats answere
 STATS_CACHE_MISSES = Counter(
     "taskapi_stats_cache_misses", "GET /tasks/stats computed in PostgreSQL (miss or Redis down)."
 )
+STORAGE_CACHE_HITS = Counter(
+    "taskapi_storage_cache_hits", "Downloads served from the in-process hot object cache."
+)
+STORAGE_CACHE_MISSES = Counter(
+    "taskapi_storage_cache_misses", "Downloads read from the storage backend."
+)
 RATE_LIMITED = Counter(
     "taskapi_rate_limited", "Requests refused with 429 by the rate limiter.", ["policy"]
 )

@@ -37,6 +37,11 @@ class ObjectStream:
     whole: bytes | None = None
 
 
+async def single_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """The chunks of an object already in memory."""
+    yield data
+
+
 class UploadSink(ABC):
     """An object being written: `write` chunks, then `commit`, or `abort` to leave nothing."""
 

@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from taskapi.storage.base import CHUNK_SIZE, ObjectStream, Storage, StoredObject, UploadSink
+from taskapi.storage.base import (
+    CHUNK_SIZE,
+    ObjectStream,
+    Storage,
+    StoredObject,
+    UploadSink,
+    single_chunk,
+)
 
 
 class _LocalSink(UploadSink):
@@ -82,7 +89,7 @@ class LocalStorage(Storage):
 
         handle, size, first = await asyncio.to_thread(open_and_read_first)
         if handle is None:
-            return ObjectStream(size=size, chunks=_single(first), whole=first)
+            return ObjectStream(size=size, chunks=single_chunk(first), whole=first)
 
         async def chunks() -> AsyncIterator[bytes]:
             assert handle is not None
@@ -129,7 +136,3 @@ class LocalStorage(Storage):
             return await asyncio.to_thread(probe)
         except OSError:
             return False
-
-
-async def _single(data: bytes) -> AsyncIterator[bytes]:
-    yield data

@@ -22,6 +22,7 @@ from taskapi.storage.base import (
     StorageUnavailable,
     StoredObject,
     UploadSink,
+    single_chunk,
 )
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
@@ -148,6 +149,17 @@ class S3Storage(Storage):
         except (BotoCoreError, OSError) as error:
             raise StorageUnavailable() from error
         body = response["Body"]
+        size = int(response["ContentLength"])
+        if size <= CHUNK_SIZE:
+            # One chunk either way: read it here, so a failure is a clean 503 rather than a cut
+            # response, and the object can be sent as one body (and kept by HotObjectCache).
+            try:
+                whole = await body.read()
+            except (BotoCoreError, ClientError, OSError) as error:
+                raise StorageUnavailable() from error
+            finally:
+                body.close()
+            return ObjectStream(size=len(whole), chunks=single_chunk(whole), whole=whole)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -156,7 +168,7 @@ class S3Storage(Storage):
             finally:
                 body.close()
 
-        return ObjectStream(size=int(response["ContentLength"]), chunks=chunks())
+        return ObjectStream(size=size, chunks=chunks())
 
     async def delete(self, key: str) -> None:
         try:
@@ -200,10 +212,17 @@ class S3Storage(Storage):
 
 
 async def create_storage(settings: Settings) -> Storage:
-    if settings.storage_backend == "s3":
-        storage = S3Storage(settings)
-        await storage.start()
-        return storage
-    from taskapi.storage.local import LocalStorage
+    from taskapi.storage.hot_cache import HotObjectCache
 
-    return LocalStorage(settings.storage_dir)
+    backend: Storage
+    if settings.storage_backend == "s3":
+        s3 = S3Storage(settings)
+        await s3.start()
+        backend = s3
+    else:
+        from taskapi.storage.local import LocalStorage
+
+        backend = LocalStorage(settings.storage_dir)
+    if settings.storage_cache_bytes > 0:
+        return HotObjectCache(backend, settings.storage_cache_bytes)
+    return backend
