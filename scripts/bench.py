@@ -11,9 +11,9 @@ Once per worker count (default 1, then 2):
    and is assigned 500 more; every other user owns 20), then vacuumed and analysed. Each worker
    count gets its own clone of it, its own storage directory and its own Redis key prefix.
 2. `taskapi serve --workers N` from the working tree, configured as in production (JSON access
-   log, into a log file), rate limits on with buckets no run can empty; beside it, for one
-   scenario each, the bare ceiling app (scripts/bench/ceiling.py: Starlette + asyncpg + orjson)
-   and a second API server with STATS_CACHE_TTL_SECONDS=0 for the stats cache miss.
+   log, into a log file), rate limits on with buckets no run can empty; beside it the bare
+   ceiling app (scripts/bench/ceiling.py: Starlette + asyncpg + orjson) and, for one scenario,
+   a second API server with STATS_CACHE_TTL_SECONDS=0 for the stats cache miss.
 3. Every scenario is checked with one request first (the expected success status; the ceiling's
    body must equal the API's list), warmed up, then driven by wrk on loopback: one thread (the
    generator shares the two cores with the servers and PostgreSQL), fixed connections, fixed
@@ -22,13 +22,17 @@ Once per worker count (default 1, then 2):
    and back again) and never have one task in flight twice, so every request is a real change
    and none waits on another's row lock; they warm up on pools of their own. The stats cache is
    verified through /ops/metrics: all hits in the hit scenario, none in the miss scenario.
+   Each scenario with a ratio to the ceiling is paired with a ceiling run of its own, just before
+   its measured run (same connections and duration): this machine's speed drifts by tens of
+   percent within minutes, and a single ceiling measured at the start made ratios drift with it.
 4. The login storm: the list at 8 connections alone, then again while 32 connections log in.
 
 Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
 `errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario
 with errors (or a failed check) did not measure what it claims: it is listed at the end and the
-exit status is 1. `vs ceiling` is the scenario's req/s as a share of the ceiling's (same run,
-connections, duration and worker count) and, for the list, its p99 as a multiple of the ceiling's.
+exit status is 1. `vs ceiling` is the scenario's req/s as a share of its paired ceiling run's
+(`ceiling req/s`: same run, connections, duration and worker count, a few seconds apart) and, for
+the list, its p99 as a multiple of that run's p99.
 Figures vary by about 25% between runs of a shared 2-core machine, more when anything else runs
 (the report says how busy the CPU was between phases): compare within one run. The goals are
 PASS/FAIL per worker count; missing one does not change the exit status.
@@ -492,6 +496,33 @@ async def _seed(app_url: str, password_hash: str) -> tuple[int, int]:
         await conn.close()
 
 
+async def _max_connections() -> int:
+    _, admin_dsn = database_urls("postgres")
+    conn = await asyncpg.connect(admin_dsn, timeout=5)
+    try:
+        return int(await conn.fetchval("SHOW max_connections"))
+    finally:
+        await conn.close()
+
+
+# Up to three servers hold connections at once (the API, the ceiling app beside it, and the
+# uncached-stats API during its scenario), each with `workers` processes that keep what they
+# opened; PostgreSQL refuses clients past max_connections. The bench's own connections and the
+# superuser reserve take the rest.
+SERVERS_AT_ONCE = 3
+SPARE_CONNECTIONS = 10
+
+
+def pool_per_process(workers: int, max_connections: int) -> int:
+    """Database connections each server process may open: the API's default (32 + 8 overflow)
+    when the server allows that many, else an equal share, the same for the API and the
+    ceiling app (which sizes its pool from the same settings)."""
+    share = (max_connections - SPARE_CONNECTIONS) // (SERVERS_AT_ONCE * workers)
+    fields = Settings.model_fields
+    default = int(fields["database_pool_size"].default + fields["database_max_overflow"].default)
+    return max(4, min(default, share))
+
+
 def build_template(env: Mapping[str, str]) -> str:
     """Create, migrate and seed the template database; returns the PostgreSQL version."""
     version = asyncio.run(
@@ -755,6 +786,9 @@ class Outcome:
     warmup_errors: int = 0
     notes: list[str] = field(default_factory=list)
     broken: str | None = None  # why it could not be measured, or why the figures are invalid
+    # The ceiling measured just before this scenario's run (same connections and duration):
+    # what its ratios are taken against, so both sides see the machine in the same state.
+    ceiling: WrkResult | None = None
 
     def problems(self) -> list[str]:
         """Why the figures do not mean what they say; empty for a valid measurement."""
@@ -1048,6 +1082,7 @@ class PhaseRunner:
         self.workdir = workdir
         self.phase = Phase(workers)
         self.urls: dict[Target, str] = {}
+        self.scenarios: dict[str, Scenario] = {}
 
     def say(self, text: str) -> None:
         print(f"  [{self.workers}w] {text}", flush=True)
@@ -1083,7 +1118,7 @@ class PhaseRunner:
             outcome.notes.append("body = API's" + (" (byte for byte)" if same_bytes else ""))
         return True
 
-    def measure(self, scenario: Scenario) -> Outcome:
+    def measure(self, scenario: Scenario, paired: bool = False) -> Outcome:
         connections = scenario.connections or self.options.connections
         outcome = Outcome(scenario, connections)
         if scenario.detail:
@@ -1108,6 +1143,10 @@ class PhaseRunner:
             )
             outcome.warmup_errors = warm.error_count
             self.check_slots(outcome, warm, "warm-up")
+        if paired:
+            outcome.ceiling = self.ceiling_alongside(connections)
+            if outcome.ceiling is None:
+                outcome.notes.append("the ceiling run alongside failed: vs the first one")
         stats_before = cache_counts(url) if scenario.key.startswith("stats") else None
         seconds = max(self.options.duration, scenario.min_seconds)
         if seconds != self.options.duration:
@@ -1122,11 +1161,23 @@ class PhaseRunner:
         if outcome.warmup_errors:
             outcome.notes.append(f"{outcome.warmup_errors} errors in the warm-up")
         status = "ok" if outcome.ok else "INVALID"
+        alongside = f" (ceiling just before: {outcome.ceiling.rps:,.0f})" if outcome.ceiling else ""
         self.say(
             f"{scenario.label}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, "
-            f"p99 {result.p99_ms:.1f} ms, errors {result.describe_errors()} [{status}]"
+            f"p99 {result.p99_ms:.1f} ms, errors {result.describe_errors()} [{status}]{alongside}"
         )
         return outcome
+
+    def ceiling_alongside(self, connections: int) -> WrkResult | None:
+        """The ceiling again, right before a scenario's run. The machine's speed drifts by tens
+        of percent within a run (other tenants, frequency): one ceiling measured minutes
+        earlier made ratios swing with it, paired runs cancel most of that."""
+        ceiling = self.scenarios["ceiling"]
+        result = self.wrk.run(
+            self.urls["ceiling"], ceiling.headers, ceiling.workload, connections,
+            self.options.duration,
+        )  # fmt: skip
+        return result if result.requests and not result.error_count else None
 
     @staticmethod
     def check_slots(outcome: Outcome, result: WrkResult, run: str) -> None:
@@ -1191,7 +1242,12 @@ class PhaseRunner:
                 "ours runs: other processes will skew the figures"
             )
         database_url = clone_database()
-        env = server_env(workers, database_url, scratch / "storage")
+        pool = pool_per_process(workers, asyncio.run(_max_connections()))
+        env = server_env(
+            workers, database_url, scratch / "storage",
+            DATABASE_POOL_SIZE=str(pool), DATABASE_MAX_OVERFLOW="0",
+        )  # fmt: skip
+        self.say(f"database pool: {pool} connections per process")
         prefixes = [env["REDIS_KEY_PREFIX"]]
         self.say(f"taskapi serve --workers {workers} (log: {scratch / 'api.log'})")
         try:
@@ -1216,16 +1272,27 @@ class PhaseRunner:
         token = login(api_url, BENCH_USER)
         download_id = upload_download_file(api_url, token, fixtures.cancelled[0])
         scenarios = build_scenarios(fixtures, token, download_id, self.options)
+        self.scenarios = scenarios
         auth = dict(scenarios["list"].headers)
 
+        # The ceiling app stays up (idle in between): each scenario compared with it is paired
+        # with a ceiling run just before its own.
         with ceiling_server(env, self.workers, scratch / "ceiling.log") as ceiling:
             ceiling.start(f"{API}/tasks", headers=auth)
             self.urls["ceiling"] = ceiling.url
             self.measure(scenarios["ceiling"])
+            self.measure_api(env, scratch, prefixes, scenarios)
 
+    def measure_api(
+        self,
+        env: dict[str, str],
+        scratch: Path,
+        prefixes: list[str],
+        scenarios: Mapping[str, Scenario],
+    ) -> None:
         # Reads first: they see the seeded data set, unchanged by the writes below.
         for key in ("list", "filtered", "search", "get", "stats-hit", "download"):
-            self.measure(scenarios[key])
+            self.measure(scenarios[key], paired=True)
 
         # A second server whose stats are never cached, over the same database, started only
         # for this (the first one idles meanwhile).
@@ -1245,7 +1312,7 @@ class PhaseRunner:
             with nocache:
                 nocache.start("/ops/ready")
                 self.urls["api-nocache"] = nocache.url
-                self.measure(scenarios["stats-miss"])
+                self.measure(scenarios["stats-miss"], paired=True)
         except BenchError as error:
             outcome = Outcome(scenarios["stats-miss"], self.options.connections)
             outcome.broken = str(error).splitlines()[0]
@@ -1255,7 +1322,7 @@ class PhaseRunner:
         self.measure(scenarios["login"])
         self.storm(scenarios)
         for key in ("create", "patch", "transition", "upload"):
-            self.measure(scenarios[key])
+            self.measure(scenarios[key], paired=True)
 
 
 def cpu_busy_share(seconds: float = 1.0) -> float:
@@ -1422,11 +1489,13 @@ def scenario_table(phase: Phase, options: Options) -> Table:
         result = outcome.result
         label = outcome.scenario.label
         if result is None:
-            rows.append((label, str(outcome.connections), "-", "-", "-", "-", "-", "-",
+            rows.append((label, str(outcome.connections), "-", "-", "-", "-", "-", "-", "-",
                          f"BROKEN: {outcome.broken}"))  # fmt: skip
             continue
-        ceiling_rps = ceiling.rps if ceiling else None
-        ceiling_p99 = ceiling.p99_ms if ceiling else None
+        paired = outcome.ceiling or ceiling
+        ceiling_rps = paired.rps if paired else None
+        ceiling_p99 = paired.p99_ms if paired else None
+        alongside = "" if key in NOT_RELATIVE or paired is None else f"{paired.rps:,.0f}"
         vs_rps = "" if key in NOT_RELATIVE else _share(result.rps, ceiling_rps)
         vs_p99 = _times(result.p99_ms, ceiling_p99) if key == "list" else ""
         notes = list(outcome.notes)
@@ -1434,19 +1503,20 @@ def scenario_table(phase: Phase, options: Options) -> Table:
             notes.insert(0, f"INVALID: {outcome.broken}")
         errors = result.describe_errors() + ("*" if outcome.warmup_errors else "")
         rows.append((label, str(outcome.connections), f"{result.rps:,.0f}",
-                     f"{result.p50_ms:.1f}", f"{result.p99_ms:.1f}", errors, vs_rps, vs_p99,
-                     "; ".join(notes)))  # fmt: skip
+                     f"{result.p50_ms:.1f}", f"{result.p99_ms:.1f}", errors, alongside, vs_rps,
+                     vs_p99, "; ".join(notes)))  # fmt: skip
     workers = f"{phase.workers} worker{'s' if phase.workers > 1 else ''}"
     log_note = "server log ERROR lines: " + (describe_log_errors(phase.log_errors) or "none.")
     return Table(
         f"{workers}: wrk -t1, {options.duration} s per scenario after a {options.warmup} s "
         "warm-up",
-        ("scenario", "conns", "req/s", "p50 ms", "p99 ms", "errors", "req/s vs ceiling",
-         "p99 vs ceiling", "notes"),
+        ("scenario", "conns", "req/s", "p50 ms", "p99 ms", "errors", "ceiling req/s",
+         "req/s vs ceiling", "p99 vs ceiling", "notes"),
         rows,
-        align="lrrrrrrrl",
-        notes=["vs ceiling: the scenario's req/s as a share of the ceiling's, and its p99 as a "
-               "multiple of the ceiling's (same run, same connections).",
+        align="lrrrrrrrrl",
+        notes=["ceiling req/s: the ceiling measured again just before this scenario (same "
+               "connections and duration); vs ceiling: the scenario's req/s as a share of that "
+               "run's, and for the list its p99 as a multiple of that run's p99.",
                "errors: connect/read/write errors, timeouts and responses >= 400; "
                "* = errors in the warm-up too.",
                log_note, background_note(phase)],
@@ -1485,7 +1555,6 @@ def storm_table(phases: Sequence[Phase], options: Options) -> Table:
 
 def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
     """PASS/FAIL per goal; a scenario that could not be measured validly FAILs its goal."""
-    ceiling = phase.ceiling
     workers = str(phase.workers)
     rows: list[tuple[str, ...]] = []
 
@@ -1493,11 +1562,16 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
         outcome = phase.outcomes.get(key)
         return outcome.result if outcome is not None and outcome.ok else None
 
+    def ceiling_for(key: str) -> WrkResult | None:
+        outcome = phase.outcomes.get(key)
+        paired = outcome.ceiling if outcome is not None else None
+        return paired or phase.ceiling
+
     def add(goal: str, value: str | None, passed: bool) -> None:
         verdict = "PASS" if passed else "FAIL"
         rows.append((workers, goal, value or "not measured", verdict))
 
-    result = measured("list")
+    result, ceiling = measured("list"), ceiling_for("list")
     goal = f"list req/s >= {LIST_GOAL:.0%} of ceiling and p99 <= {LIST_P99_GOAL:g}x ceiling"
     if result and ceiling:
         share, p99 = result.rps / ceiling.rps, result.p99_ms / ceiling.p99_ms
@@ -1506,7 +1580,7 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
         add(goal, None, False)
     shares = [(key, READ_GOAL) for key in READ_SCENARIOS] + [("create", CREATE_GOAL)]
     for key, minimum in shares:
-        result = measured(key)
+        result, ceiling = measured(key), ceiling_for(key)
         label = phase.outcomes[key].scenario.label if key in phase.outcomes else key
         goal = f"{label} req/s >= {minimum:.0%} of ceiling"
         if result and ceiling:
