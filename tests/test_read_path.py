@@ -570,6 +570,28 @@ async def test_restart_within_the_ping_window_costs_one_503_not_a_stream_of_500s
         assert statuses[1:] == [200, 200, 200], statuses
 
 
+async def _list_plans(
+    session: AsyncSession, params: TaskListParams, user_id: int
+) -> tuple[repository.ListStatements, dict[str, Any], list[str]]:
+    """The list statements for `params`, the page's bind values, and the EXPLAIN of the page
+    and of the total statement as PostgreSQL plans them on the session's connection."""
+    tsquery = listing.build_tsquery(params.search) if params.search else None
+    shape = listing.list_shape(params, tsquery, None)
+    values = listing.list_values(params, user_id, datetime.now(UTC).date(), tsquery, None)
+    statements = repository.list_statements(shape)
+    bound = {**values, "reach": 21, "page_limit": 21, "page_offset": 0}
+    driver = (await (await session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+    plans = []
+    for query, arguments in (
+        (statements.page, statements.page.arguments(bound)),
+        (statements.total, statements.total.arguments(values)),
+    ):
+        rows = await driver.fetch("EXPLAIN " + query.sql, *arguments)
+        plans.append("\n".join(row[0] for row in rows))
+    return statements, bound, plans
+
+
 # --- 8. the covering index serves filtered totals ------------------------------------------------
 
 
@@ -598,17 +620,8 @@ async def test_filtered_totals_use_the_status_priority_indexes(
     # the index; ruling it out leaves the index against the other indexes on owner/assignee.
     await db_session.execute(text("SET LOCAL enable_seqscan = off"))
     params = TaskListParams(status=["todo", "done"], priority=["high"])
-    shape = listing.list_shape(params, None, None)
-    values = listing.list_values(params, alice.id, datetime.now(UTC).date(), None, None)
-    statements = repository.list_statements(shape)
-    bound = {**values, "reach": 21, "page_limit": 21, "page_offset": 0}
-    driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
-    for query, arguments in (
-        (statements.page, statements.page.arguments(bound)),
-        (statements.total, statements.total.arguments(values)),
-    ):
-        plan = "\n".join(row[0] for row in await driver.fetch("EXPLAIN " + query.sql, *arguments))
+    statements, bound, plans = await _list_plans(db_session, params, alice.id)
+    for plan in plans:
         # Each half's count reads its own status/priority index.
         assert "ix_tasks_owner_status_priority" in plan, plan
         assert "ix_tasks_assignee_status_priority" in plan, plan
@@ -629,19 +642,9 @@ async def test_search_parses_its_query_once_in_a_generic_plan(
     ts_rank), over half of a search's time. It must stay a once-evaluated InitPlan, which
     EXPLAIN shows as a bare parameter in the index and recheck conditions."""
     params = TaskListParams(search='invoice -"draft copy"', sort=sort)
-    tsquery = listing.build_tsquery(params.search or "")
-    shape = listing.list_shape(params, tsquery, None)
-    values = listing.list_values(params, alice.id, datetime.now(UTC).date(), tsquery, None)
-    statements = repository.list_statements(shape)
-    bound = {**values, "reach": 21, "page_limit": 21, "page_offset": 0}
     await db_session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-    driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
-    for query, arguments in (
-        (statements.page, statements.page.arguments(bound)),
-        (statements.total, statements.total.arguments(values)),
-    ):
-        plan = "\n".join(row[0] for row in await driver.fetch("EXPLAIN " + query.sql, *arguments))
+    _, _, plans = await _list_plans(db_session, params, alice.id)
+    for plan in plans:
         assert "@@" in plan, plan  # the match is in the plan...
         assert "to_tsquery" not in plan, plan  # ...against the InitPlan's result, not a call
 
