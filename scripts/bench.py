@@ -899,7 +899,7 @@ def build_scenarios(
         Scenario("stats-miss", "stats (cache miss)", stats, auth, 200, target="api-nocache",
                  detail="STATS_CACHE_TTL_SECONDS=0"),
         Scenario("download", "download 1 MiB", single("GET", f"{API}/files/{download_id}"), auth,
-                 200),
+                 200, detail="one file: from memory after its first read (STORAGE_CACHE_BYTES)"),
         Scenario("login", "login", Workload.cycle(logins), {"Content-Type": "application/json"},
                  200, detail=f"{len(logins):,} users round-robin", min_seconds=LOGIN_MIN_SECONDS),
         Scenario("create", "create", Workload.cycle(creates), json_auth, 201),
