@@ -967,6 +967,12 @@ class Phase:
         outcome = self.outcomes.get("ceiling")
         return outcome.result if outcome is not None and outcome.ok else None
 
+    def ceiling_for(self, key: str) -> WrkResult | None:
+        """What scenario `key` is compared with: its paired ceiling run, else the first one."""
+        outcome = self.outcomes.get(key)
+        paired = outcome.ceiling if outcome is not None else None
+        return paired or self.ceiling
+
 
 def server_env(workers: int, database_url: str, storage: Path, **extra: str) -> dict[str, str]:
     env = {
@@ -1082,7 +1088,6 @@ class PhaseRunner:
         self.workdir = workdir
         self.phase = Phase(workers)
         self.urls: dict[Target, str] = {}
-        self.scenarios: dict[str, Scenario] = {}
 
     def say(self, text: str) -> None:
         print(f"  [{self.workers}w] {text}", flush=True)
@@ -1172,7 +1177,7 @@ class PhaseRunner:
         """The ceiling again, right before a scenario's run. The machine's speed drifts by tens
         of percent within a run (other tenants, frequency): one ceiling measured minutes
         earlier made ratios swing with it, paired runs cancel most of that."""
-        ceiling = self.scenarios["ceiling"]
+        ceiling = self.phase.outcomes["ceiling"].scenario
         result = self.wrk.run(
             self.urls["ceiling"], ceiling.headers, ceiling.workload, connections,
             self.options.duration,
@@ -1272,7 +1277,6 @@ class PhaseRunner:
         token = login(api_url, BENCH_USER)
         download_id = upload_download_file(api_url, token, fixtures.cancelled[0])
         scenarios = build_scenarios(fixtures, token, download_id, self.options)
-        self.scenarios = scenarios
         auth = dict(scenarios["list"].headers)
 
         # The ceiling app stays up (idle in between): each scenario compared with it is paired
@@ -1480,7 +1484,6 @@ NOT_RELATIVE = frozenset(
 
 
 def scenario_table(phase: Phase, options: Options) -> Table:
-    ceiling = phase.ceiling
     rows: list[tuple[str, ...]] = []
     for key in SCENARIO_ORDER:
         outcome = phase.outcomes.get(key)
@@ -1492,7 +1495,7 @@ def scenario_table(phase: Phase, options: Options) -> Table:
             rows.append((label, str(outcome.connections), "-", "-", "-", "-", "-", "-", "-",
                          f"BROKEN: {outcome.broken}"))  # fmt: skip
             continue
-        paired = outcome.ceiling or ceiling
+        paired = phase.ceiling_for(key)
         ceiling_rps = paired.rps if paired else None
         ceiling_p99 = paired.p99_ms if paired else None
         alongside = "" if key in NOT_RELATIVE or paired is None else f"{paired.rps:,.0f}"
@@ -1562,16 +1565,11 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
         outcome = phase.outcomes.get(key)
         return outcome.result if outcome is not None and outcome.ok else None
 
-    def ceiling_for(key: str) -> WrkResult | None:
-        outcome = phase.outcomes.get(key)
-        paired = outcome.ceiling if outcome is not None else None
-        return paired or phase.ceiling
-
     def add(goal: str, value: str | None, passed: bool) -> None:
         verdict = "PASS" if passed else "FAIL"
         rows.append((workers, goal, value or "not measured", verdict))
 
-    result, ceiling = measured("list"), ceiling_for("list")
+    result, ceiling = measured("list"), phase.ceiling_for("list")
     goal = f"list req/s >= {LIST_GOAL:.0%} of ceiling and p99 <= {LIST_P99_GOAL:g}x ceiling"
     if result and ceiling:
         share, p99 = result.rps / ceiling.rps, result.p99_ms / ceiling.p99_ms
@@ -1580,7 +1578,7 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
         add(goal, None, False)
     shares = [(key, READ_GOAL) for key in READ_SCENARIOS] + [("create", CREATE_GOAL)]
     for key, minimum in shares:
-        result, ceiling = measured(key), ceiling_for(key)
+        result, ceiling = measured(key), phase.ceiling_for(key)
         label = phase.outcomes[key].scenario.label if key in phase.outcomes else key
         goal = f"{label} req/s >= {minimum:.0%} of ceiling"
         if result and ceiling:

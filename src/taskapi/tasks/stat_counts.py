@@ -115,6 +115,4 @@ async def fold_busiest(session: AsyncSession, *, at_least: int, limit: int) -> i
 
 async def forget(session: AsyncSession, user_id: int) -> None:
     """Drop a deleted account's rows (after its tasks are gone: their deletion wrote some)."""
-    await session.execute(
-        text("DELETE FROM task_stat_deltas WHERE user_id = :user_id"), {"user_id": user_id}
-    )
+    await session.execute(_FORGET, {"user_id": user_id})
