@@ -12,8 +12,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskapi import models  # noqa: F401  (registers every table on the metadata)
-from taskapi.config import Settings
-from taskapi.db import Base
+from taskapi.kit.config import Settings
+from taskapi.kit.db import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -67,8 +67,8 @@ import httpx
 import redis
 from sqlalchemy.engine import make_url
 
-from taskapi.config import Settings
-from taskapi.security import PasswordHashing
+from taskapi.kit.config import Settings
+from taskapi.kit.security import PasswordHashing
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv this script runs in (make bench: .venv/bin)

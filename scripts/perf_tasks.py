@@ -19,7 +19,7 @@ import httpx
 from argon2 import PasswordHasher
 
 from taskapi.app import create_app
-from taskapi.config import Settings
+from taskapi.kit.config import Settings
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 PASSWORD = "perf-password"

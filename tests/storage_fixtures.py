@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from taskapi.config import Settings
+from taskapi.kit.config import Settings
 
 S3_REGION = "us-east-1"
 

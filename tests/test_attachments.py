@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from taskapi.app import create_app
 from taskapi.attachments import service
-from taskapi.config import Settings
-from taskapi.errors import Conflict
 from taskapi.jobs.worker import Worker
+from taskapi.kit.config import Settings
+from taskapi.kit.errors import Conflict
 from tests.conftest import (
     MAIN_DB,
     UserHandle,

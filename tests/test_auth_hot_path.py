@@ -31,19 +31,19 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
-from taskapi import security
 from taskapi.app import create_app
 from taskapi.auth.principal_cache import PrincipalCache
-from taskapi.cache import RedisGuard, create_redis
-from taskapi.config import Settings
-from taskapi.models import User
-from taskapi.ratelimit import CachedRead, RateLimiter
-from taskapi.security import (
+from taskapi.kit import security
+from taskapi.kit.cache import RedisGuard, create_redis
+from taskapi.kit.config import Settings
+from taskapi.kit.ratelimit import CachedRead, RateLimiter
+from taskapi.kit.security import (
     HASH_THREAD_NICENESS,
     VERIFIED_TOKENS_MAX,
     PasswordHashing,
     TokenCodec,
 )
+from taskapi.models import User
 from tests.conftest import (
     MAIN_DB,
     StatementLog,

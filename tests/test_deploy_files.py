@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from taskapi import cli
-from taskapi.config import Settings, resolve_secret_key
+from taskapi.kit.config import Settings, resolve_secret_key
 from tests.conftest import ROOT, database_url
 from tests.test_cli_and_socket import (
     _plain_dsn,

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from taskapi.app import create_app
-from taskapi.config import Settings
+from taskapi.kit.config import Settings
 from tests.conftest import MAIN_DB, make_settings
 
 PROBLEM = "application/problem+json"

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskapi.errors import ServiceUnavailable
 from taskapi.jobs.handlers import JobContext, expire_idempotency_keys
+from taskapi.kit.errors import ServiceUnavailable
 from taskapi.models import Task
 from taskapi.tasks import service
 from tests.conftest import UserHandle, register_and_login

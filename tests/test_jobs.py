@@ -29,7 +29,6 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskapi.db import create_engine, create_sessionmaker
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import (
     DELETE_OBJECTS,
@@ -41,6 +40,7 @@ from taskapi.jobs.handlers import (
 )
 from taskapi.jobs.handlers import delete_objects as delete_objects_handler
 from taskapi.jobs.worker import Worker
+from taskapi.kit.db import create_engine, create_sessionmaker
 from taskapi.storage import new_object_key
 from tests.conftest import (
     TEMPLATE_DB,

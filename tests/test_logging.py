@@ -16,9 +16,9 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from taskapi.config import Settings
-from taskapi.errors import ServiceUnavailable
-from taskapi.logs import configure_logging
+from taskapi.kit.config import Settings
+from taskapi.kit.errors import ServiceUnavailable
+from taskapi.kit.logs import configure_logging
 from tests.conftest import TEST_SECRET, MakeUser, UserHandle
 from tests.test_cli_and_socket import cli_env, run_cli
 

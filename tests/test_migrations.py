@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from taskapi import models  # registers every table on the metadata
-from taskapi.db import Base
+from taskapi.kit.db import Base
 from tests.conftest import admin_execute, alembic_config, database_url, run_alembic
 
 EXPECTED_TABLES = {"users", "refresh_tokens", "tasks"}

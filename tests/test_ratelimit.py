@@ -26,10 +26,10 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
-from taskapi import ratelimit
 from taskapi.app import create_app
-from taskapi.config import Settings
-from taskapi.ratelimit import LocalBuckets, Policy, client_ip
+from taskapi.kit import ratelimit
+from taskapi.kit.config import Settings
+from taskapi.kit.ratelimit import LocalBuckets, Policy, client_ip
 from tests.conftest import (
     MAIN_DB,
     ROOT,

@@ -31,9 +31,9 @@ from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.requests import Request
 
-from taskapi import db as taskapi_db
 from taskapi.app import create_app
-from taskapi.errors import install_error_handlers
+from taskapi.kit import db as taskapi_db
+from taskapi.kit.errors import install_error_handlers
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.tasks import listing, repository
 from taskapi.tasks.listing import TaskListParams

@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.app import create_app
-from taskapi.cache import CachedStats, RedisGuard, StatsCache
+from taskapi.kit.cache import RedisGuard
+from taskapi.tasks.stats_cache import CachedStats, StatsCache
 from tests.conftest import (
     MAIN_DB,
     StatementLog,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from taskapi.config import Settings, SettingsError, resolve_secret_key
-from taskapi.security import PasswordHashing
+from taskapi.kit.config import Settings, SettingsError, resolve_secret_key
+from taskapi.kit.security import PasswordHashing
 from tests.conftest import ROOT
 
 # Every variable named in API.md's configuration table that Settings reads itself

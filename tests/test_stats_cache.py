@@ -13,7 +13,8 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from taskapi.cache import RedisGuard, StatsCache
+from taskapi.kit.cache import RedisGuard
+from taskapi.tasks.stats_cache import StatsCache
 from tests.conftest import StatementLog, UserHandle
 from tests.task_helpers import TASKS, assert_problem, task_url
 

@@ -32,12 +32,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from taskapi.config import get_settings
-from taskapi.pagination import CursorCodec, query_fingerprint
+from taskapi.kit.config import get_settings
+from taskapi.kit.pagination import CursorCodec, query_fingerprint
 from taskapi.tasks.listing import TaskListParams
 
 PAGE_SIZE = 20
-JWT_ALGORITHM = "HS256"  # pinned, as in taskapi.security
+JWT_ALGORITHM = "HS256"  # pinned, as in taskapi.kit.security
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud", "type", "sid"]
 CLOSED_STATUSES = frozenset({"done", "cancelled"})
 

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskapi.auth.schemas import RegisterIn
 from taskapi.auth.service import AuthService
-from taskapi.config import Settings
-from taskapi.db import create_engine, create_sessionmaker
-from taskapi.errors import AppError
-from taskapi.security import PasswordHashing, TokenCodec
+from taskapi.kit.config import Settings
+from taskapi.kit.db import create_engine, create_sessionmaker
+from taskapi.kit.errors import AppError
+from taskapi.kit.security import PasswordHashing, TokenCodec
 
 
 class CommandError(RuntimeError):

@@ -17,24 +17,25 @@ from taskapi.attachments.router import router as attachments_router
 from taskapi.auth.principal_cache import PrincipalCache
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AuthService
-from taskapi.cache import RedisGuard, StatsCache, create_redis
-from taskapi.config import Settings, get_settings
-from taskapi.db import create_engine, create_sessionmaker, read_only_engine
-from taskapi.errors import install_error_handlers
-from taskapi.idempotency import install_idempotency
 from taskapi.jobs.worker import Worker
-from taskapi.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
-from taskapi.logs import configure_logging
-from taskapi.metrics import instrument_pool, process_exiting
-from taskapi.middleware import RequestContextMiddleware
+from taskapi.kit.cache import RedisGuard, create_redis
+from taskapi.kit.config import Settings, get_settings
+from taskapi.kit.db import create_engine, create_sessionmaker, read_only_engine
+from taskapi.kit.errors import install_error_handlers
+from taskapi.kit.idempotency import install_idempotency
+from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
+from taskapi.kit.logs import configure_logging
+from taskapi.kit.metrics import instrument_pool, process_exiting
+from taskapi.kit.middleware import RequestContextMiddleware
+from taskapi.kit.openapi import Problem, finish_schema
+from taskapi.kit.pagination import CursorCodec
+from taskapi.kit.ratelimit import RateLimiter
+from taskapi.kit.security import PasswordHashing, TokenCodec
 from taskapi.notifications.router import router as notifications_router
-from taskapi.openapi import Problem, finish_schema
 from taskapi.ops.router import router as ops_router
-from taskapi.pagination import CursorCodec
-from taskapi.ratelimit import RateLimiter
-from taskapi.security import PasswordHashing, TokenCodec
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
+from taskapi.tasks.stats_cache import StatsCache
 from taskapi.users.router import router as users_router
 
 API_PREFIX = "/api/v1"

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from taskapi.config import Settings, SettingsError, get_settings
-from taskapi.logs import configure_logging
+from taskapi.kit.config import Settings, SettingsError, get_settings
+from taskapi.kit.logs import configure_logging
 
 logger = logging.getLogger("taskapi.cli")
 
@@ -37,7 +37,7 @@ def _alembic_config(settings: Settings) -> object:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Create the database if it is missing, then upgrade it to the latest schema."""
-    from taskapi.dbadmin import DatabaseUnreachable, ensure_database
+    from taskapi.kit.dbadmin import DatabaseUnreachable, ensure_database
 
     # Checked first: without it Alembic fails only after the database was created, with a traceback.
     ini = _alembic_ini(settings)
@@ -75,7 +75,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from taskapi.http_protocol import HeaderLimitedHttpToolsProtocol
+    from taskapi.kit.http_protocol import HeaderLimitedHttpToolsProtocol
 
     workers = args.workers or settings.web_concurrency
     metrics_dir: str | None = None
@@ -124,8 +124,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run background jobs (object deletion, orphan sweep, due-soon notifications) until SIGTERM
     or Ctrl-C; the job in hand is finished first. Any number of workers can run at once."""
-    from taskapi.db import create_engine, create_sessionmaker
     from taskapi.jobs.worker import Worker
+    from taskapi.kit.db import create_engine, create_sessionmaker
     from taskapi.storage.s3 import create_storage
 
     async def run() -> None:

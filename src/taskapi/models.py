@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from taskapi.db import Base
+from taskapi.kit.db import Base
 
 
 class TaskStatus(enum.StrEnum):
@@ -328,7 +328,7 @@ class Job(Base):
 
 class IdempotencyKey(Base):
     """A POST's `Idempotency-Key`: claimed before the request runs, then holding its response
-    for replay until `expires_at` (see `taskapi.idempotency`)."""
+    for replay until `expires_at` (see `taskapi.kit.idempotency`)."""
 
     __tablename__ = "idempotency_keys"
 

@@ -24,14 +24,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from taskapi.accounts import CommandError, database, describe_validation_error
 from taskapi.attachments import service as attachments
 from taskapi.attachments.upload import FilePart
-from taskapi.cache import RedisGuard, StatsCache, create_redis
-from taskapi.config import Settings
-from taskapi.db import create_sessionmaker
+from taskapi.kit.cache import RedisGuard, create_redis
+from taskapi.kit.config import Settings
+from taskapi.kit.db import create_sessionmaker
+from taskapi.kit.security import PasswordHashing
 from taskapi.models import Attachment, Notification, NotificationKind, Task, TaskPriority, User
 from taskapi.models import TaskStatus as S
-from taskapi.security import PasswordHashing
 from taskapi.storage import Storage
 from taskapi.storage.s3 import create_storage
+from taskapi.tasks.stats_cache import StatsCache
 from taskapi.users.schemas import Password
 
 DEFAULT_PASSWORD = "demo-password"  # demo accounts only; printed by --help

@@ -10,10 +10,10 @@ from taskapi.attachments.naming import content_disposition
 from taskapi.attachments.schemas import AttachmentOut
 from taskapi.attachments.upload import iter_file
 from taskapi.auth.dependencies import CurrentUser
-from taskapi.config import Settings
-from taskapi.db import DbSession
-from taskapi.errors import PayloadTooLarge
-from taskapi.openapi import problem_responses
+from taskapi.kit.config import Settings
+from taskapi.kit.db import DbSession
+from taskapi.kit.errors import PayloadTooLarge
+from taskapi.kit.openapi import problem_responses
 from taskapi.storage import Storage
 from taskapi.tasks.dependencies import VisibleTask
 from taskapi.tasks.schemas import MAX_ID

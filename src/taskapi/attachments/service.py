@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskapi.attachments.naming import sanitize_filename
 from taskapi.attachments.sniffing import SNIFF_BYTES, TextValidator, detect
 from taskapi.attachments.upload import BadMultipart, FilePart
-from taskapi.db import CompiledQuery, on_rollback
-from taskapi.errors import NotFound, PayloadTooLarge
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import DELETE_OBJECTS
+from taskapi.kit.db import CompiledQuery, on_rollback
+from taskapi.kit.errors import NotFound, PayloadTooLarge
 from taskapi.models import Attachment, Task, User
 from taskapi.storage import ObjectStream, Storage, StorageUnavailable, new_object_key
 from taskapi.storage.base import UploadSink

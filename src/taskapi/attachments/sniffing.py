@@ -6,7 +6,7 @@ import codecs
 import re
 from dataclasses import dataclass
 
-from taskapi.errors import AppError
+from taskapi.kit.errors import AppError
 
 SNIFF_BYTES = 512
 

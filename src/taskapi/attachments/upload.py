@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from taskapi.errors import AppError, ValidationFailed
+from taskapi.kit.errors import AppError, ValidationFailed
 
 FILE_FIELD = "file"
 MAX_PART_HEADER_BYTES = 16 * 1024

@@ -9,11 +9,11 @@ from fastapi.security import OAuth2PasswordBearer
 
 from taskapi.auth.principal_cache import PrincipalCache
 from taskapi.auth.service import AuthService, Principal
-from taskapi.db import DbSession
-from taskapi.errors import Unauthorized
+from taskapi.kit.db import DbSession
+from taskapi.kit.errors import Unauthorized
+from taskapi.kit.ratelimit import RateLimiter
+from taskapi.kit.security import TokenClaims
 from taskapi.models import User
-from taskapi.ratelimit import RateLimiter
-from taskapi.security import TokenClaims
 
 # auto_error=False: a missing token is reported by our own problem+json 401, not FastAPI's.
 bearer_scheme = OAuth2PasswordBearer(

@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.cache import Generations, RedisGuard
+from taskapi.kit.cache import Generations, RedisGuard
+from taskapi.kit.ratelimit import CachedRead
 from taskapi.models import User
-from taskapi.ratelimit import CachedRead
 
 _PRINCIPAL_STALE = "taskapi.principal_stale"
 

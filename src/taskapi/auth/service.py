@@ -11,15 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.auth import repository
 from taskapi.auth.schemas import RegisterIn, TokenPair
-from taskapi.errors import (
+from taskapi.kit.errors import (
     EmailTaken,
     InvalidCredentials,
     InvalidToken,
     RefreshTokenReused,
     UsernameTaken,
 )
+from taskapi.kit.security import PasswordHashing, TokenClaims, TokenCodec, fingerprint_token
 from taskapi.models import RefreshToken, User
-from taskapi.security import PasswordHashing, TokenClaims, TokenCodec, fingerprint_token
 
 
 @dataclass(frozen=True, slots=True)

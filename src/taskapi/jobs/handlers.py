@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskapi.config import Settings
 from taskapi.jobs.queue import utcnow
+from taskapi.kit.config import Settings
 from taskapi.models import Attachment
 from taskapi.storage import Storage
 from taskapi.tasks import stat_counts

@@ -12,8 +12,6 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskapi import metrics
-from taskapi.config import Settings
 from taskapi.jobs import queue
 from taskapi.jobs.handlers import (
     DUE_SOON,
@@ -24,6 +22,8 @@ from taskapi.jobs.handlers import (
     Handler,
     JobContext,
 )
+from taskapi.kit import metrics
+from taskapi.kit.config import Settings
 from taskapi.models import Job
 from taskapi.storage import Storage
 

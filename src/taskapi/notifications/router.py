@@ -5,14 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from taskapi.auth.dependencies import CurrentUser
-from taskapi.db import DbSession
+from taskapi.kit.db import DbSession
+from taskapi.kit.openapi import problem_responses
 from taskapi.notifications import service
 from taskapi.notifications.schemas import (
     NotificationListParams,
     NotificationOut,
     NotificationPage,
 )
-from taskapi.openapi import problem_responses
 from taskapi.tasks.schemas import MAX_ID
 
 router = APIRouter(

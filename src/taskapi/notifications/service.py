@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.errors import NotFound
+from taskapi.kit.errors import NotFound
 from taskapi.models import Notification, NotificationKind, Task, User
 from taskapi.notifications.schemas import NotificationListParams, NotificationOut, NotificationPage
 

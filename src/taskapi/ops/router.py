@@ -9,9 +9,9 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskapi import metrics
-from taskapi.cache import RedisGuard
 from taskapi.jobs import queue
+from taskapi.kit import metrics
+from taskapi.kit.cache import RedisGuard
 from taskapi.storage import Storage
 
 router = APIRouter(prefix="/ops", tags=["operations"])

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from taskapi.errors import ServiceUnavailable
+from taskapi.kit.errors import ServiceUnavailable
 
 CHUNK_SIZE = 1024 * 1024
 

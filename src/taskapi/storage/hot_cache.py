@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
-from taskapi import metrics
+from taskapi.kit import metrics
 from taskapi.storage.base import ObjectStream, Storage, StoredObject, UploadSink, single_chunk
 
 

@@ -14,7 +14,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from taskapi.config import Settings
+from taskapi.kit.config import Settings
 from taskapi.storage.base import (
     CHUNK_SIZE,
     ObjectStream,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header
 
-from taskapi.errors import PreconditionFailed
+from taskapi.kit.errors import PreconditionFailed
 
 
 def etag_for(version: int) -> str:

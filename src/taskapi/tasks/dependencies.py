@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Path
 
 from taskapi.auth.dependencies import CurrentUser
-from taskapi.db import DbSession
-from taskapi.errors import TaskNotFound
+from taskapi.kit.db import DbSession
+from taskapi.kit.errors import TaskNotFound
 from taskapi.models import Task
 from taskapi.tasks import repository
 from taskapi.tasks.schemas import MAX_ID

@@ -39,8 +39,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import REGCONFIG
 
+from taskapi.kit.pagination import query_fingerprint
 from taskapi.models import SEARCH_CONFIG, Task, TaskPriority, TaskStatus
-from taskapi.pagination import query_fingerprint
 from taskapi.tasks.schemas import MAX_ID, normalize_tag
 
 MAX_SEARCH_LENGTH = 2000

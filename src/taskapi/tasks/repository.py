@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.db import CompiledQuery
+from taskapi.kit.db import CompiledQuery
 from taskapi.models import Task, TaskStatus, User
 from taskapi.tasks.listing import (
     TODAY,

@@ -6,10 +6,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
-from taskapi.cache import StatsCache
-from taskapi.db import DbSession
-from taskapi.openapi import problem_responses
-from taskapi.pagination import CursorCodec
+from taskapi.kit.db import DbSession
+from taskapi.kit.openapi import problem_responses
+from taskapi.kit.pagination import CursorCodec
 from taskapi.tasks import service
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import TaskId, VisibleTaskForUpdate
@@ -31,6 +30,7 @@ from taskapi.tasks.schemas import (
     TaskStats,
     TransitionIn,
 )
+from taskapi.tasks.stats_cache import StatsCache
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problem_responses(401, 429))
 

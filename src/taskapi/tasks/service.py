@@ -15,8 +15,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments import service as attachments
-from taskapi.cache import StatsCache, mark_stats_stale
-from taskapi.errors import (
+from taskapi.kit.errors import (
     AppError,
     Forbidden,
     TagNotFound,
@@ -24,9 +23,9 @@ from taskapi.errors import (
     UnknownAssignee,
     ValidationFailed,
 )
+from taskapi.kit.pagination import CursorCodec, InvalidCursor
 from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
-from taskapi.pagination import CursorCodec, InvalidCursor
 from taskapi.tasks import listing, repository, stat_counts
 from taskapi.tasks.conditional import IfMatch
 from taskapi.tasks.schemas import (
@@ -41,6 +40,7 @@ from taskapi.tasks.schemas import (
     TaskStats,
     normalize_tag,
 )
+from taskapi.tasks.stats_cache import StatsCache, mark_stats_stale
 from taskapi.tasks.workflow import check_transition
 
 # Fields anyone who sees a task may set; assignment is the owner's alone.

@@ -17,7 +17,7 @@ from typing import Final
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.db import CompiledQuery
+from taskapi.kit.db import CompiledQuery
 from taskapi.models import TaskPriority, TaskStatus
 
 # A stats read folds its user's rows once this many are unfolded: enough that folding (a write)

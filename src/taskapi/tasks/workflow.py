@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from taskapi.errors import InvalidTransition
+from taskapi.kit.errors import InvalidTransition
 from taskapi.models import TaskStatus
 
 ALLOWED_TRANSITIONS: Final[dict[TaskStatus, frozenset[TaskStatus]]] = {

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import AfterValidator
 
 from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
-from taskapi.db import DbSession
-from taskapi.openapi import problem_responses
-from taskapi.security import PasswordHashing
+from taskapi.kit.db import DbSession
+from taskapi.kit.openapi import problem_responses
+from taskapi.kit.security import PasswordHashing
 from taskapi.tasks.schemas import reject_nul
 from taskapi.users import service
 from taskapi.users.schemas import UserOut, UserSearchPage, UserUpdate

@@ -10,11 +10,11 @@ from taskapi.attachments import service as attachments
 from taskapi.auth import repository as auth_repository
 from taskapi.auth.principal_cache import mark_principal_stale
 from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
-from taskapi.cache import mark_stats_stale
-from taskapi.errors import EmailTaken, InvalidCurrentPassword
+from taskapi.kit.errors import EmailTaken, InvalidCurrentPassword
+from taskapi.kit.security import PasswordHashing
 from taskapi.models import Task, User
-from taskapi.security import PasswordHashing
 from taskapi.tasks import stat_counts
+from taskapi.tasks.stats_cache import mark_stats_stale
 from taskapi.users.schemas import UserSearchPage, UserSummary, UserUpdate
 
 

@@ -42,9 +42,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskapi import metrics
-from taskapi.errors import AppError, ServiceUnavailable, app_error_response
-from taskapi.ratelimit import RateLimited, RateLimiter, client_ip
+from taskapi.kit import metrics
+from taskapi.kit.errors import AppError, ServiceUnavailable, app_error_response
+from taskapi.kit.ratelimit import RateLimited, RateLimiter, client_ip
 
 logger = logging.getLogger("taskapi.idempotency")
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from taskapi.errors import ValidationFailed
+from taskapi.kit.errors import ValidationFailed
 
 _SIGNATURE_BYTES = 16
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from taskapi.config import Settings, SettingsError
-from taskapi.request_context import current_request_id
+from taskapi.kit.config import Settings, SettingsError
+from taskapi.kit.request_context import current_request_id
 
 REDACTED = "[redacted]"
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from taskapi.config import get_settings
-from taskapi.errors import PROBLEM_CONTENT_TYPE, problem_body
+from taskapi.kit.config import get_settings
+from taskapi.kit.errors import PROBLEM_CONTENT_TYPE, problem_body
 
 
 def _response_431() -> bytes:

@@ -29,8 +29,8 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-from taskapi.config import Settings
-from taskapi.errors import AppError
+from taskapi.kit.config import Settings
+from taskapi.kit.errors import AppError
 
 # Stable constraint names, so migrations can name what they drop and errors can be mapped by name.
 NAMING_CONVENTION = {

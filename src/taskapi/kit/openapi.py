@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from taskapi.errors import PROBLEM_CONTENT_TYPE
+from taskapi.kit.errors import PROBLEM_CONTENT_TYPE
 
 
 class ValidationErrorItem(BaseModel):

@@ -16,10 +16,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from taskapi import metrics
-from taskapi.cache import READ_GENERATIONAL, RedisGuard
-from taskapi.config import Settings
-from taskapi.errors import AppError
+from taskapi.kit import metrics
+from taskapi.kit.cache import READ_GENERATIONAL, RedisGuard
+from taskapi.kit.config import Settings
+from taskapi.kit.errors import AppError
 
 # KEYS[1] bucket; ARGV[1] capacity; ARGV[2] refill in tokens per millisecond.
 # Redis' own clock, so every process agrees on time. Returns {allowed, tokens left}.

@@ -16,14 +16,14 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskapi.errors import (
+from taskapi.kit.errors import (
     PROBLEM_CONTENT_TYPE,
     database_unavailable_response,
     internal_error_body,
     is_database_unavailable,
 )
-from taskapi.metrics import observe_request
-from taskapi.request_context import reset_request_id, set_request_id
+from taskapi.kit.metrics import observe_request
+from taskapi.kit.request_context import reset_request_id, set_request_id
 
 logger = logging.getLogger("taskapi.request")
 access_logger = logging.getLogger("taskapi.access")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskapi.errors import PayloadTooLarge, app_error_response
+from taskapi.kit.errors import PayloadTooLarge, app_error_response
 
 # POST /api/v1/tasks/{task_id}/files: limited to MAX_UPLOAD_BYTES plus the multipart framing.
 UPLOAD_ROUTE = re.compile(r"/api/v1/tasks/[^/]+/files")

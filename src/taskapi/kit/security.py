@@ -21,8 +21,8 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from taskapi.config import Settings
-from taskapi.errors import InvalidToken, TokenExpired
+from taskapi.kit.config import Settings
+from taskapi.kit.errors import InvalidToken, TokenExpired
 
 JWT_ALGORITHM = "HS256"
 TokenType = Literal["access", "refresh"]

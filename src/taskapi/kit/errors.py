@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskapi.request_context import current_request_id
+from taskapi.kit.request_context import current_request_id
 
 logger = logging.getLogger("taskapi.errors")
 
