@@ -14,9 +14,9 @@ from taskapi.kit.config import Settings
 from taskapi.kit.db import DbSession
 from taskapi.kit.errors import PayloadTooLarge
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.validation import MAX_ID
 from taskapi.storage import Storage
 from taskapi.tasks.dependencies import VisibleTask
-from taskapi.tasks.schemas import MAX_ID
 
 router = APIRouter(tags=["attachments"], responses=problem_responses(401, 429))
 

@@ -7,13 +7,13 @@ from fastapi import APIRouter, Path, Query, status
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.validation import MAX_ID
 from taskapi.notifications import service
 from taskapi.notifications.schemas import (
     NotificationListParams,
     NotificationOut,
     NotificationPage,
 )
-from taskapi.tasks.schemas import MAX_ID
 
 router = APIRouter(
     prefix="/notifications", tags=["notifications"], responses=problem_responses(401, 429)

@@ -9,9 +9,9 @@ from fastapi import Depends, Path
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.db import DbSession
 from taskapi.kit.errors import TaskNotFound
+from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
 from taskapi.tasks import repository
-from taskapi.tasks.schemas import MAX_ID
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
 

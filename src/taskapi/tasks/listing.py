@@ -40,8 +40,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import REGCONFIG
 
 from taskapi.kit.pagination import query_fingerprint
+from taskapi.kit.validation import MAX_ID
 from taskapi.models import SEARCH_CONFIG, Task, TaskPriority, TaskStatus
-from taskapi.tasks.schemas import MAX_ID, normalize_tag
+from taskapi.tasks.schemas import normalize_tag
 
 MAX_SEARCH_LENGTH = 2000
 MAX_SEARCH_TERMS = 32

@@ -17,18 +17,11 @@ from pydantic import (
 # pydantic needs typing_extensions' TypedDict before Python 3.12.
 from typing_extensions import TypedDict
 
+from taskapi.kit.validation import MAX_ID, reject_nul
 from taskapi.models import TaskPriority, TaskStatus
 
 MAX_TAGS: Final = 20
 MAX_TAG_LENGTH: Final = 50
-MAX_ID: Final = 2**63 - 1
-
-
-def reject_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000; refusing it here keeps it a 422 rather than a 500.
-    if "\x00" in value:
-        raise ValueError("text may not contain the NUL character (U+0000)")
-    return value
 
 
 Title = Annotated[

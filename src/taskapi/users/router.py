@@ -9,7 +9,7 @@ from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.security import PasswordHashing
-from taskapi.tasks.schemas import reject_nul
+from taskapi.kit.validation import reject_nul
 from taskapi.users import service
 from taskapi.users.schemas import UserOut, UserSearchPage, UserUpdate
 

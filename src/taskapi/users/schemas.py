@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from taskapi.tasks.schemas import reject_nul
+from taskapi.kit.validation import reject_nul
 
 Username = Annotated[
     str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.\-]+$")
