@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from taskapi.accounts import CommandError, database, describe_validation_error
 from taskapi.attachments import service as attachments
 from taskapi.attachments.upload import FilePart
+from taskapi.auth.schemas import Password
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings
 from taskapi.kit.db import create_sessionmaker
@@ -33,7 +34,6 @@ from taskapi.models import TaskStatus as S
 from taskapi.storage import Storage
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.stats_cache import StatsCache
-from taskapi.users.schemas import Password
 
 DEFAULT_PASSWORD = "demo-password"  # demo accounts only; printed by --help
 EMAIL_DOMAIN = "example.com"

@@ -1,10 +1,34 @@
+"""What an account is made of and shows: the registration rules (which a profile change reuses)
+and `UserOut`, the account as its owner sees it. They live here, below `users`, because
+registering and `/auth/me` need them and `users` builds on `auth`."""
+
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
-from taskapi.users.schemas import FullName, Password, Username
+from taskapi.kit.validation import reject_nul
+
+Username = Annotated[
+    str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.\-]+$")
+]
+Password = Annotated[str, Field(min_length=8, max_length=128)]
+# PostgreSQL text cannot hold U+0000: refused here (422) instead of failing the INSERT (500).
+FullName = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(reject_nul)
+]
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    email: str
+    full_name: str | None
+    created_at: datetime
 
 
 class RegisterIn(BaseModel):

@@ -6,12 +6,13 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import AfterValidator
 
 from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
+from taskapi.auth.schemas import UserOut
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.security import PasswordHashing
 from taskapi.kit.validation import reject_nul
 from taskapi.users import service
-from taskapi.users.schemas import UserOut, UserSearchPage, UserUpdate
+from taskapi.users.schemas import UserSearchPage, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 429))
 

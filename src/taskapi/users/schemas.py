@@ -1,38 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    EmailStr,
-    Field,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from taskapi.kit.validation import reject_nul
-
-Username = Annotated[
-    str, StringConstraints(min_length=3, max_length=50, pattern=r"^[A-Za-z0-9_.\-]+$")
-]
-Password = Annotated[str, Field(min_length=8, max_length=128)]
-# PostgreSQL text cannot hold U+0000: refused here (422) instead of failing the INSERT (500).
-FullName = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(reject_nul)
-]
-
-
-class UserOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    username: str
-    email: str
-    full_name: str | None
-    created_at: datetime
+from taskapi.auth.schemas import FullName, Password
 
 
 class UserSummary(BaseModel):
