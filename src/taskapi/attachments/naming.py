@@ -1,9 +1,9 @@
-"""Display names for uploaded files and the Content-Disposition header that returns them."""
+"""Display names for uploaded files (the header they are downloaded under is storage's
+`content_disposition`)."""
 
 from __future__ import annotations
 
 import unicodedata
-from urllib.parse import quote
 
 MAX_FILENAME_BYTES = 255
 # Joiners shape emoji sequences and scripts such as Persian; other format characters (bidi
@@ -33,11 +33,3 @@ def sanitize_filename(raw: str | None) -> str:
         stem = stem.encode()[:budget].decode("utf-8", errors="ignore")
         name = f"{stem}.{extension}" if extension else stem
     return name
-
-
-def content_disposition(filename: str) -> str:
-    """`attachment` with an ASCII fallback and the exact name in RFC 5987 `filename*`."""
-    fallback = "".join(
-        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\;%' else "_" for ch in filename
-    )
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from taskapi.attachments import service
-from taskapi.attachments.naming import content_disposition
 from taskapi.attachments.schemas import AttachmentOut
 from taskapi.attachments.upload import iter_file
 from taskapi.auth.dependencies import CurrentUser
@@ -15,7 +14,7 @@ from taskapi.kit.db import DbSession
 from taskapi.kit.errors import PayloadTooLarge
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.validation import MAX_ID
-from taskapi.storage import Storage
+from taskapi.storage import Storage, content_disposition
 from taskapi.tasks.dependencies import VisibleTask
 
 router = APIRouter(tags=["attachments"], responses=problem_responses(401, 429))

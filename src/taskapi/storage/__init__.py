@@ -5,7 +5,15 @@ from taskapi.storage.base import (
     Storage,
     StorageUnavailable,
     StoredObject,
+    content_disposition,
     new_object_key,
 )
 
-__all__ = ["ObjectStream", "Storage", "StorageUnavailable", "StoredObject", "new_object_key"]
+__all__ = [
+    "ObjectStream",
+    "Storage",
+    "StorageUnavailable",
+    "StoredObject",
+    "content_disposition",
+    "new_object_key",
+]

@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from taskapi.kit.errors import ServiceUnavailable
 
@@ -20,6 +21,16 @@ def new_object_key() -> str:
     """Random and meaningless: a client's file name never becomes a path or key."""
     token = secrets.token_hex(16)
     return f"attachments/{token[:2]}/{token}"
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback and the exact name in RFC 5987 `filename*`: the one
+    header a stored file is downloaded under, whether the API streams it or S3 serves it from a
+    presigned URL."""
+    fallback = "".join(
+        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\;%' else "_" for ch in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,11 @@ from taskapi.storage.base import (
     StorageUnavailable,
     StoredObject,
     UploadSink,
+    content_disposition,
     single_chunk,
 )
+from taskapi.storage.hot_cache import HotObjectCache
+from taskapi.storage.local import LocalStorage
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
 PRESIGNED_URL_SECONDS = 300
@@ -196,8 +199,6 @@ class S3Storage(Storage):
         return True
 
     async def presigned_url(self, key: str, filename: str, content_type: str) -> str | None:
-        from taskapi.attachments.naming import content_disposition
-
         url: str = await self._client.generate_presigned_url(
             "get_object",
             Params={
@@ -212,16 +213,12 @@ class S3Storage(Storage):
 
 
 async def create_storage(settings: Settings) -> Storage:
-    from taskapi.storage.hot_cache import HotObjectCache
-
     backend: Storage
     if settings.storage_backend == "s3":
         s3 = S3Storage(settings)
         await s3.start()
         backend = s3
     else:
-        from taskapi.storage.local import LocalStorage
-
         backend = LocalStorage(settings.storage_dir)
     if settings.storage_cache_bytes > 0:
         return HotObjectCache(backend, settings.storage_cache_bytes)
