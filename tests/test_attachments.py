@@ -33,6 +33,7 @@ from taskapi.attachments import service
 from taskapi.jobs.worker import Worker
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import Conflict
+from taskapi.wiring import JOBS
 from tests.conftest import (
     MAIN_DB,
     UserHandle,
@@ -944,7 +945,7 @@ async def test_deleted_files_and_tasks_leave_storage_once_jobs_ran(env: Env) -> 
     assert deleted_file.status_code == 204
     deleted_task = await env.client.delete(f"{TASKS}/{doomed_task['id']}", headers=alice.headers)
     assert deleted_task.status_code == 204
-    worker = Worker(env.app.state.sessionmaker, env.app.state.storage, env.settings)
+    worker = Worker(env.app.state.sessionmaker, env.app.state.storage, env.settings, JOBS)
     while await worker.run_once():
         pass
 

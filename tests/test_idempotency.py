@@ -13,10 +13,11 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskapi.jobs.handlers import JobContext, expire_idempotency_keys
+from taskapi.jobs.registry import JobContext
 from taskapi.kit.errors import ServiceUnavailable
 from taskapi.models import Task
 from taskapi.tasks import service
+from taskapi.wiring import expire_idempotency_keys
 from tests.conftest import UserHandle, register_and_login
 
 TASKS = "/api/v1/tasks"

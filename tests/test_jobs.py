@@ -29,19 +29,17 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from taskapi.attachments.jobs import SWEEP_ORPHANS
+from taskapi.attachments.jobs import delete_objects as delete_objects_handler
+from taskapi.attachments.service import DELETE_OBJECTS
 from taskapi.jobs import queue
-from taskapi.jobs.handlers import (
-    DELETE_OBJECTS,
-    DUE_SOON,
-    EXPIRE_IDEMPOTENCY_KEYS,
-    FOLD_TASK_STATS,
-    SWEEP_ORPHANS,
-    JobContext,
-)
-from taskapi.jobs.handlers import delete_objects as delete_objects_handler
+from taskapi.jobs.registry import JobContext, JobRegistry
 from taskapi.jobs.worker import Worker
 from taskapi.kit.db import create_engine, create_sessionmaker
+from taskapi.notifications.jobs import DUE_SOON
 from taskapi.storage import new_object_key
+from taskapi.tasks.jobs import FOLD_TASK_STATS
+from taskapi.wiring import EXPIRE_IDEMPOTENCY_KEYS, JOBS
 from tests.conftest import (
     TEMPLATE_DB,
     UserHandle,
@@ -89,7 +87,7 @@ def sessions(app: FastAPI) -> async_sessionmaker[AsyncSession]:
 
 def worker_for(app: FastAPI, **settings: Any) -> Worker:
     config = app.state.settings.model_copy(update=settings) if settings else app.state.settings
-    return Worker(app.state.sessionmaker, app.state.storage, config)
+    return Worker(app.state.sessionmaker, app.state.storage, config, JOBS)
 
 
 async def run_due_jobs(worker: Worker) -> int:
@@ -293,7 +291,10 @@ async def test_failures_retry_with_exponential_backoff_then_give_up(app: FastAPI
         await session.commit()
     await sql(app, "UPDATE jobs SET max_attempts = 3")
     worker = Worker(
-        app.state.sessionmaker, app.state.storage, app.state.settings, handlers={"broken": broken}
+        app.state.sessionmaker,
+        app.state.storage,
+        app.state.settings,
+        JobRegistry(handlers={"broken": broken}),
     )
 
     for attempt in (1, 2):
@@ -401,7 +402,7 @@ async def test_a_periodic_job_that_gave_up_does_not_stop_its_schedule(app: FastA
         app.state.sessionmaker,
         app.state.storage,
         app.state.settings,
-        handlers=dict.fromkeys(PERIODIC, broken),
+        JobRegistry(handlers=dict.fromkeys(PERIODIC, broken), periodic=JOBS.periodic),
     )
     await worker.schedule_periodic()
     await sql(app, "UPDATE jobs SET max_attempts = 1, run_at = now() - interval '1 second'")

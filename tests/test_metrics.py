@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.jobs import queue
+from taskapi.jobs.registry import JobRegistry
 from taskapi.jobs.worker import Worker
 from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, database_url
 from tests.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
@@ -158,7 +159,7 @@ async def test_jobs_are_counted_and_the_queue_is_gauged(
         app.state.sessionmaker,
         app.state.storage,
         app.state.settings,
-        handlers={"metrics_ok": fine, "metrics_broken": broken},
+        JobRegistry(handlers={"metrics_ok": fine, "metrics_broken": broken}),
     )
     assert await worker.run_once() == 3
     after = await scrape(client)

@@ -16,8 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from taskapi.jobs.handlers import FOLD_AT_LEAST, JobContext, fold_task_stats
+from taskapi.jobs.registry import JobContext
 from taskapi.tasks import stat_counts
+from taskapi.tasks.jobs import FOLD_AT_LEAST, fold_task_stats
 from tests.conftest import MakeUser, UserHandle, register_and_login
 from tests.task_helpers import TASKS, task_url
 from tests.test_migrations import _insert_user, downgrade, fresh_database, upgrade

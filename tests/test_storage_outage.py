@@ -24,8 +24,9 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskapi.jobs.handlers import DELETE_OBJECTS
+from taskapi.attachments.service import DELETE_OBJECTS
 from taskapi.jobs.worker import Worker
+from taskapi.wiring import JOBS
 from tests.conftest import (
     UserHandle,
     cloned_app,
@@ -62,7 +63,9 @@ class Stack:
         return maker
 
     def worker(self) -> Worker:
-        return Worker(self.app.state.sessionmaker, self.app.state.storage, self.app.state.settings)
+        return Worker(
+            self.app.state.sessionmaker, self.app.state.storage, self.app.state.settings, JOBS
+        )
 
     async def jobs(self) -> list[dict[str, Any]]:
         async with self.sessions()() as session:

@@ -37,6 +37,7 @@ from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
 from taskapi.tasks.stats_cache import StatsCache
 from taskapi.users.router import router as users_router
+from taskapi.wiring import JOBS
 
 API_PREFIX = "/api/v1"
 
@@ -78,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop_worker = asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
     if settings.worker_embedded:
-        worker = Worker(app.state.sessionmaker, storage, settings)
+        worker = Worker(app.state.sessionmaker, storage, settings, JOBS)
         app.state.worker = worker
         worker_task = asyncio.create_task(worker.run(stop_worker), name="taskapi-worker")
     try:

@@ -127,6 +127,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from taskapi.jobs.worker import Worker
     from taskapi.kit.db import create_engine, create_sessionmaker
     from taskapi.storage.s3 import create_storage
+    from taskapi.wiring import JOBS
 
     async def run() -> None:
         engine = create_engine(settings)
@@ -136,7 +137,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            await Worker(create_sessionmaker(engine), storage, settings).run(stop)
+            await Worker(create_sessionmaker(engine), storage, settings, JOBS).run(stop)
         finally:
             await storage.close()
             await engine.dispose()

@@ -19,7 +19,6 @@ from taskapi.attachments.naming import sanitize_filename
 from taskapi.attachments.sniffing import SNIFF_BYTES, TextValidator, detect
 from taskapi.attachments.upload import BadMultipart, FilePart
 from taskapi.jobs import queue
-from taskapi.jobs.handlers import DELETE_OBJECTS
 from taskapi.kit.db import CompiledQuery, on_rollback
 from taskapi.kit.errors import NotFound, PayloadTooLarge
 from taskapi.models import Attachment, Task, User
@@ -29,6 +28,8 @@ from taskapi.tasks.listing import USER_ID
 from taskapi.tasks.repository import visible_to
 
 logger = logging.getLogger("taskapi.attachments")
+# The job that removes stored objects whose rows are gone (attachments/jobs.py runs it).
+DELETE_OBJECTS = "delete_objects"
 KEYS_PER_JOB = 1000
 
 
@@ -219,6 +220,12 @@ async def delete_attachment(session: AsyncSession, attachment: Attachment) -> No
     await session.execute(delete(Attachment).where(Attachment.id == attachment.id))
     await _bump_task(session, attachment.task_id, -1)
     await enqueue_object_deletion(session, [attachment.storage_key])
+
+
+async def referenced_keys(session: AsyncSession, keys: Iterable[str]) -> set[str]:
+    """Those of `keys` that some attachment refers to."""
+    query = select(Attachment.storage_key).where(Attachment.storage_key.in_(list(keys)))
+    return set((await session.scalars(query)).all())
 
 
 async def keys_of_tasks(session: AsyncSession, *conditions: object) -> list[str]:

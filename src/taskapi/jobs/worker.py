@@ -1,7 +1,6 @@
-"""The job worker: claims due jobs, runs them, retries failures with backoff, and keeps the
-periodic jobs (orphan sweep, due-soon notifications, expired idempotency keys, stats folding)
-scheduled. Runs inside the API process (`WORKER_EMBEDDED`) or alone (`taskapi worker`); any
-number of them can share the queue."""
+"""The job worker: claims due jobs, runs them with the registry's handlers, retries failures with
+backoff, and keeps the registry's periodic jobs scheduled. Runs inside the API process
+(`WORKER_EMBEDDED`) or alone (`taskapi worker`); any number of them can share the queue."""
 
 from __future__ import annotations
 
@@ -13,15 +12,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskapi.jobs import queue
-from taskapi.jobs.handlers import (
-    DUE_SOON,
-    EXPIRE_IDEMPOTENCY_KEYS,
-    FOLD_TASK_STATS,
-    HANDLERS,
-    SWEEP_ORPHANS,
-    Handler,
-    JobContext,
-)
+from taskapi.jobs.registry import JobContext, JobRegistry
 from taskapi.kit import metrics
 from taskapi.kit.config import Settings
 from taskapi.models import Job
@@ -39,10 +30,11 @@ class Worker:
         sessionmaker: async_sessionmaker[AsyncSession],
         storage: Storage,
         settings: Settings,
-        handlers: dict[str, Handler] | None = None,
+        jobs: JobRegistry,
     ) -> None:
         self.context = JobContext(sessionmaker, storage, settings)
-        self.handlers = handlers or HANDLERS
+        self.handlers = jobs.handlers
+        self.periodic = jobs.periodic
         self.settings = settings
         self.done = 0
         self.failed = 0
@@ -51,19 +43,13 @@ class Worker:
         """Keep one pending job of each periodic kind (the dedupe key makes this a no-op when
         one is already waiting)."""
         now = queue.utcnow()
-        periodic = (
-            (SWEEP_ORPHANS, self.settings.orphan_sweep_interval_seconds),
-            (DUE_SOON, self.settings.due_soon_interval_seconds),
-            (EXPIRE_IDEMPOTENCY_KEYS, self.settings.idempotency_sweep_interval_seconds),
-            (FOLD_TASK_STATS, self.settings.stats_fold_interval_seconds),
-        )
         async with self.context.sessionmaker() as session:
-            for kind, interval in periodic:
+            for periodic in self.periodic:
                 await queue.enqueue(
                     session,
-                    kind,
-                    run_at=now + timedelta(seconds=interval),
-                    dedupe_key=f"periodic:{kind}",
+                    periodic.kind,
+                    run_at=now + timedelta(seconds=periodic.every(self.settings)),
+                    dedupe_key=f"periodic:{periodic.kind}",
                 )
             await session.commit()
 

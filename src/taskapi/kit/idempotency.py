@@ -539,3 +539,33 @@ def _document(schema: dict[str, Any]) -> None:
                     "content": {"application/problem+json": {"schema": problem}},
                 },
             )
+
+
+# --- expiry (the worker's periodic job) ---------------------------------------------------------
+
+# Batches, so one sweep after a long pause never holds a huge delete (and its locks) at once.
+_EXPIRE_BATCH = 5000
+_EXPIRE = text(
+    """
+    DELETE FROM idempotency_keys WHERE id IN (
+        SELECT id FROM idempotency_keys WHERE expires_at <= now() LIMIT :batch
+    )
+    """
+)
+
+
+async def delete_expired_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """Delete the records past their 24 hours (they no longer replay), a batch per transaction;
+    how many went."""
+    removed = 0
+    while True:
+        async with sessionmaker() as session:
+            result = await session.execute(_EXPIRE, {"batch": _EXPIRE_BATCH})
+            await session.commit()
+        count = int(getattr(result, "rowcount", 0) or 0)
+        removed += count
+        if count < _EXPIRE_BATCH:
+            break
+    if removed:
+        logger.info("removed %d expired idempotency keys", removed)
+    return removed

@@ -1,11 +1,12 @@
-"""Notifications: written in the same transaction as the change that causes them."""
+"""Notifications: written in the same transaction as the change that causes them, or by the
+periodic due-soon job."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit.errors import NotFound
@@ -111,4 +112,36 @@ async def mark_all_read(session: AsyncSession, user: User) -> None:
         update(Notification)
         .where(Notification.user_id == user.id, Notification.read_at.is_(None))
         .values(read_at=datetime.now(UTC))
+    )
+
+
+_DUE_SOON_SQL = text(
+    """
+    INSERT INTO notifications (user_id, kind, task_id, message)
+    SELECT DISTINCT r.user_id, 'task_due_soon'::notification_kind, t.id,
+           'The task “' || left(t.title, 80) || '” is due on ' || t.due_date || '.'
+    FROM tasks t
+    CROSS JOIN LATERAL (VALUES (t.owner_id), (t.assignee_id)) AS r(user_id)
+    WHERE r.user_id IS NOT NULL
+      AND t.due_date BETWEEN :today AND :tomorrow
+      AND t.status NOT IN ('done', 'cancelled')
+      AND NOT EXISTS (
+        SELECT 1 FROM notifications n
+        WHERE n.task_id = t.id AND n.user_id = r.user_id
+          AND n.kind = 'task_due_soon' AND n.created_at > :since
+      )
+    """
+)
+
+
+async def notify_due_soon(session: AsyncSession, now: datetime) -> None:
+    """Tell owners and assignees about open tasks due within a day, once per due date."""
+    today = now.date()
+    await session.execute(
+        _DUE_SOON_SQL,
+        {
+            "today": today,
+            "tomorrow": today + timedelta(days=1),
+            "since": now - timedelta(days=3),
+        },
     )

@@ -1,0 +1,41 @@
+"""The composition root's wiring: which function runs each kind of background job, and which
+kinds recur.
+
+`taskapi.jobs` (queue, worker) knows no domain; each domain keeps its handlers beside its service.
+This module, imported by app.py and cli.py only, puts them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from taskapi.attachments import jobs as attachment_jobs
+from taskapi.attachments.service import DELETE_OBJECTS
+from taskapi.jobs.registry import JobContext, JobRegistry, Periodic
+from taskapi.kit import idempotency
+from taskapi.notifications import jobs as notification_jobs
+from taskapi.tasks import jobs as task_jobs
+
+EXPIRE_IDEMPOTENCY_KEYS = "expire_idempotency_keys"
+
+
+async def expire_idempotency_keys(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Delete Idempotency-Key records past their 24 hours (they no longer replay anyway)."""
+    await idempotency.delete_expired_keys(ctx.sessionmaker)
+
+
+JOBS: Final = JobRegistry(
+    handlers={
+        DELETE_OBJECTS: attachment_jobs.delete_objects,
+        attachment_jobs.SWEEP_ORPHANS: attachment_jobs.sweep_orphans,
+        notification_jobs.DUE_SOON: notification_jobs.due_soon_notifications,
+        EXPIRE_IDEMPOTENCY_KEYS: expire_idempotency_keys,
+        task_jobs.FOLD_TASK_STATS: task_jobs.fold_task_stats,
+    },
+    periodic=(
+        Periodic(attachment_jobs.SWEEP_ORPHANS, lambda s: s.orphan_sweep_interval_seconds),
+        Periodic(notification_jobs.DUE_SOON, lambda s: s.due_soon_interval_seconds),
+        Periodic(EXPIRE_IDEMPOTENCY_KEYS, lambda s: s.idempotency_sweep_interval_seconds),
+        Periodic(task_jobs.FOLD_TASK_STATS, lambda s: s.stats_fold_interval_seconds),
+    ),
+)
