@@ -37,7 +37,7 @@ from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
 from taskapi.tasks.stats_cache import StatsCache
 from taskapi.users.router import router as users_router
-from taskapi.wiring import JOBS
+from taskapi.wiring import JOBS, connect_domains
 
 API_PREFIX = "/api/v1"
 
@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    connect_domains()
 
     # Routes are matched in order: the busiest first (no two routers' paths overlap).
     for router in (tasks_router, attachments_router, auth_router, users_router):

@@ -1,8 +1,9 @@
-"""The composition root's wiring: which function runs each kind of background job, and which
-kinds recur.
+"""The composition root's wiring: which function runs each kind of background job, which kinds
+recur, and who lets go of the files of deleted tasks.
 
-`taskapi.jobs` (queue, worker) knows no domain; each domain keeps its handlers beside its service.
-This module, imported by app.py and cli.py only, puts them together.
+`taskapi.jobs` (queue, worker) knows no domain, and tasks do not know attachments (which build on
+tasks); each domain keeps its part beside its service. This module, used by app.py and cli.py
+only, puts them together.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 from taskapi.attachments import jobs as attachment_jobs
+from taskapi.attachments import service as attachments
 from taskapi.attachments.service import DELETE_OBJECTS
 from taskapi.jobs.registry import JobContext, JobRegistry, Periodic
 from taskapi.kit import idempotency
 from taskapi.notifications import jobs as notification_jobs
+from taskapi.tasks import files as task_files
 from taskapi.tasks import jobs as task_jobs
 
 EXPIRE_IDEMPOTENCY_KEYS = "expire_idempotency_keys"
@@ -39,3 +42,8 @@ JOBS: Final = JobRegistry(
         Periodic(task_jobs.FOLD_TASK_STATS, lambda s: s.stats_fold_interval_seconds),
     ),
 )
+
+
+def connect_domains() -> None:
+    """Connect what one domain triggers in another that builds on it (idempotent)."""
+    task_files.connect(attachments.release_objects_of_tasks)

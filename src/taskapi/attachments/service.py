@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.attachments.naming import sanitize_filename
@@ -228,9 +228,11 @@ async def referenced_keys(session: AsyncSession, keys: Iterable[str]) -> set[str
     return set((await session.scalars(query)).all())
 
 
-async def keys_of_tasks(session: AsyncSession, *conditions: object) -> list[str]:
-    query = select(Attachment.storage_key).join(Task, Task.id == Attachment.task_id)
-    return list((await session.scalars(query.where(*conditions))).all())  # type: ignore[arg-type]
+async def release_objects_of_tasks(session: AsyncSession, which: ColumnElement[bool]) -> None:
+    """Schedule the deletion of the stored objects of every file of the tasks `which` selects,
+    which are about to be deleted (their attachment rows with them)."""
+    query = select(Attachment.storage_key).join(Task, Task.id == Attachment.task_id).where(which)
+    await enqueue_object_deletion(session, (await session.scalars(query)).all())
 
 
 async def release_connection(session: AsyncSession) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.attachments import service as attachments
 from taskapi.kit.errors import (
     AppError,
     Forbidden,
@@ -26,7 +25,7 @@ from taskapi.kit.errors import (
 from taskapi.kit.pagination import CursorCodec, InvalidCursor
 from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
-from taskapi.tasks import listing, repository, stat_counts
+from taskapi.tasks import files, listing, repository, stat_counts
 from taskapi.tasks.conditional import IfMatch
 from taskapi.tasks.schemas import (
     MAX_TAGS,
@@ -198,8 +197,7 @@ async def delete_task(session: AsyncSession, user: User, task: Task, if_match: I
     ensure_owner(task, user, "delete it")
     if_match.check(task.version)
     if task.attachment_count:
-        keys = await attachments.keys_of_tasks(session, Task.id == task.id)
-        await attachments.enqueue_object_deletion(session, keys)
+        await files.release_files(session, Task.id == task.id)
     await session.execute(delete(Task).where(Task.id == task.id))
     mark_stats_stale(session, task.owner_id, task.assignee_id)
 

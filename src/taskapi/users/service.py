@@ -6,13 +6,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.attachments import service as attachments
 from taskapi.auth import repository as auth_repository
 from taskapi.auth.principal_cache import mark_principal_stale
 from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
 from taskapi.kit.errors import EmailTaken, InvalidCurrentPassword
 from taskapi.kit.security import PasswordHashing
 from taskapi.models import Task, User
+from taskapi.tasks import files as task_files
 from taskapi.tasks import stat_counts
 from taskapi.tasks.stats_cache import mark_stats_stale
 from taskapi.users.schemas import UserSearchPage, UserSummary, UserUpdate
@@ -59,8 +59,7 @@ async def delete_me(session: AsyncSession, user: User) -> None:
     )
     mark_stats_stale(session, user.id, *set(assignees))
     # The account's files go with its tasks; their objects are deleted by a durable job.
-    keys = await attachments.keys_of_tasks(session, Task.owner_id == user.id)
-    await attachments.enqueue_object_deletion(session, keys)
+    await task_files.release_files(session, Task.owner_id == user.id)
     await session.execute(delete(User).where(User.id == user.id))
     await stat_counts.forget(session, user.id)
     mark_principal_stale(session, user.id)
