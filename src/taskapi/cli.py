@@ -14,9 +14,15 @@ from types import FrameType
 from taskapi.kit.config import Settings, SettingsError, get_settings
 from taskapi.kit.logs import configure_logging
 
+# Each command imports what only it needs when it runs (the `from ... import` inside cmd_*), so
+# that starting any one command, or --help, does not load every domain, aioboto3, uvicorn and
+# alembic. None of them avoids an import cycle: nothing in taskapi imports this module.
+
 logger = logging.getLogger("taskapi.cli")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# `taskapi seed --password`'s default; demo accounts only, printed by --help.
+DEFAULT_SEED_PASSWORD = "demo-password"
 
 
 def _alembic_ini(settings: Settings) -> Path:
@@ -270,8 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     create_user.add_argument("--full-name", help="display name, up to 100 characters")
     create_user.set_defaults(handler=cmd_create_user)
 
-    from taskapi.seed import DEFAULT_PASSWORD
-
     seed = commands.add_parser(
         "seed",
         help="fill the database with demo users, tasks and files",
@@ -289,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed.add_argument(
         "--password",
-        default=DEFAULT_PASSWORD,
+        default=DEFAULT_SEED_PASSWORD,
         metavar="P",
-        help=f"the password of every seeded user (default: {DEFAULT_PASSWORD})",
+        help=f"the password of every seeded user (default: {DEFAULT_SEED_PASSWORD})",
     )
     seed.add_argument(
         "--attachments",

@@ -35,7 +35,6 @@ from taskapi.storage import Storage
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.stats_cache import StatsCache
 
-DEFAULT_PASSWORD = "demo-password"  # demo accounts only; printed by --help
 EMAIL_DOMAIN = "example.com"
 # Objects stored at once; enough to hide S3 latency without opening a connection per file.
 STORE_CONCURRENCY = 8
@@ -210,7 +209,7 @@ async def seed(
     *,
     users: int,
     tasks_per_user: int,
-    password: str = DEFAULT_PASSWORD,
+    password: str,
     attachments_per_user: int = 2,
 ) -> SeedReport:
     try:
