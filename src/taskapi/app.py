@@ -32,7 +32,7 @@ from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
 from taskapi.kit.security import PasswordHashing, TokenCodec
 from taskapi.notifications.router import router as notifications_router
-from taskapi.ops.docs import router as docs_router
+from taskapi.ops.docs import install_docs
 from taskapi.ops.router import router as ops_router
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_routes(app, router, API_PREFIX)
     add_routes(app, notifications_router, API_PREFIX)
     add_routes(app, ops_router)
-    add_routes(app, docs_router)
+    install_docs(app)
 
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
     # security headers.

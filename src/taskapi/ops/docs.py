@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from taskapi import __version__
@@ -66,8 +66,6 @@ DOCS_CSP = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
-router = APIRouter(include_in_schema=False)
-
 
 def _root_path(request: Request) -> str:
     """The prefix a reverse proxy serves the app under (`--root-path`), as FastAPI's pages do."""
@@ -84,7 +82,6 @@ def _with_csp(page: HTMLResponse) -> HTMLResponse:
     return page
 
 
-@router.get(DOCS_URL)
 async def swagger_ui(request: Request) -> HTMLResponse:
     root = _root_path(request)
     return _with_csp(
@@ -100,12 +97,10 @@ async def swagger_ui(request: Request) -> HTMLResponse:
     )
 
 
-@router.get(OAUTH2_REDIRECT_URL)
-async def swagger_ui_oauth2_redirect() -> HTMLResponse:
+async def swagger_ui_oauth2_redirect(_request: Request) -> HTMLResponse:
     return _with_csp(get_swagger_ui_oauth2_redirect_html())
 
 
-@router.get(REDOC_URL)
 async def redoc(request: Request) -> HTMLResponse:
     root = _root_path(request)
     return _with_csp(
@@ -119,8 +114,8 @@ async def redoc(request: Request) -> HTMLResponse:
     )
 
 
-def _asset_endpoint(asset: _Asset) -> Callable[[], Awaitable[FileResponse]]:
-    async def serve_asset() -> FileResponse:
+def _asset_endpoint(asset: _Asset) -> Callable[[Request], Awaitable[Response]]:
+    async def serve_asset(_request: Request) -> Response:
         return FileResponse(
             _ASSETS_DIR / asset.name,
             media_type=asset.media_type,
@@ -129,11 +124,6 @@ def _asset_endpoint(asset: _Asset) -> Callable[[], Awaitable[FileResponse]]:
 
     serve_asset.__name__ = f"docs_asset_{asset.name.replace('-', '_').replace('.', '_')}"
     return serve_asset
-
-
-# One fixed route per file (no path parameter): nothing but these four files can be asked for.
-for _asset in ASSETS:
-    router.add_api_route(_asset.path, _asset_endpoint(_asset), methods=["GET"])
 
 
 class ServiceLinks(BaseModel):
@@ -149,11 +139,10 @@ class ServiceIndex(BaseModel):
     links: ServiceLinks
 
 
-@router.get("/")
-async def service_index(request: Request) -> ServiceIndex:
+async def service_index(request: Request) -> Response:
     """Where a person or a client starts: what this is, and where its documentation is."""
     root = _root_path(request)
-    return ServiceIndex(
+    index = ServiceIndex(
         name=request.app.title,
         version=__version__,
         links=ServiceLinks(
@@ -163,3 +152,20 @@ async def service_index(request: Request) -> ServiceIndex:
             health=root + HEALTH_URL,
         ),
     )
+    return JSONResponse(index.model_dump())
+
+
+def install_docs(app: FastAPI) -> None:
+    """Add `/`, the documentation pages and their assets to `app`, created with `docs_url=None`
+    and `redoc_url=None`. Like FastAPI's own pages they are plain routes, outside the OpenAPI
+    document and the API's dependencies: no authentication, no rate limit."""
+    pages: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
+        ("/", service_index),
+        (DOCS_URL, swagger_ui),
+        (OAUTH2_REDIRECT_URL, swagger_ui_oauth2_redirect),
+        (REDOC_URL, redoc),
+        # One fixed route per file (no path parameter): nothing else can be asked for.
+        *((asset.path, _asset_endpoint(asset)) for asset in ASSETS),
+    ]
+    for path, endpoint in pages:
+        app.add_route(path, endpoint, methods=["GET"], include_in_schema=False)
