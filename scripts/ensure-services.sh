@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the local PostgreSQL and Redis the tests use are up; start them if installed but stopped.
+# Make sure the local PostgreSQL and Redis the tests use are up (started if installed but stopped),
+# and the tools the README walkthrough test needs are there.
 set -euo pipefail
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -21,4 +22,17 @@ if ! redis_up; then
     for _ in $(seq 1 30); do redis_up && break; sleep 0.2; done
   fi
   redis_up || { echo "Redis is not running on 127.0.0.1:6379 and could not be started." >&2; exit 1; }
+fi
+
+# The README's walkthrough, which a test runs, needs curl and jq; install them where apt can.
+missing_tools() { for tool in curl jq; do command -v "$tool" >/dev/null || echo "$tool"; done; }
+if [ -n "$(missing_tools)" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing $(missing_tools | xargs)..."
+  # shellcheck disable=SC2046  # one word per tool
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(missing_tools) \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(missing_tools); }; } >/dev/null
+fi
+if [ -n "$(missing_tools)" ]; then
+  echo "The README walkthrough test needs: $(missing_tools | xargs) (apt-get install ...)." >&2
+  exit 1
 fi

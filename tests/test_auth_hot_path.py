@@ -213,7 +213,7 @@ async def test_password_change_refuses_other_cached_logins_and_keeps_the_current
     )
     assert changed.status_code == 200, changed.text
 
-    # API.md: a password change "ends every other login"; the one making it stays signed in.
+    # docs/api.md: a password change "ends every other login"; the one making it stays signed in.
     await assert_refused(client, other["access_token"])
     refreshed = await client.post(REFRESH, json={"refresh_token": other["refresh_token"]})
     assert_problem(refreshed, 401, "invalid_token")

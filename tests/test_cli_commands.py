@@ -186,6 +186,20 @@ async def test_duplicates_and_invalid_input_fail_with_one_sentence(
         await login(client, "dave", "password one")
 
 
+@pytest.mark.parametrize("piped", ["", "password ok\n"])
+async def test_create_user_with_no_terminal_says_how_to_give_the_password(
+    deployment: Deployment, piped: str
+) -> None:
+    # As in CI or `docker exec` without -t: standard input is not a terminal to prompt on, and
+    # a password piped without --password-stdin is not taken either (it would be echoed).
+    result = await deployment.run("create-user", "gina", "gina@example.com", stdin=piped)
+    message = one_sentence(result)
+    assert "password" in message
+    assert "--password-stdin" in message
+    assert "password ok" not in message
+    assert await deployment.fetchval("SELECT count(*) FROM users") == 0
+
+
 async def test_create_user_with_postgres_down_says_so(tmp_path: Path) -> None:
     port = free_port()  # nothing listens here
     env = cli_env(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/taskapi")

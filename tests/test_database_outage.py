@@ -1,5 +1,6 @@
 """PostgreSQL going away costs requests a fast, retryable 503, never a 500 or a hang, and the app
-recovers by itself when it is back (API.md: "503 a dependency is down", "Operations").
+recovers by itself when it is back (docs/api.md, "Errors": 503 `database_unavailable`;
+docs/operations.md, "When a dependency goes away").
 
 The app runs against a throwaway cluster (tests/fault_servers.py) that is stopped hard and started
 again while requests flow; the shared PostgreSQL on 5432 is never touched.

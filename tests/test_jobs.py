@@ -1,4 +1,4 @@
-"""Background jobs (API.md, "Attachments" and "Operations"): the durable queue in PostgreSQL, the
+"""Background jobs (docs/operations.md, "Background jobs"): the durable queue in PostgreSQL, the
 deletion of stored objects after files, tasks and accounts are deleted, the orphan sweep, the
 due-soon notifications and the stand-alone `taskapi worker` process.
 

@@ -1,5 +1,6 @@
-"""Redis makes the service faster but never makes it fail (API.md, "Rate limits and caching" and
-"Operations"): a throwaway redis-server is killed, paused and restarted under a running app.
+"""Redis makes the service faster but never makes it fail (docs/api.md, "Rate limits and caching";
+docs/operations.md, "When a dependency goes away"): a throwaway redis-server is killed, paused and
+restarted under a running app.
 
 Every test starts its own redis-server (tests/fault_servers.py) on a free port; the shared one on
 6379 is never touched.

@@ -1,7 +1,7 @@
-"""Request size limits (API.md: "413 body or upload too large"): every route refuses a body over
-MAX_REQUEST_BYTES with a 413 problem, at once when Content-Length says so (nothing is read, not
-even authentication runs) and as soon as the limit is passed when the body streams without one;
-the upload route has its own MAX_UPLOAD_BYTES; `taskapi serve` bounds the request headers.
+"""Request size limits (docs/api.md, "Errors": 413 `payload_too_large`): every route refuses a body
+over MAX_REQUEST_BYTES with a 413 problem, at once when Content-Length says so (nothing is read, not
+even authentication runs) and as soon as the limit is passed when the body streams without one; the
+upload route has its own MAX_UPLOAD_BYTES; `taskapi serve` bounds the request headers.
 """
 
 from __future__ import annotations

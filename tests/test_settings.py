@@ -1,4 +1,5 @@
-"""Settings: the environment variables of API.md, `.env`, and SECRET_KEY per environment."""
+"""Settings: the environment variables of the README's configuration table, `.env`, and
+SECRET_KEY per environment."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from taskapi.kit.config import Settings, SettingsError, resolve_secret_key
 from taskapi.kit.security import PasswordHashing
 from tests.conftest import ROOT
 
-# Every variable named in API.md's configuration table that Settings reads itself
+# Every variable the HTTP contract names that Settings reads itself
 # (AWS_* credentials are read by the S3 client, not by Settings).
 CONTRACT_VARIABLES = (
     "DATABASE_URL",

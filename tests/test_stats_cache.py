@@ -1,6 +1,7 @@
 """The per-user stats cache: GET /api/v1/tasks/stats is served from Redis, and every kind of write
-makes the next read of every affected user exact again (API.md, "Rate limits and caching": no
-stale stats after a change). StatsCache's generation logic is also exercised on its own."""
+makes the next read of every affected user exact again (docs/api.md, "Rate limits and caching":
+stats are never stale after a change). StatsCache's generation logic is also exercised on its
+own."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""S3 going away never takes the API down with it (API.md, "Attachments" and "Operations").
+"""S3 going away never takes the API down with it (docs/api.md, "Attachments";
+docs/operations.md, "When a dependency goes away").
 
 The app talks to a real moto server through a TCP link (`Link`, tests/fault_servers.py) that these
 tests cut and restore: cutting it closes every open connection and the listening socket, so the

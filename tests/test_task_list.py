@@ -128,7 +128,7 @@ def expected_order(items: list[dict[str, Any]], sort: str | None, *, ties_desc: 
 
 def assert_ordered(items: list[dict[str, Any]], sort: str | None) -> None:
     got = [t["id"] for t in items]
-    # API.md: "ties broken by id" (direction unspecified): accept either, but consistently.
+    # docs/api.md: "ties broken by id" (direction unspecified): accept either, but consistently.
     candidates = [expected_order(items, sort, ties_desc=d) for d in (False, True)]
     assert got in candidates, (sort, got, candidates)
 

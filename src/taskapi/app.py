@@ -32,6 +32,7 @@ from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
 from taskapi.kit.security import PasswordHashing, TokenCodec
 from taskapi.notifications.router import router as notifications_router
+from taskapi.ops.docs import install_docs
 from taskapi.ops.router import router as ops_router
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
@@ -141,6 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by ops/docs.py with their assets; FastAPI's own pages load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
         swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.settings = settings
@@ -152,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_routes(app, router, API_PREFIX)
     add_routes(app, notifications_router, API_PREFIX)
     add_routes(app, ops_router)
+    install_docs(app)
 
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
     # security headers.

@@ -171,6 +171,13 @@ def _read_password(args: argparse.Namespace) -> str:
         # One line, like `docker login --password-stdin`: the password stays out of argv and
         # shell history; only the line break is stripped, spaces are part of the password.
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        # getpass would fall back to reading the piped input with an echo warning, and fail on
+        # an empty one with no message at all (CI, cron, `docker exec` without -t).
+        raise ValueError(
+            "no terminal to ask for the password: pipe it in with --password-stdin "
+            "(printf '%s\\n' \"$PASSWORD\" | taskapi create-user NAME EMAIL --password-stdin)."
+        )
     import getpass
 
     password = getpass.getpass("Password: ")
@@ -182,13 +189,13 @@ def _read_password(args: argparse.Namespace) -> str:
 def cmd_create_user(settings: Settings, args: argparse.Namespace) -> int:
     """Create a user account with the same rules as POST /api/v1/auth/register (username 3-50 of
     [A-Za-z0-9_.-], a valid email, a password of 8-128 characters). The password is prompted for
-    (twice) or read from one line of standard input with --password-stdin."""
+    (twice, in a terminal) or read from one line of standard input with --password-stdin."""
     from taskapi.accounts import CommandError, create_user
 
     try:
         password = _read_password(args)
     except (ValueError, EOFError, KeyboardInterrupt) as error:
-        print(f"taskapi: {error or 'no password given.'}", file=sys.stderr)
+        print(f"taskapi: {str(error) or 'no password given.'}", file=sys.stderr)
         return 1
     try:
         user = asyncio.run(

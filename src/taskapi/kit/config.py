@@ -1,6 +1,7 @@
 """Settings, read once per process from the environment and `.env`.
 
-Names follow the configuration table of the HTTP contract (API.md).
+Every setting is listed with its default in the README's configuration table and in
+`.env.example` (tests/test_docs.py keeps both in step with this model).
 """
 
 from __future__ import annotations
