@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.jobs.handlers import JobContext, expire_idempotency_keys
 from taskapi.kit.errors import ServiceUnavailable
+from taskapi.kit.idempotency import expire_keys, store
 from taskapi.models import Task
 from taskapi.tasks import service
 from tests.conftest import UserHandle, register_and_login
@@ -285,6 +287,33 @@ async def test_expired_keys_no_longer_replay_and_the_job_removes_them(
     assert [row["key"] for row in await stored_keys(connection)] == [fresh["Idempotency-Key"]]
     replay = await client.post(TASKS, json={"title": "t"}, headers=fresh)
     assert replay.headers["idempotent-replayed"] == "true"
+
+
+async def test_expire_keys_deletes_every_expired_key_batch_by_batch(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    alice: UserHandle,
+    connection: AsyncConnection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = [keyed(alice) for _ in range(6)]
+    for each in headers:
+        assert (await client.post(TASKS, json={"title": "t"}, headers=each)).status_code == 201
+    expired, kept = headers[:5], headers[5]
+    await connection.execute(
+        text(
+            "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' "
+            "WHERE key = ANY(:keys)"
+        ),
+        {"keys": [each["Idempotency-Key"] for each in expired]},
+    )
+    monkeypatch.setattr(store, "EXPIRE_BATCH", 2)  # three batches: 2, 2, 1
+
+    async with app.state.sessionmaker() as session:
+        removed = await expire_keys(session, datetime.now(UTC))
+
+    assert removed == 5
+    assert [row["key"] for row in await stored_keys(connection)] == [kept["Idempotency-Key"]]
 
 
 # --- uploads (bodies too large to buffer) ------------------------------------------------------
