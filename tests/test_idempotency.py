@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from taskapi.jobs.handlers import JobContext, expire_idempotency_keys
 from taskapi.kit.errors import ServiceUnavailable
 from taskapi.kit.idempotency import expire_keys, store
+from taskapi.kit.services import services_of
 from taskapi.models import Task
+from taskapi.storage import STORAGE
 from taskapi.tasks import service
 from tests.conftest import UserHandle, register_and_login
 
@@ -282,7 +284,9 @@ async def test_expired_keys_no_longer_replay_and_the_job_removes_them(
     assert await task_count(client, alice) == 3
 
     await connection.execute(backdate, {"key": old["Idempotency-Key"]})
-    context = JobContext(app.state.sessionmaker, app.state.storage, app.state.settings)
+    context = JobContext(
+        services_of(app).sessionmaker, services_of(app).get(STORAGE), services_of(app).settings
+    )
     await expire_idempotency_keys(context, {})
     assert [row["key"] for row in await stored_keys(connection)] == [fresh["Idempotency-Key"]]
     replay = await client.post(TASKS, json={"title": "t"}, headers=fresh)
@@ -309,7 +313,7 @@ async def test_expire_keys_deletes_every_expired_key_batch_by_batch(
     )
     monkeypatch.setattr(store, "EXPIRE_BATCH", 2)  # three batches: 2, 2, 1
 
-    async with app.state.sessionmaker() as session:
+    async with services_of(app).sessionmaker() as session:
         removed = await expire_keys(session, datetime.now(UTC))
 
     assert removed == 5
@@ -430,7 +434,7 @@ async def test_a_claim_whose_lease_ran_out_is_taken_over(
     headers = keyed(live_user)
     stuck = asyncio.create_task(live_client.post(TASKS, json={"title": "t"}, headers=headers))
     await asyncio.sleep(0.2)
-    async with live_app.state.engine.begin() as conn:
+    async with services_of(live_app).engine.begin() as conn:
         await conn.execute(
             text("UPDATE idempotency_keys SET locked_until = now() - interval '1 second'")
         )

@@ -41,7 +41,8 @@ from taskapi.jobs.handlers import (
 from taskapi.jobs.handlers import delete_objects as delete_objects_handler
 from taskapi.jobs.worker import Worker
 from taskapi.kit.db import create_engine, create_sessionmaker
-from taskapi.storage import new_object_key
+from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE, new_object_key
 from tests.conftest import (
     TEMPLATE_DB,
     UserHandle,
@@ -83,13 +84,17 @@ async def app(migrated_databases: None) -> AsyncIterator[FastAPI]:
 
 
 def sessions(app: FastAPI) -> async_sessionmaker[AsyncSession]:
-    maker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
+    maker: async_sessionmaker[AsyncSession] = services_of(app).sessionmaker
     return maker
 
 
 def worker_for(app: FastAPI, **settings: Any) -> Worker:
-    config = app.state.settings.model_copy(update=settings) if settings else app.state.settings
-    return Worker(app.state.sessionmaker, app.state.storage, config)
+    config = (
+        services_of(app).settings.model_copy(update=settings)
+        if settings
+        else services_of(app).settings
+    )
+    return Worker(services_of(app).sessionmaker, services_of(app).get(STORAGE), config)
 
 
 async def run_due_jobs(worker: Worker) -> int:
@@ -120,7 +125,7 @@ class Backend:
     def __init__(self, app: FastAPI, moto: MotoServer | None) -> None:
         self.app = app
         self.moto = moto
-        self.settings = app.state.settings
+        self.settings = services_of(app).settings
 
     def exists(self, key: str) -> bool:
         if self.moto is None:
@@ -293,7 +298,10 @@ async def test_failures_retry_with_exponential_backoff_then_give_up(app: FastAPI
         await session.commit()
     await sql(app, "UPDATE jobs SET max_attempts = 3")
     worker = Worker(
-        app.state.sessionmaker, app.state.storage, app.state.settings, handlers={"broken": broken}
+        services_of(app).sessionmaker,
+        services_of(app).get(STORAGE),
+        services_of(app).settings,
+        handlers={"broken": broken},
     )
 
     for attempt in (1, 2):
@@ -398,9 +406,9 @@ async def test_a_periodic_job_that_gave_up_does_not_stop_its_schedule(app: FastA
         raise OSError("storage is down")
 
     worker = Worker(
-        app.state.sessionmaker,
-        app.state.storage,
-        app.state.settings,
+        services_of(app).sessionmaker,
+        services_of(app).get(STORAGE),
+        services_of(app).settings,
         handlers=dict.fromkeys(PERIODIC, broken),
     )
     await worker.schedule_periodic()

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from taskapi.app import create_app
 from taskapi.kit import db as taskapi_db
 from taskapi.kit.errors import install_error_handlers
+from taskapi.kit.services import services_of
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.tasks import listing, repository
 from taskapi.tasks.listing import TaskListParams
@@ -450,7 +451,7 @@ async def test_reads_send_no_begin_or_commit_and_writes_do(wire_app: FastAPI) ->
         user = await register_and_login(client)
         created = await client.post(TASKS, json={"title": "seen"}, headers=user.headers)
         assert created.status_code == 201
-        log = WireLog(wire_app.state.engine)
+        log = WireLog(services_of(wire_app).engine)
         try:
             # Prove the logger sees what it must: the list query (sent straight to asyncpg).
             for url in (TASKS, f"{TASKS}?status=todo&search=seen", f"{TASKS}/stats"):

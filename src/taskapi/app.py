@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -14,9 +14,9 @@ from starlette.middleware.cors import CORSMiddleware
 from taskapi import __version__
 from taskapi.attachments.router import MULTIPART_OVERHEAD
 from taskapi.attachments.router import router as attachments_router
-from taskapi.auth.principal_cache import PrincipalCache
+from taskapi.auth.principal_cache import PRINCIPAL_CACHE, PrincipalCache
 from taskapi.auth.router import router as auth_router
-from taskapi.auth.service import AuthService
+from taskapi.auth.service import AUTH_SERVICE, AuthService
 from taskapi.jobs.worker import Worker
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings, get_settings
@@ -31,11 +31,13 @@ from taskapi.kit.openapi import Problem, finish_schema
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
 from taskapi.kit.security import PasswordHashing, TokenCodec
+from taskapi.kit.services import Services, install_services
 from taskapi.notifications.router import router as notifications_router
 from taskapi.ops.router import router as ops_router
+from taskapi.storage import STORAGE
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
-from taskapi.tasks.stats_cache import StatsCache
+from taskapi.tasks.stats_cache import STATS_CACHE, StatsCache
 from taskapi.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
@@ -51,38 +53,43 @@ Errors are RFC 9457 problem details (`application/problem+json`) with a stable `
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    """The process's services, and the embedded job worker if configured, for as long as the
+    block runs; everything is closed on the way out."""
     engine = create_engine(settings)
     instrument_pool(engine)
     hashing = PasswordHashing(settings)
+    tokens = TokenCodec(settings)
     redis_client = create_redis(settings)
     guard = RedisGuard(redis_client, settings.redis_retry_cooldown_seconds)
     stats_cache = StatsCache(guard, settings.redis_key_prefix, settings.stats_cache_ttl_seconds)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.read_sessionmaker = create_sessionmaker(read_only_engine(engine))
-    app.state.password_hashing = hashing
-    app.state.auth_service = AuthService(hashing, TokenCodec(settings))
-    app.state.cursor_codec = CursorCodec(settings.signing_key)
-    app.state.redis = guard
-    app.state.stats_cache = stats_cache
-    app.state.rate_limiter = RateLimiter(guard, settings)
     principal_cache = PrincipalCache(
         guard, settings.redis_key_prefix, settings.principal_cache_ttl_seconds
     )
-    app.state.principal_cache = principal_cache
-    app.state.after_commit = [principal_cache.after_commit, stats_cache.after_commit]
+    services = Services(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        read_sessionmaker=create_sessionmaker(read_only_engine(engine)),
+        redis=guard,
+        rate_limiter=RateLimiter(guard, settings),
+        tokens=tokens,
+        password_hashing=hashing,
+        cursor_codec=CursorCodec(settings.signing_key),
+        after_commit=[principal_cache.after_commit, stats_cache.after_commit],
+    )
+    services.provide(AUTH_SERVICE, AuthService(hashing, tokens))
+    services.provide(PRINCIPAL_CACHE, principal_cache)
+    services.provide(STATS_CACHE, stats_cache)
     storage = await create_storage(settings)
-    app.state.storage = storage
+    services.provide(STORAGE, storage)
     stop_worker = asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
     if settings.worker_embedded:
-        worker = Worker(app.state.sessionmaker, storage, settings)
-        app.state.worker = worker
+        worker = Worker(services.sessionmaker, storage, settings)
         worker_task = asyncio.create_task(worker.run(stop_worker), name="taskapi-worker")
     try:
-        yield
+        yield services
     finally:
         stop_worker.set()
         if worker_task is not None:
@@ -92,6 +99,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await redis_client.aclose()
         await engine.dispose()
         process_exiting()
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_services(settings) as services:
+            install_services(app, services)
+            yield
+
+    return lifespan
 
 
 def add_routes(app: FastAPI, router: APIRouter, prefix: str = "") -> None:
@@ -139,10 +156,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="taskapi",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings),
         swagger_ui_parameters={"persistAuthorization": True},
     )
-    app.state.settings = settings
     install_error_handlers(app)
 
     # Routes are matched in order: the busiest first (no two routers' paths overlap).

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit.cache import Generations, RedisGuard
 from taskapi.kit.ratelimit import CachedRead
+from taskapi.kit.services import ServiceKey
 from taskapi.models import User
 
 _PRINCIPAL_STALE = "taskapi.principal_stale"
@@ -104,3 +105,6 @@ class PrincipalCache:
         stale = info.pop(_PRINCIPAL_STALE, None)
         if stale:
             await self.invalidate(stale)
+
+
+PRINCIPAL_CACHE = ServiceKey[PrincipalCache]("principal cache")

@@ -31,6 +31,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import AppError
+from taskapi.kit.services import AfterCommitHook, services_of
 
 # Stable constraint names, so migrations can name what they drop and errors can be mapped by name.
 NAMING_CONVENTION = {
@@ -254,7 +255,6 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-AfterCommitHook = Callable[[dict[str, Any]], Awaitable[None]]
 _ON_ROLLBACK = "taskapi.on_rollback"
 
 
@@ -291,11 +291,11 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    state = request.app.state
-    sessionmaker: async_sessionmaker[AsyncSession] = (
-        state.read_sessionmaker if request.method in READ_METHODS else state.sessionmaker
+    services = services_of(request.app)
+    sessionmaker = (
+        services.read_sessionmaker if request.method in READ_METHODS else services.sessionmaker
     )
-    hooks: list[AfterCommitHook] = getattr(request.app.state, "after_commit", [])
+    hooks = services.after_commit
     session = sessionmaker()
     try:
         yield session

@@ -12,9 +12,8 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from taskapi.kit import metrics
 from taskapi.kit.cache import GENERATIONAL_READ_LUA, READ_GENERATIONAL, RedisGuard
@@ -214,16 +213,3 @@ def client_ip(request: Request, networks: list[Network]) -> str:
         if not trusted(hop):
             return hop
     return hops[0] if hops else peer
-
-
-async def get_rate_limiter(request: Request) -> RateLimiter:
-    limiter: RateLimiter = request.app.state.rate_limiter
-    return limiter
-
-
-async def limit_auth_by_ip(
-    request: Request, limiter: Annotated[RateLimiter, Depends(get_rate_limiter)]
-) -> None:
-    """The small per-client-IP bucket of login, token and register: slows password guessing
-    without locking the account's real owner out from elsewhere."""
-    await limiter.enforce(request, limiter.auth_policy, client_ip(request, limiter.trusted_proxies))

@@ -1,6 +1,7 @@
 """Where attachment bytes live: a local directory or S3, behind one streaming interface."""
 
 from taskapi.storage.base import (
+    STORAGE,
     ObjectStream,
     Storage,
     StorageUnavailable,
@@ -8,4 +9,11 @@ from taskapi.storage.base import (
     new_object_key,
 )
 
-__all__ = ["ObjectStream", "Storage", "StorageUnavailable", "StoredObject", "new_object_key"]
+__all__ = [
+    "STORAGE",
+    "ObjectStream",
+    "Storage",
+    "StorageUnavailable",
+    "StoredObject",
+    "new_object_key",
+]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from taskapi.kit.errors import ServiceUnavailable
+from taskapi.kit.services import ServiceKey
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -82,3 +83,6 @@ class Storage(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections."""
+
+
+STORAGE = ServiceKey[Storage]("storage")

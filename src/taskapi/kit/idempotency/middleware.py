@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import anyio
-from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,7 +40,8 @@ from taskapi.kit.idempotency.key import (
 )
 from taskapi.kit.idempotency.sealing import seal, unseal
 from taskapi.kit.idempotency.store import LEASE, KeyStore, StoredKey
-from taskapi.kit.ratelimit import RateLimited, RateLimiter, client_ip
+from taskapi.kit.ratelimit import RateLimited, client_ip
+from taskapi.kit.services import Services, services_of
 
 logger = logging.getLogger("taskapi.idempotency")
 
@@ -89,20 +89,19 @@ class IdempotencyMiddleware:
         except AppError as error:
             await app_error_response(error)(scope, receive, send)
             return
-        app: FastAPI = scope["app"]
-        caller = self._caller(scope, app)
+        services = services_of(scope["app"])
+        caller = self._caller(scope, services)
         if caller is None:
             # No valid access token: the endpoint answers 401 itself, and nothing is claimed.
             await self.app(scope, receive, send)
             return
-        await self._handle(scope, receive, send, app, caller, key)
+        await self._handle(scope, receive, send, services, caller, key)
 
     @staticmethod
-    def _caller(scope: Scope, app: FastAPI) -> _Caller | None:
-        limiter: RateLimiter = app.state.rate_limiter
+    def _caller(scope: Scope, services: Services) -> _Caller | None:
         path: str = scope["path"]
         if path in _PUBLIC_PATHS:
-            ip = client_ip(Request(scope), limiter.trusted_proxies)
+            ip = client_ip(Request(scope), services.rate_limiter.trusted_proxies)
             return _Caller(f"ip:{ip}", _PUBLIC_PATHS[path], ip, None)
         authorization = header(scope, b"authorization")
         if authorization is None:
@@ -111,7 +110,7 @@ class IdempotencyMiddleware:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         try:
-            claims = app.state.auth_service.tokens.decode(token.strip(), expected_type="access")
+            claims = services.tokens.decode(token.strip(), expected_type="access")
         except AppError:
             return None
         user_id: int = claims.user_id
@@ -122,15 +121,15 @@ class IdempotencyMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
-        app: FastAPI,
+        services: Services,
         caller: _Caller,
         key: str,
     ) -> None:
         receive, digest = await read_request(scope, receive)
-        secret = app.state.settings.signing_key.encode()
+        secret = services.settings.signing_key.encode()
         fingerprint = derive(secret, b"fingerprint", digest).hex()
         seal_key = derive(secret, b"seal", digest)
-        keys = KeyStore(app.state.sessionmaker, caller.scope, key)
+        keys = KeyStore(services.sessionmaker, caller.scope, key)
         try:
             outcome = await keys.claim(fingerprint)
         except (SQLAlchemyError, OSError, TimeoutError):
@@ -142,7 +141,7 @@ class IdempotencyMiddleware:
             return
         if isinstance(outcome, StoredKey):
             await self._answer_stored(
-                scope, receive, send, app, caller, outcome, fingerprint, seal_key
+                scope, receive, send, services, caller, outcome, fingerprint, seal_key
             )
             return
         await self._run_claimed(scope, receive, send, keys, outcome, seal_key)
@@ -152,7 +151,7 @@ class IdempotencyMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
-        app: FastAPI,
+        services: Services,
         caller: _Caller,
         stored: StoredKey,
         fingerprint: str,
@@ -163,7 +162,7 @@ class IdempotencyMiddleware:
             state["user_id"] = caller.user_id
         # Answering from storage still spends from the caller's bucket, as the endpoint would:
         # otherwise replays would be a way around the rate limits.
-        limiter: RateLimiter = app.state.rate_limiter
+        limiter = services.rate_limiter
         if limiter.enabled and caller.policy is not None:
             policy = limiter.user_policy if caller.policy == "user" else limiter.auth_policy
             decision = await limiter.take(policy, caller.identity)
