@@ -7,8 +7,7 @@ import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
+from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from taskapi import __version__
@@ -26,7 +25,7 @@ from taskapi.kit.idempotency import install_idempotency
 from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
 from taskapi.kit.logs import configure_logging
 from taskapi.kit.metrics import instrument_pool, process_exiting
-from taskapi.kit.middleware import RequestContextMiddleware
+from taskapi.kit.middleware import RequestContextMiddleware, route_templates
 from taskapi.kit.openapi import Problem, finish_schema
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
@@ -111,45 +110,6 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
     return lifespan
 
 
-def add_routes(app: FastAPI, router: APIRouter, prefix: str = "") -> None:
-    """Add `router`'s routes to the app itself, as `include_router` did before FastAPI kept
-    included routers as nested branches: those are matched route by route twice per request
-    (once to pick the branch, once inside it), which cost a request more than its rate limit.
-    The routes are rebuilt under the prefixed path, so ids and the OpenAPI document are the
-    ones `include_router` gives (a test compares them)."""
-    for route in router.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"only API routes can be added this way, not {route!r}")
-        app.router.add_api_route(
-            prefix + route.path,
-            route.endpoint,
-            response_model=route.response_model,
-            status_code=route.status_code,
-            tags=route.tags,
-            dependencies=route.dependencies,
-            summary=route.summary,
-            description=route.description,
-            response_description=route.response_description,
-            responses=route.responses,
-            deprecated=route.deprecated,
-            methods=route.methods,
-            operation_id=route.operation_id,
-            response_model_include=route.response_model_include,
-            response_model_exclude=route.response_model_exclude,
-            response_model_by_alias=route.response_model_by_alias,
-            response_model_exclude_unset=route.response_model_exclude_unset,
-            response_model_exclude_defaults=route.response_model_exclude_defaults,
-            response_model_exclude_none=route.response_model_exclude_none,
-            include_in_schema=route.include_in_schema,
-            response_class=route.response_class,
-            name=route.name,
-            route_class_override=type(route),
-            callbacks=route.callbacks,
-            openapi_extra=route.openapi_extra,
-            generate_unique_id_function=route.generate_unique_id_function,
-        )
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -163,9 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Routes are matched in order: the busiest first (no two routers' paths overlap).
     for router in (tasks_router, attachments_router, auth_router, users_router):
-        add_routes(app, router, API_PREFIX)
-    add_routes(app, notifications_router, API_PREFIX)
-    add_routes(app, ops_router)
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(notifications_router, prefix=API_PREFIX)
+    app.include_router(ops_router)
 
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
     # security headers.
@@ -197,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     # Added last, so it is the outermost of ours: ids and headers on every response, 500s included.
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, templates=route_templates(app.routes))
 
     _register_problem_schema(app)
     return app
