@@ -1,4 +1,5 @@
-"""The ASGI application: `create_app()` wires settings, lifespan resources, middleware, routes."""
+"""The composition root: `create_app()` wires the process's services (built by the lifespan,
+`running_services`), middleware and routes."""
 
 from __future__ import annotations
 
@@ -180,8 +181,7 @@ GC_FIRST_THRESHOLD = 50_000
 
 def tune_garbage_collector() -> None:
     """For a serving process: what was built at start-up (routes, schemas, compiled SQL) is
-    moved out of the collector's way for good, and young collections run less often. Measured
-    with `make bench`."""
+    moved out of the collector's way for good, and young collections run less often."""
     gc.collect()
     gc.freeze()
     _, second, third = gc.get_threshold()

@@ -233,7 +233,7 @@ _DIALECT = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
 class CompiledQuery:
     """SQL text with $n placeholders and how to fill them, compiled once and run directly on the
     asyncpg connection: SQLAlchemy's per-execution work (compile-cache lookup, result
-    processing) costs several times what PostgreSQL spends on a page."""
+    processing) costs more than PostgreSQL spends on a page."""
 
     sql: str
     names: tuple[str, ...]  # the parameter behind each $n
@@ -258,7 +258,7 @@ class CompiledQuery:
         bind = session.bind
         if isinstance(bind, AsyncEngine) and not session.in_transaction():
             # One statement needs no transaction: borrow a pooled connection for it alone,
-            # without the session's bookkeeping (about half the cost of this whole call).
+            # without the session's bookkeeping.
             return await fetch_borrowed(bind, self.sql, self.arguments(values))
         # Inside the session's transaction (or the tests' rolled-back connection).
         return await fetch_direct(await session.connection(), self.sql, self.arguments(values))
