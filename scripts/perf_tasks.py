@@ -20,6 +20,8 @@ from argon2 import PasswordHasher
 
 from taskapi.app import create_app
 from taskapi.kit.config import Settings
+from taskapi.kit.services import services_of
+from taskapi.tasks.stats_cache import STATS_CACHE
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 PASSWORD = "perf-password"
@@ -181,7 +183,7 @@ async def main() -> None:
                 invalidate = bool(params.pop("_invalidate", False))
                 for _ in range(args.rounds):
                     if invalidate:
-                        await app.state.stats_cache.invalidate([1])
+                        await services_of(app).get(STATS_CACHE).invalidate([1])
                     started = time.perf_counter()
                     response = await client.get(path, params=params, headers=headers)
                     timings.append((time.perf_counter() - started) * 1000)

@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from taskapi.app import create_app
 from taskapi.kit.config import Settings
 from taskapi.kit.db import create_engine
+from taskapi.kit.services import services_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://postgres@127.0.0.1:5432")
@@ -167,8 +168,8 @@ def bind_to_connection(application: FastAPI, connection: AsyncConnection) -> Non
         autoflush=False,
         join_transaction_mode="create_savepoint",
     )
-    application.state.sessionmaker = sessionmaker
-    application.state.read_sessionmaker = sessionmaker
+    services_of(application).sessionmaker = sessionmaker
+    services_of(application).read_sessionmaker = sessionmaker
 
 
 @pytest.fixture

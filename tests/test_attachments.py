@@ -33,6 +33,8 @@ from taskapi.attachments import service
 from taskapi.jobs.worker import Worker
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import Conflict
+from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE
 from taskapi.wiring import JOBS
 from tests.conftest import (
     MAIN_DB,
@@ -945,7 +947,9 @@ async def test_deleted_files_and_tasks_leave_storage_once_jobs_ran(env: Env) -> 
     assert deleted_file.status_code == 204
     deleted_task = await env.client.delete(f"{TASKS}/{doomed_task['id']}", headers=alice.headers)
     assert deleted_task.status_code == 204
-    worker = Worker(env.app.state.sessionmaker, env.app.state.storage, env.settings, JOBS)
+    worker = Worker(
+        services_of(env.app).sessionmaker, services_of(env.app).get(STORAGE), env.settings, JOBS
+    )
     while await worker.run_once():
         pass
 
@@ -1069,8 +1073,8 @@ async def test_object_removed_when_the_commit_itself_fails(
 ) -> None:
     alice = await env.user()
     task = await env.task(alice)
-    working = env.app.state.sessionmaker
-    env.app.state.sessionmaker = async_sessionmaker(
+    working = services_of(env.app).sessionmaker
+    services_of(env.app).sessionmaker = async_sessionmaker(
         bind=connection,
         class_=_CommitFails,
         expire_on_commit=False,
@@ -1080,7 +1084,7 @@ async def test_object_removed_when_the_commit_itself_fails(
     try:
         response = await env.upload(alice, task["id"], "doomed.txt", b"never committed\n")
     finally:
-        env.app.state.sessionmaker = working
+        services_of(env.app).sessionmaker = working
 
     assert_problem(response, 500, "internal_error")
     assert "COMMIT" not in response.text
@@ -1129,7 +1133,7 @@ async def test_files_larger_than_one_chunk_are_streamed_not_kept(make_env: MakeE
     env = await make_env(storage_cache_bytes=8 * MiB)
     _, again = await _download_after_removal(env, MiB + 1)
     assert_problem(again, 404, "file_not_found")
-    assert env.app.state.storage.cached_bytes == 0
+    assert services_of(env.app).get(STORAGE).cached_bytes == 0
 
 
 # --- streaming memory ----------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from taskapi.app import create_app
-from taskapi.auth.principal_cache import PrincipalCache
+from taskapi.auth.principal_cache import PRINCIPAL_CACHE, PrincipalCache
+from taskapi.auth.service import AUTH_SERVICE
 from taskapi.kit import security
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings
@@ -43,6 +44,7 @@ from taskapi.kit.security import (
     PasswordHashing,
     TokenCodec,
 )
+from taskapi.kit.services import services_of
 from taskapi.models import User
 from tests.conftest import (
     MAIN_DB,
@@ -98,12 +100,12 @@ async def cached_entry(application: FastAPI, token: str) -> bytes | None:
     """The principal cache's current entry for the login `token` belongs to, read straight from
     Redis (the generation the app would read now)."""
     claims = unverified_claims(token)
-    cache: PrincipalCache = application.state.principal_cache
+    cache: PrincipalCache = services_of(application).get(PRINCIPAL_CACHE)
     read = cache.read_for(int(claims["sub"]), uuid.UUID(claims["sid"]))
-    prefix = application.state.settings.redis_key_prefix + "auth:"
+    prefix = services_of(application).settings.redis_key_prefix + "auth:"
     assert read.generation_key.startswith(prefix)
     assert read.entry_prefix.startswith(prefix)
-    client: redis.Redis = application.state.redis.client
+    client: redis.Redis = services_of(application).redis.client
     generation = await client.get(read.generation_key)
     if generation is None:
         return None  # the next read starts a new generation: nothing stored is current
@@ -272,7 +274,10 @@ async def test_logout_through_one_process_is_seen_by_another_that_cached_the_log
     alice: UserHandle,
     sql_log: StatementLog,
 ) -> None:
-    async with running(app.state.settings, connection) as other_app, http(other_app) as other:
+    async with (
+        running(services_of(app).settings, connection) as other_app,
+        http(other_app) as other,
+    ):
         await warm(client, app, alice.access_token)
         await warm(other, other_app, alice.access_token)
         # The second instance serves the login from the shared cache, not from the database.
@@ -486,7 +491,7 @@ def _b64url(data: bytes) -> str:
 async def test_a_cached_token_is_refused_once_it_expires(
     app: FastAPI, client: httpx.AsyncClient, alice: UserHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    codec: TokenCodec = app.state.auth_service.tokens
+    codec: TokenCodec = services_of(app).get(AUTH_SERVICE).tokens
     assert (await client.get(ME, headers=alice.headers)).status_code == 200
     assert alice.access_token in codec._verified  # what follows exercises the cached path
     exp = unverified_claims(alice.access_token)["exp"]
@@ -503,7 +508,7 @@ async def test_tampered_tokens_are_refused_even_while_the_original_is_cached(
     app: FastAPI, client: httpx.AsyncClient, alice: UserHandle, bob: UserHandle
 ) -> None:
     await warm(client, app, alice.access_token)
-    assert alice.access_token in app.state.auth_service.tokens._verified
+    assert alice.access_token in services_of(app).get(AUTH_SERVICE).tokens._verified
     header, payload, signature = alice.access_token.split(".")
 
     bad_signature = f"{header}.{payload}.{_tamper(signature, len(signature) // 2)}"
@@ -563,8 +568,8 @@ async def test_a_login_storm_queues_without_holding_database_connections(
         http(application) as client,
     ):
         user = await register_and_login(client)
-        hashing: PasswordHashing = application.state.password_hashing
-        pool = application.state.engine.pool
+        hashing: PasswordHashing = services_of(application).password_hashing
+        pool = services_of(application).engine.pool
         real_verify = hashing.verify
         release = asyncio.Event()
         started = in_flight = peak = 0

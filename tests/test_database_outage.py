@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
+from taskapi.kit import db
+from taskapi.kit.services import services_of
 from tests.conftest import UserHandle, register_and_login
 from tests.fault_servers import PostgresCluster, app_on_cluster, started_cluster
 
@@ -205,3 +209,31 @@ async def test_a_request_while_postgres_is_down_is_a_quick_503_and_login_too(
         await cluster.start()
     again = await outage_client.get(TASKS, headers=user.headers)
     assert again.status_code == 200
+
+
+async def test_a_restart_costs_one_request_not_one_per_pooled_connection(
+    cluster: PostgresCluster,
+    outage_app: FastAPI,
+    outage_client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection found dead retires every connection opened before it (db.py): otherwise
+    each connection waiting in the pool would fail a request of its own after a restart."""
+    user = await register_and_login(outage_client)
+    # The login is cached now, so the list below is one statement on a pooled connection.
+    assert (await outage_client.get(TASKS, headers=user.headers)).status_code == 200
+    engine = services_of(outage_app).engine
+    async with engine.connect() as a, engine.connect() as b, engine.connect() as c:
+        for connection in (a, b, c):
+            await connection.execute(text("SELECT 1"))
+    assert isinstance(engine.pool, QueuePool)
+    assert engine.pool.checkedin() >= 3
+    # Fresh enough that no ping would notice: as under steady traffic.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+
+    await cluster.restart("immediate")
+    statuses = [
+        (await outage_client.get(TASKS, headers=user.headers)).status_code for _ in range(4)
+    ]
+    assert statuses[0] in (200, 503), statuses
+    assert statuses[1:] == [200, 200, 200], statuses

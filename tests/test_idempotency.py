@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,7 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.jobs.registry import JobContext
 from taskapi.kit.errors import ServiceUnavailable
+from taskapi.kit.idempotency import expire_keys, store
+from taskapi.kit.services import services_of
 from taskapi.models import Task
+from taskapi.storage import STORAGE
 from taskapi.tasks import service
 from taskapi.wiring import expire_idempotency_keys
 from tests.conftest import UserHandle, register_and_login
@@ -281,11 +285,40 @@ async def test_expired_keys_no_longer_replay_and_the_job_removes_them(
     assert await task_count(client, alice) == 3
 
     await connection.execute(backdate, {"key": old["Idempotency-Key"]})
-    context = JobContext(app.state.sessionmaker, app.state.storage, app.state.settings)
+    context = JobContext(
+        services_of(app).sessionmaker, services_of(app).get(STORAGE), services_of(app).settings
+    )
     await expire_idempotency_keys(context, {})
     assert [row["key"] for row in await stored_keys(connection)] == [fresh["Idempotency-Key"]]
     replay = await client.post(TASKS, json={"title": "t"}, headers=fresh)
     assert replay.headers["idempotent-replayed"] == "true"
+
+
+async def test_expire_keys_deletes_every_expired_key_batch_by_batch(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    alice: UserHandle,
+    connection: AsyncConnection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = [keyed(alice) for _ in range(6)]
+    for each in headers:
+        assert (await client.post(TASKS, json={"title": "t"}, headers=each)).status_code == 201
+    expired, kept = headers[:5], headers[5]
+    await connection.execute(
+        text(
+            "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' "
+            "WHERE key = ANY(:keys)"
+        ),
+        {"keys": [each["Idempotency-Key"] for each in expired]},
+    )
+    monkeypatch.setattr(store, "EXPIRE_BATCH", 2)  # three batches: 2, 2, 1
+
+    async with services_of(app).sessionmaker() as session:
+        removed = await expire_keys(session, datetime.now(UTC))
+
+    assert removed == 5
+    assert [row["key"] for row in await stored_keys(connection)] == [kept["Idempotency-Key"]]
 
 
 # --- uploads (bodies too large to buffer) ------------------------------------------------------
@@ -402,7 +435,7 @@ async def test_a_claim_whose_lease_ran_out_is_taken_over(
     headers = keyed(live_user)
     stuck = asyncio.create_task(live_client.post(TASKS, json={"title": "t"}, headers=headers))
     await asyncio.sleep(0.2)
-    async with live_app.state.engine.begin() as conn:
+    async with services_of(live_app).engine.begin() as conn:
         await conn.execute(
             text("UPDATE idempotency_keys SET locked_until = now() - interval '1 second'")
         )

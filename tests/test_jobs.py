@@ -36,8 +36,9 @@ from taskapi.jobs import queue
 from taskapi.jobs.registry import JobContext, JobRegistry
 from taskapi.jobs.worker import Worker
 from taskapi.kit.db import create_engine, create_sessionmaker
+from taskapi.kit.services import services_of
 from taskapi.notifications.jobs import DUE_SOON
-from taskapi.storage import new_object_key
+from taskapi.storage import STORAGE, new_object_key
 from taskapi.tasks.jobs import FOLD_TASK_STATS
 from taskapi.wiring import EXPIRE_IDEMPOTENCY_KEYS, JOBS
 from tests.conftest import (
@@ -81,13 +82,17 @@ async def app(migrated_databases: None) -> AsyncIterator[FastAPI]:
 
 
 def sessions(app: FastAPI) -> async_sessionmaker[AsyncSession]:
-    maker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
+    maker: async_sessionmaker[AsyncSession] = services_of(app).sessionmaker
     return maker
 
 
 def worker_for(app: FastAPI, **settings: Any) -> Worker:
-    config = app.state.settings.model_copy(update=settings) if settings else app.state.settings
-    return Worker(app.state.sessionmaker, app.state.storage, config, JOBS)
+    config = (
+        services_of(app).settings.model_copy(update=settings)
+        if settings
+        else services_of(app).settings
+    )
+    return Worker(services_of(app).sessionmaker, services_of(app).get(STORAGE), config, JOBS)
 
 
 async def run_due_jobs(worker: Worker) -> int:
@@ -118,7 +123,7 @@ class Backend:
     def __init__(self, app: FastAPI, moto: MotoServer | None) -> None:
         self.app = app
         self.moto = moto
-        self.settings = app.state.settings
+        self.settings = services_of(app).settings
 
     def exists(self, key: str) -> bool:
         if self.moto is None:
@@ -291,9 +296,9 @@ async def test_failures_retry_with_exponential_backoff_then_give_up(app: FastAPI
         await session.commit()
     await sql(app, "UPDATE jobs SET max_attempts = 3")
     worker = Worker(
-        app.state.sessionmaker,
-        app.state.storage,
-        app.state.settings,
+        services_of(app).sessionmaker,
+        services_of(app).get(STORAGE),
+        services_of(app).settings,
         JobRegistry(handlers={"broken": broken}),
     )
 
@@ -399,9 +404,9 @@ async def test_a_periodic_job_that_gave_up_does_not_stop_its_schedule(app: FastA
         raise OSError("storage is down")
 
     worker = Worker(
-        app.state.sessionmaker,
-        app.state.storage,
-        app.state.settings,
+        services_of(app).sessionmaker,
+        services_of(app).get(STORAGE),
+        services_of(app).settings,
         JobRegistry(handlers=dict.fromkeys(PERIODIC, broken), periodic=JOBS.periodic),
     )
     await worker.schedule_periodic()

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from taskapi.jobs import queue
 from taskapi.jobs.registry import JobRegistry
 from taskapi.jobs.worker import Worker
+from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE
 from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, database_url
 from tests.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
 from tests.test_ratelimit import bad_login, http, limited_settings, running
@@ -144,21 +146,21 @@ async def test_jobs_are_counted_and_the_queue_is_gauged(
     async def broken(_context: Any, _payload: dict[str, Any]) -> None:
         raise RuntimeError("storage says no")
 
-    async with app.state.sessionmaker() as session:
+    async with services_of(app).sessionmaker() as session:
         await queue.enqueue(session, "metrics_ok")
         await queue.enqueue(session, "metrics_ok")
         await queue.enqueue(session, "metrics_broken")
         await session.commit()
     queued = await scrape(client)
-    async with app.state.sessionmaker() as session:
+    async with services_of(app).sessionmaker() as session:
         counts = await queue.counts(session)
     assert value(queued, "taskapi_jobs_queued") == counts["queued"] >= 3
     assert value(queued, "taskapi_jobs_failed") == counts["failed"]
 
     worker = Worker(
-        app.state.sessionmaker,
-        app.state.storage,
-        app.state.settings,
+        services_of(app).sessionmaker,
+        services_of(app).get(STORAGE),
+        services_of(app).settings,
         JobRegistry(handlers={"metrics_ok": fine, "metrics_broken": broken}),
     )
     assert await worker.run_once() == 3
@@ -175,7 +177,10 @@ async def test_jobs_are_counted_and_the_queue_is_gauged(
 async def test_pool_connections_in_use(app: FastAPI, client: httpx.AsyncClient) -> None:
     name = "taskapi_db_pool_connections_in_use"
     idle = value(await scrape(client), name)
-    async with app.state.engine.connect() as first, app.state.engine.connect() as second:
+    async with (
+        services_of(app).engine.connect() as first,
+        services_of(app).engine.connect() as second,
+    ):
         assert first is not second
         assert value(await scrape(client), name) == idle + 2
     assert value(await scrape(client), name) == idle

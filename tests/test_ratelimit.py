@@ -30,6 +30,7 @@ from taskapi.app import create_app
 from taskapi.kit import ratelimit
 from taskapi.kit.config import Settings
 from taskapi.kit.ratelimit import LocalBuckets, Policy, client_ip
+from taskapi.kit.services import services_of
 from tests.conftest import (
     MAIN_DB,
     ROOT,
@@ -417,7 +418,7 @@ async def test_two_app_instances_share_one_bucket(
         http(first_app) as first,
         http(second_app) as second,
     ):
-        assert first_app.state.rate_limiter is not second_app.state.rate_limiter
+        assert services_of(first_app).rate_limiter is not services_of(second_app).rate_limiter
         for k, c in enumerate([first, first, first, second, second], start=1):
             response = await c.get(ME, headers=alice.headers)
             assert response.status_code == 200, response.text

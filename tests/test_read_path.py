@@ -31,9 +31,9 @@ from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.requests import Request
 
-from taskapi.app import create_app
 from taskapi.kit import db as taskapi_db
 from taskapi.kit.errors import install_error_handlers
+from taskapi.kit.services import services_of
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.tasks import listing, repository
 from taskapi.tasks.listing import TaskListParams
@@ -450,7 +450,7 @@ async def test_reads_send_no_begin_or_commit_and_writes_do(wire_app: FastAPI) ->
         user = await register_and_login(client)
         created = await client.post(TASKS, json={"title": "seen"}, headers=user.headers)
         assert created.status_code == 201
-        log = WireLog(wire_app.state.engine)
+        log = WireLog(services_of(wire_app).engine)
         try:
             # Prove the logger sees what it must: the list query (sent straight to asyncpg).
             for url in (TASKS, f"{TASKS}?status=todo&search=seen", f"{TASKS}/stats"):
@@ -647,38 +647,3 @@ async def test_search_parses_its_query_once_in_a_generic_plan(
     for plan in plans:
         assert "@@" in plan, plan  # the match is in the plan...
         assert "to_tsquery" not in plan, plan  # ...against the InitPlan's result, not a call
-
-
-# --- routes added flat, documented as included ---------------------------------------------------
-
-
-def test_flat_routes_are_documented_exactly_as_included_routers_would_be(settings) -> None:
-    """`add_routes` replaces FastAPI's nested `include_router` branches (matched twice per
-    request); clients generated from the OpenAPI document must not notice: same paths, methods,
-    operation ids, parameters, bodies and responses."""
-    from taskapi.app import API_PREFIX
-    from taskapi.attachments.router import router as attachments_router
-    from taskapi.auth.router import router as auth_router
-    from taskapi.notifications.router import router as notifications_router
-    from taskapi.ops.router import router as ops_router
-    from taskapi.tasks.router import router as tasks_router
-    from taskapi.users.router import router as users_router
-
-    included = FastAPI()
-    for router in (
-        tasks_router,
-        attachments_router,
-        auth_router,
-        users_router,
-        notifications_router,
-    ):
-        included.include_router(router, prefix=API_PREFIX)
-    included.include_router(ops_router)
-    expected = included.openapi()
-
-    app = create_app(settings)
-    flat = FastAPI.openapi(app)  # FastAPI's own document, before our finishing touches
-    assert flat["paths"] == expected["paths"]
-    assert flat["components"]["schemas"] == expected["components"]["schemas"]
-    # And every request path is matched by a route of the app itself, not a nested branch.
-    assert all(type(route).__name__ != "_IncludedRouter" for route in app.router.routes)

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskapi.jobs.registry import JobContext
+from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE
 from taskapi.tasks import stat_counts
 from taskapi.tasks.jobs import FOLD_AT_LEAST, fold_task_stats
 from tests.conftest import MakeUser, UserHandle, register_and_login
@@ -287,7 +289,9 @@ async def test_the_periodic_job_folds_busy_writers_only(
     alice_before = await api_stats(client, alice)
     bob_rows = await delta_rows(db_session, bob.id)
 
-    context = JobContext(app.state.sessionmaker, app.state.storage, app.state.settings)
+    context = JobContext(
+        services_of(app).sessionmaker, services_of(app).get(STORAGE), services_of(app).settings
+    )
     await fold_task_stats(context, {})
 
     alice_rows = await delta_rows(db_session, alice.id)
@@ -333,7 +337,7 @@ async def test_concurrent_writers_and_folds_never_deadlock_and_stay_exact(
         assert response.status_code == 201
         tasks.append(response.json()["id"])
     rng = random.Random(7)
-    sessionmaker = live_app.state.sessionmaker
+    sessionmaker = services_of(live_app).sessionmaker
 
     async def writer(user: UserHandle) -> None:
         for _ in range(12):

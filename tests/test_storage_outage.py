@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskapi.attachments.service import DELETE_OBJECTS
 from taskapi.jobs.worker import Worker
+from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE
 from taskapi.wiring import JOBS
 from tests.conftest import (
     UserHandle,
@@ -57,15 +59,18 @@ class Stack:
         self.client = client
         self.link = link
         self.moto = moto
-        self.bucket: str = app.state.settings.s3_bucket
+        self.bucket: str = services_of(app).settings.s3_bucket
 
     def sessions(self) -> async_sessionmaker[AsyncSession]:
-        maker: async_sessionmaker[AsyncSession] = self.app.state.sessionmaker
+        maker: async_sessionmaker[AsyncSession] = services_of(self.app).sessionmaker
         return maker
 
     def worker(self) -> Worker:
         return Worker(
-            self.app.state.sessionmaker, self.app.state.storage, self.app.state.settings, JOBS
+            services_of(self.app).sessionmaker,
+            services_of(self.app).get(STORAGE),
+            services_of(self.app).settings,
+            JOBS,
         )
 
     async def jobs(self) -> list[dict[str, Any]]:

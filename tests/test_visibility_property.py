@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.auth.service import AUTH_SERVICE
+from taskapi.kit.services import services_of
 from taskapi.models import User
 from tests.conftest import ROOT
 
@@ -74,7 +76,7 @@ class Model:
 
 async def new_users(app: FastAPI, db: AsyncSession) -> Model:
     """Users straight in the database with tokens from the app's own auth service (no Argon2)."""
-    auth = app.state.auth_service
+    auth = services_of(app).get(AUTH_SERVICE)
     ids, headers = [], []
     for _ in range(USERS):
         name = f"vis_{uuid.uuid4().hex[:12]}"

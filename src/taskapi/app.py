@@ -1,22 +1,22 @@
-"""The ASGI application: `create_app()` wires settings, lifespan resources, middleware, routes."""
+"""The composition root: `create_app()` wires the process's services (built by the lifespan,
+`running_services`), middleware and routes."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
+from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from taskapi import __version__
 from taskapi.attachments.router import MULTIPART_OVERHEAD
 from taskapi.attachments.router import router as attachments_router
-from taskapi.auth.principal_cache import PrincipalCache
+from taskapi.auth.principal_cache import PRINCIPAL_CACHE, PrincipalCache
 from taskapi.auth.router import router as auth_router
-from taskapi.auth.service import AuthService
+from taskapi.auth.service import AUTH_SERVICE, AuthService
 from taskapi.jobs.worker import Worker
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings, get_settings
@@ -26,17 +26,19 @@ from taskapi.kit.idempotency import install_idempotency
 from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
 from taskapi.kit.logs import configure_logging
 from taskapi.kit.metrics import instrument_pool, process_exiting
-from taskapi.kit.middleware import RequestContextMiddleware
+from taskapi.kit.middleware import RequestContextMiddleware, route_templates
 from taskapi.kit.openapi import Problem, finish_schema
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
 from taskapi.kit.security import PasswordHashing, TokenCodec
+from taskapi.kit.services import Services, install_services
 from taskapi.notifications.router import router as notifications_router
 from taskapi.ops.docs import install_docs
 from taskapi.ops.router import router as ops_router
+from taskapi.storage import STORAGE
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.router import router as tasks_router
-from taskapi.tasks.stats_cache import StatsCache
+from taskapi.tasks.stats_cache import STATS_CACHE, StatsCache
 from taskapi.users.router import router as users_router
 from taskapi.wiring import JOBS, connect_domains
 
@@ -53,38 +55,43 @@ Errors are RFC 9457 problem details (`application/problem+json`) with a stable `
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    """The process's services, and the embedded job worker if configured, for as long as the
+    block runs; everything is closed on the way out."""
     engine = create_engine(settings)
     instrument_pool(engine)
     hashing = PasswordHashing(settings)
+    tokens = TokenCodec(settings)
     redis_client = create_redis(settings)
     guard = RedisGuard(redis_client, settings.redis_retry_cooldown_seconds)
     stats_cache = StatsCache(guard, settings.redis_key_prefix, settings.stats_cache_ttl_seconds)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.read_sessionmaker = create_sessionmaker(read_only_engine(engine))
-    app.state.password_hashing = hashing
-    app.state.auth_service = AuthService(hashing, TokenCodec(settings))
-    app.state.cursor_codec = CursorCodec(settings.signing_key)
-    app.state.redis = guard
-    app.state.stats_cache = stats_cache
-    app.state.rate_limiter = RateLimiter(guard, settings)
     principal_cache = PrincipalCache(
         guard, settings.redis_key_prefix, settings.principal_cache_ttl_seconds
     )
-    app.state.principal_cache = principal_cache
-    app.state.after_commit = [principal_cache.after_commit, stats_cache.after_commit]
+    services = Services(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        read_sessionmaker=create_sessionmaker(read_only_engine(engine)),
+        redis=guard,
+        rate_limiter=RateLimiter(guard, settings),
+        tokens=tokens,
+        password_hashing=hashing,
+        cursor_codec=CursorCodec(settings.signing_key),
+        after_commit=[principal_cache.after_commit, stats_cache.after_commit],
+    )
+    services.provide(AUTH_SERVICE, AuthService(hashing, tokens))
+    services.provide(PRINCIPAL_CACHE, principal_cache)
+    services.provide(STATS_CACHE, stats_cache)
     storage = await create_storage(settings)
-    app.state.storage = storage
+    services.provide(STORAGE, storage)
     stop_worker = asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
     if settings.worker_embedded:
-        worker = Worker(app.state.sessionmaker, storage, settings, JOBS)
-        app.state.worker = worker
+        worker = Worker(services.sessionmaker, storage, settings, JOBS)
         worker_task = asyncio.create_task(worker.run(stop_worker), name="taskapi-worker")
     try:
-        yield
+        yield services
     finally:
         stop_worker.set()
         if worker_task is not None:
@@ -96,43 +103,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         process_exiting()
 
 
-def add_routes(app: FastAPI, router: APIRouter, prefix: str = "") -> None:
-    """Add `router`'s routes to the app itself, as `include_router` did before FastAPI kept
-    included routers as nested branches: those are matched route by route twice per request
-    (once to pick the branch, once inside it), which cost a request more than its rate limit.
-    The routes are rebuilt under the prefixed path, so ids and the OpenAPI document are the
-    ones `include_router` gives (a test compares them)."""
-    for route in router.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"only API routes can be added this way, not {route!r}")
-        app.router.add_api_route(
-            prefix + route.path,
-            route.endpoint,
-            response_model=route.response_model,
-            status_code=route.status_code,
-            tags=route.tags,
-            dependencies=route.dependencies,
-            summary=route.summary,
-            description=route.description,
-            response_description=route.response_description,
-            responses=route.responses,
-            deprecated=route.deprecated,
-            methods=route.methods,
-            operation_id=route.operation_id,
-            response_model_include=route.response_model_include,
-            response_model_exclude=route.response_model_exclude,
-            response_model_by_alias=route.response_model_by_alias,
-            response_model_exclude_unset=route.response_model_exclude_unset,
-            response_model_exclude_defaults=route.response_model_exclude_defaults,
-            response_model_exclude_none=route.response_model_exclude_none,
-            include_in_schema=route.include_in_schema,
-            response_class=route.response_class,
-            name=route.name,
-            route_class_override=type(route),
-            callbacks=route.callbacks,
-            openapi_extra=route.openapi_extra,
-            generate_unique_id_function=route.generate_unique_id_function,
-        )
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_services(settings) as services:
+            install_services(app, services)
+            yield
+
+    return lifespan
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -141,21 +119,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="taskapi",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings),
         # Served by ops/docs.py with their assets; FastAPI's own pages load them from a CDN.
         docs_url=None,
         redoc_url=None,
         swagger_ui_parameters={"persistAuthorization": True},
     )
-    app.state.settings = settings
     install_error_handlers(app)
     connect_domains()
 
     # Routes are matched in order: the busiest first (no two routers' paths overlap).
     for router in (tasks_router, attachments_router, auth_router, users_router):
-        add_routes(app, router, API_PREFIX)
-    add_routes(app, notifications_router, API_PREFIX)
-    add_routes(app, ops_router)
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(notifications_router, prefix=API_PREFIX)
+    app.include_router(ops_router)
     install_docs(app)
 
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
@@ -188,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     # Added last, so it is the outermost of ours: ids and headers on every response, 500s included.
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, templates=route_templates(app.routes))
 
     _register_problem_schema(app)
     return app
@@ -211,8 +188,7 @@ GC_FIRST_THRESHOLD = 50_000
 
 def tune_garbage_collector() -> None:
     """For a serving process: what was built at start-up (routes, schemas, compiled SQL) is
-    moved out of the collector's way for good, and young collections run less often. Measured
-    with `make bench`."""
+    moved out of the collector's way for good, and young collections run less often."""
     gc.collect()
     gc.freeze()
     _, second, third = gc.get_threshold()

@@ -360,7 +360,9 @@ async def seed(
         await storage.close()
 
     # Users who just gained tasks (as owner or assignee) may have stats cached from before.
-    await _invalidate_stats(settings, {t.owner_id for t in tasks} | {t.assignee_id for t in tasks})
+    await _forget_cached_stats(
+        settings, {t.owner_id for t in tasks} | {t.assignee_id for t in tasks}
+    )
     return SeedReport(
         created_users=len(new_users),
         skipped_users=users - len(new_users),
@@ -377,7 +379,7 @@ async def seed(
     )
 
 
-async def _invalidate_stats(settings: Settings, user_ids: set[int | None]) -> None:
+async def _forget_cached_stats(settings: Settings, user_ids: set[int | None]) -> None:
     ids = [user_id for user_id in user_ids if user_id is not None]
     if not ids:
         return

@@ -13,6 +13,7 @@ from typing import Any, Final
 from taskapi.attachments import jobs as attachment_jobs
 from taskapi.attachments import service as attachments
 from taskapi.attachments.service import DELETE_OBJECTS
+from taskapi.jobs.queue import utcnow
 from taskapi.jobs.registry import JobContext, JobRegistry, Periodic
 from taskapi.kit import idempotency
 from taskapi.notifications import jobs as notification_jobs
@@ -24,7 +25,8 @@ EXPIRE_IDEMPOTENCY_KEYS = "expire_idempotency_keys"
 
 async def expire_idempotency_keys(ctx: JobContext, payload: dict[str, Any]) -> None:
     """Delete Idempotency-Key records past their 24 hours (they no longer replay anyway)."""
-    await idempotency.delete_expired_keys(ctx.sessionmaker)
+    async with ctx.sessionmaker() as session:
+        await idempotency.expire_keys(session, utcnow())
 
 
 JOBS: Final = JobRegistry(

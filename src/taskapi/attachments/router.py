@@ -9,12 +9,12 @@ from taskapi.attachments import service
 from taskapi.attachments.schemas import AttachmentOut
 from taskapi.attachments.upload import iter_file
 from taskapi.auth.dependencies import CurrentUser
-from taskapi.kit.config import Settings
 from taskapi.kit.db import DbSession
 from taskapi.kit.errors import PayloadTooLarge
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
-from taskapi.storage import Storage, content_disposition
+from taskapi.storage import STORAGE, Storage, content_disposition
 from taskapi.tasks.dependencies import VisibleTask
 
 router = APIRouter(tags=["attachments"], responses=problem_responses(401, 429))
@@ -25,8 +25,7 @@ FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="The file's id")]
 
 
 async def get_storage(request: Request) -> Storage:
-    storage: Storage = request.app.state.storage
-    return storage
+    return services_of(request.app).get(STORAGE)
 
 
 StorageDep = Annotated[Storage, Depends(get_storage)]
@@ -65,7 +64,7 @@ async def upload_file(
     """Multipart form with the file in the field `file`, streamed to storage. Allowed types are
     decided by the file's bytes (PNG, JPEG, GIF, WebP, PDF, UTF-8 text, .docx/.xlsx/.pptx, ZIP);
     over `MAX_UPLOAD_BYTES` is 413, an empty file 422."""
-    settings: Settings = request.app.state.settings
+    settings = services_of(request.app).settings
     declared = request.headers.get("content-length")
     if (
         declared

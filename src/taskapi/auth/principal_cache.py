@@ -1,5 +1,5 @@
 """Who an access token belongs to, cached in Redis, so an authenticated request needs no database
-round trip: the lookup rides in the same Redis call as the rate-limit bucket (ratelimit.py).
+round trip: the lookup rides in the same Redis call as the rate-limit bucket (kit/ratelimit.py).
 
 Correctness follows the stats cache's pattern. Each user has a random *generation*; an entry is
 stored under the generation read *before* the database was asked, and every change that could
@@ -10,7 +10,7 @@ next request. Changes that could not reach Redis are replayed before the cache i
 the TTL bounds what a process cut off from Redis could leave behind.
 
 The cached user is a snapshot without the password hash: handlers that change the account load
-it from the database (`CurrentPrincipalForUpdate`).
+it from the database (`CurrentPrincipal`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit.cache import Generations, RedisGuard
 from taskapi.kit.ratelimit import CachedRead
+from taskapi.kit.services import ServiceKey
 from taskapi.models import User
 
 _PRINCIPAL_STALE = "taskapi.principal_stale"
@@ -104,3 +105,6 @@ class PrincipalCache:
         stale = info.pop(_PRINCIPAL_STALE, None)
         if stale:
             await self.invalidate(stale)
+
+
+PRINCIPAL_CACHE = ServiceKey[PrincipalCache]("principal cache")

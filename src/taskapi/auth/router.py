@@ -5,11 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from taskapi.auth.dependencies import AuthServiceDep, CurrentUser
+from taskapi.auth.dependencies import AuthServiceDep, CurrentUser, limit_auth_by_ip
 from taskapi.auth.schemas import LoginIn, RefreshIn, RegisterIn, TokenPair, UserOut
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
-from taskapi.kit.ratelimit import limit_auth_by_ip
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

@@ -19,6 +19,7 @@ from taskapi.kit.errors import (
     UsernameTaken,
 )
 from taskapi.kit.security import PasswordHashing, TokenClaims, TokenCodec, fingerprint_token
+from taskapi.kit.services import ServiceKey
 from taskapi.models import RefreshToken, User
 
 
@@ -145,3 +146,6 @@ class AuthService:
         if user is None:
             raise InvalidToken()
         return Principal(user=user, session_id=claims.session_id)
+
+
+AUTH_SERVICE = ServiceKey[AuthService]("auth service")

@@ -73,20 +73,32 @@ class RedisGuard:
         return ok
 
 
-# Reads a generation (KEYS[1]) and the entry stored under it (KEYS[2] .. generation) in one round
-# trip: for the stats cache, and for the principal cache when rate limiting is off (ratelimit.py
-# folds the same read into its bucket script). A missing generation (never set, or evicted) gets
-# a new one from Redis' clock rather than a default, so an entry stored before an eviction can
-# never become current again.
-READ_GENERATIONAL = """
-local generation = redis.call('GET', KEYS[1])
-if not generation then
-  local clock = redis.call('TIME')
-  generation = 'n' .. clock[1] .. '.' .. clock[2]
-  redis.call('SET', KEYS[1], generation)
+# The generational read, in Lua, written once: a generation and the entry stored under it
+# (entry prefix .. generation) in one round trip. A missing generation (never set, or evicted)
+# gets a new one from Redis' clock rather than a default, so an entry stored before an eviction
+# can never become current again. `clock` is a TIME reply the caller already has, or nil.
+GENERATIONAL_READ_LUA = """
+local function read_generational(generation_key, entry_prefix, clock)
+  local generation = redis.call('GET', generation_key)
+  if not generation then
+    clock = clock or redis.call('TIME')
+    generation = 'n' .. clock[1] .. '.' .. clock[2]
+    redis.call('SET', generation_key, generation)
+  end
+  return generation, redis.call('GET', entry_prefix .. generation)
 end
-return {generation, redis.call('GET', KEYS[2] .. generation)}
 """
+
+# KEYS[1] generation key, KEYS[2] entry prefix; returns {generation, entry or nil}. For the stats
+# cache, and for the principal cache when rate limiting is off (the rate limiter's bucket script
+# composes the same read otherwise: ratelimit.py).
+READ_GENERATIONAL = (
+    GENERATIONAL_READ_LUA
+    + """
+local generation, entry = read_generational(KEYS[1], KEYS[2], nil)
+return {generation, entry}
+"""
+)
 
 
 class Generations:

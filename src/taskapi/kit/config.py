@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     argon2_memory_cost_kib: int = Field(default=19 * 1024, ge=8)
     argon2_parallelism: int = Field(default=1, ge=1)
     # Half the cores (at least one): Argon2 is memory-hard, and beyond that a login storm's
-    # hashing evicts the caches every other request runs on (measured: `make bench`'s storm).
+    # hashing evicts the caches every other request runs on.
     password_hash_threads: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1
     )

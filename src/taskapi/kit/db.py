@@ -26,11 +26,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import AppError
+from taskapi.kit.services import AfterCommitHook, services_of
 
 # Stable constraint names, so migrations can name what they drop and errors can be mapped by name.
 NAMING_CONVENTION = {
@@ -51,8 +53,8 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout_seconds,
-        # Not pool_pre_ping: it costs a round trip on every checkout. `_ping_if_idle` pings only
-        # connections that sat idle, the ones a restart or a dropped link may have killed.
+        # Not pool_pre_ping: it costs a round trip on every checkout. `_ConnectionChecks` pings
+        # only connections that sat idle, the ones a restart or a dropped link may have killed.
         "connect_args": {
             "timeout": settings.database_connect_timeout_seconds,
             # A client-side bound too: statement_timeout is enforced by the server, which cannot
@@ -92,8 +94,7 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine, "do_connect", _connect)
     event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
-    event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
-    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
+    _ConnectionChecks().listen(engine.sync_engine.pool)
     return engine
 
 
@@ -106,24 +107,62 @@ def read_only_engine(engine: AsyncEngine) -> AsyncEngine:
 
 # A connection used within this many seconds is taken as alive; one idle longer is pinged first.
 # A server restart inside the window costs the next request on that connection a 503 (the
-# disconnect invalidates the whole pool, so only one), instead of a round trip on every request.
+# connection found dead retires every connection opened before it, so only one).
 PING_AFTER_IDLE_SECONDS = 2.0
+_CONNECTED_AT = "taskapi.connected_at"
 _CHECKED_IN_AT = "taskapi.checked_in_at"
 
 
-def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
-    record.info[_CHECKED_IN_AT] = time.monotonic()
+class _ConnectionChecks:
+    """What the pool checks before it hands out a connection, through its public events.
 
+    A connection that `_fetch` finds dead (statements there bypass SQLAlchemy's own error
+    handling) most likely died with the server, and with it every connection opened before it:
+    those are replaced at their next checkout, as SQLAlchemy does for a disconnect it sees itself.
+    Otherwise each pooled connection would cost a request of its own after a restart.
+    """
 
-def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    checked_in_at = record.info.get(_CHECKED_IN_AT)
-    if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
-        return  # brand new, or in use a moment ago
-    try:
-        dbapi_connection.ping()
-    except Exception as error:
-        # The pool discards this connection and checks out (or opens) another.
-        raise DisconnectionError(f"idle connection failed its ping: {error}") from error
+    def __init__(self) -> None:
+        # When the newest connection found dead was found; nothing opened earlier is trusted.
+        self._lost_at = float("-inf")
+
+    def listen(self, pool: Pool) -> None:
+        event.listen(pool, "connect", self._connected)
+        event.listen(pool, "checkin", self._checked_in)
+        event.listen(pool, "invalidate", self._discarded)
+        event.listen(pool, "checkout", self._vet)
+
+    @staticmethod
+    def _connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_CONNECTED_AT] = time.monotonic()
+
+    @staticmethod
+    def _checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def _discarded(
+        self, _dbapi_connection: Any, record: ConnectionPoolEntry, error: BaseException | None
+    ) -> None:
+        # Only a connection of the current generation starts a new one: an older one was going
+        # to be replaced anyway, and must not retire connections opened since.
+        if isinstance(error, _ConnectionLost) and self._opened_since_last_loss(record):
+            self._lost_at = time.monotonic()
+
+    def _opened_since_last_loss(self, record: ConnectionPoolEntry) -> bool:
+        return bool(record.info.get(_CONNECTED_AT, float("inf")) > self._lost_at)
+
+    def _vet(self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        # Raising DisconnectionError here makes the pool discard this connection and check out
+        # a new one in its place (PoolEvents.checkout).
+        if not self._opened_since_last_loss(record):
+            raise DisconnectionError("opened before a connection was found dead")
+        checked_in_at = record.info.get(_CHECKED_IN_AT)
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+            return  # brand new, or in use a moment ago
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            raise DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 async def fetch_direct(
@@ -135,7 +174,7 @@ async def fetch_direct(
     try:
         return await _fetch(raw, sql, arguments)
     except _ConnectionLost as lost:
-        await connection.invalidate(lost.error)
+        await connection.invalidate(lost)
         raise lost.as_operational_error(sql) from lost.error
 
 
@@ -152,7 +191,7 @@ async def fetch_borrowed(engine: AsyncEngine, sql: str, arguments: Sequence[Any]
     try:
         return await _fetch(raw, sql, arguments)
     except _ConnectionLost as lost:
-        await greenlet_spawn(raw.invalidate, lost.error)
+        await greenlet_spawn(raw.invalidate, lost)
         raise lost.as_operational_error(sql) from lost.error
     finally:
         # Checking in may close the connection (an overflow one, an invalidated one): I/O,
@@ -166,14 +205,14 @@ class _ConnectionLost(Exception):
         self.error = error
 
     def as_operational_error(self, sql: str) -> OperationalError:
-        return OperationalError(sql, None, self.error, connection_invalidated=True)
+        return OperationalError(sql, None, self.error)
 
 
 async def _fetch(raw: Any, sql: str, arguments: Sequence[Any]) -> list[Any]:
     """SQLAlchemy's error handling, redone for what matters here: a connection found dead or
-    timed out marks every connection of its generation for replacement (a restart killed them
-    all) and becomes `_ConnectionLost`, for the caller to invalidate it and answer with the
-    outage (a 503): never a 500, never a dead connection back in the pool."""
+    timed out becomes `_ConnectionLost`, for the caller to invalidate it (which retires its
+    generation, see `_ConnectionChecks`) and answer with the outage (a 503): never a 500, never
+    a dead connection back in the pool."""
     driver: Any = raw.driver_connection
     try:
         records: list[Any] = await driver.fetch(sql, *arguments)
@@ -183,7 +222,6 @@ async def _fetch(raw: Any, sql: str, arguments: Sequence[Any]) -> list[Any]:
         )
         if not lost:
             raise
-        raw._pool._invalidate(raw, error, _checkin=False)
         raise _ConnectionLost(error) from error
     return records
 
@@ -195,7 +233,7 @@ _DIALECT = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
 class CompiledQuery:
     """SQL text with $n placeholders and how to fill them, compiled once and run directly on the
     asyncpg connection: SQLAlchemy's per-execution work (compile-cache lookup, result
-    processing) costs several times what PostgreSQL spends on a page."""
+    processing) costs more than PostgreSQL spends on a page."""
 
     sql: str
     names: tuple[str, ...]  # the parameter behind each $n
@@ -220,7 +258,7 @@ class CompiledQuery:
         bind = session.bind
         if isinstance(bind, AsyncEngine) and not session.in_transaction():
             # One statement needs no transaction: borrow a pooled connection for it alone,
-            # without the session's bookkeeping (about half the cost of this whole call).
+            # without the session's bookkeeping.
             return await fetch_borrowed(bind, self.sql, self.arguments(values))
         # Inside the session's transaction (or the tests' rolled-back connection).
         return await fetch_direct(await session.connection(), self.sql, self.arguments(values))
@@ -254,7 +292,6 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-AfterCommitHook = Callable[[dict[str, Any]], Awaitable[None]]
 _ON_ROLLBACK = "taskapi.on_rollback"
 
 
@@ -291,11 +328,11 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    state = request.app.state
-    sessionmaker: async_sessionmaker[AsyncSession] = (
-        state.read_sessionmaker if request.method in READ_METHODS else state.sessionmaker
+    services = services_of(request.app)
+    sessionmaker = (
+        services.read_sessionmaker if request.method in READ_METHODS else services.sessionmaker
     )
-    hooks: list[AfterCommitHook] = getattr(request.app.state, "after_commit", [])
+    hooks = services.after_commit
     session = sessionmaker()
     try:
         yield session

@@ -333,10 +333,7 @@ def is_database_unavailable(error: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, sa_exc.TimeoutError):  # pool checkout timed out
             return True
-        if isinstance(current, sa_exc.DBAPIError) and (
-            current.connection_invalidated
-            or isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError)
-        ):
+        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError):
             return True
         if isinstance(current, _ASYNCPG_UNAVAILABLE):
             return True

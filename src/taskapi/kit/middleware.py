@@ -12,8 +12,11 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 
+from fastapi.routing import iter_route_contexts
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskapi.kit.errors import (
@@ -68,8 +71,9 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, templates: Mapping[int, str]) -> None:
         self.app = app
+        self.templates = templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,35 +148,45 @@ class RequestContextMiddleware:
             await send_with_headers({"type": "http.response.body", "body": body})
         finally:
             try:
-                _record(scope, state, status, time.perf_counter() - started)
+                _record(scope, state, status, time.perf_counter() - started, self.templates)
             finally:
                 reset_request_id(token)
 
 
-def _route_template(scope: Scope) -> str:
-    """`/api/v1/tasks/{task_id}` for `/api/v1/tasks/42`; UNMATCHED_ROUTE when no route matched.
+def route_templates(routes: Sequence[BaseRoute]) -> dict[int, str]:
+    """The path template of every route, by the route's identity, as the OpenAPI document gives
+    it. The router leaves the matched route in the scope, but a route of an included router
+    keeps its own path there, without the prefix it was included under (`/tasks/{task_id}`)."""
+    templates: dict[int, str] = {}
+    for context in iter_route_contexts(routes):
+        path = context.path
+        if not path:
+            continue
+        known = templates.setdefault(id(context.original_route), path)
+        if known != path:
+            raise ValueError(f"one route is served under two paths: {known} and {path}")
+    return templates
 
-    The router leaves the matched route in the scope, but FastAPI keeps included routers nested:
-    the route's own path lacks the prefix it was included under (`/tasks/{task_id}`). The prefix
-    is taken from the request path's leading segments, which is sound because include prefixes
-    here are static and a route parameter never spans a `/`.
-    """
-    template = getattr(scope.get("route"), "path", None)
-    if not isinstance(template, str) or not template:
+
+def _route_template(scope: Scope, templates: Mapping[int, str]) -> str:
+    """`/api/v1/tasks/{task_id}` for `/api/v1/tasks/42`; UNMATCHED_ROUTE when no route matched."""
+    route = scope.get("route")
+    if route is None:
         return UNMATCHED_ROUTE
-    path: str = scope.get("path", "")
-    if path == template:  # static routes (most of /ops, the docs): nothing to work out
-        return template
-    extra_segments = path.count("/") - template.count("/")
-    if extra_segments <= 0:
-        return template
-    prefix = "/".join(path.split("/", extra_segments + 1)[: extra_segments + 1])
-    return prefix + template
+    # A route added after the templates were taken (tests add some) carries its whole path.
+    template = templates.get(id(route)) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else UNMATCHED_ROUTE
 
 
-def _record(scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
+def _record(
+    scope: Scope,
+    state: dict[str, object],
+    status: int,
+    seconds: float,
+    templates: Mapping[int, str],
+) -> None:
     """One access record and the request metrics, labelled by route template, never raw path."""
-    route = _route_template(scope)
+    route = _route_template(scope, templates)
     method: str = scope["method"]
     observe_request(method, route, status, seconds)
     if access_logger.isEnabledFor(logging.INFO):

@@ -12,23 +12,21 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from taskapi.kit import metrics
-from taskapi.kit.cache import READ_GENERATIONAL, RedisGuard
+from taskapi.kit.cache import GENERATIONAL_READ_LUA, READ_GENERATIONAL, RedisGuard
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import AppError
 
 # KEYS[1] bucket; ARGV[1] capacity; ARGV[2] refill in tokens per millisecond.
 # Redis' own clock, so every process agrees on time. Returns {allowed, tokens left}.
-# With KEYS[2] (a generation key) and KEYS[3] (an entry prefix) it also reads a generational
-# cache entry in the same round trip (auth/principal_cache.py): {..., generation, entry}.
-# A missing generation (never set, or evicted under memory pressure) is replaced by a new one
-# from Redis' clock, never read as a default: an entry stored before an eviction must not
-# become current again.
-_TOKEN_BUCKET = """
+# With KEYS[2] (a generation key) and KEYS[3] (an entry prefix) it also makes the generational
+# read of cache.py in the same round trip (auth/principal_cache.py): {..., generation, entry}.
+_TOKEN_BUCKET = (
+    GENERATIONAL_READ_LUA
+    + """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -49,15 +47,12 @@ end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
 if KEYS[3] then
-  local generation = redis.call('GET', KEYS[2])
-  if not generation then
-    generation = 'n' .. clock[1] .. '.' .. clock[2]
-    redis.call('SET', KEYS[2], generation)
-  end
-  return {allowed, tostring(tokens), generation, redis.call('GET', KEYS[3] .. generation)}
+  local generation, entry = read_generational(KEYS[2], KEYS[3], clock)
+  return {allowed, tostring(tokens), generation, entry}
 end
 return {allowed, tostring(tokens)}
 """
+)
 
 
 _LOCAL_BUCKETS_MAX = 100_000
@@ -218,16 +213,3 @@ def client_ip(request: Request, networks: list[Network]) -> str:
         if not trusted(hop):
             return hop
     return hops[0] if hops else peer
-
-
-async def get_rate_limiter(request: Request) -> RateLimiter:
-    limiter: RateLimiter = request.app.state.rate_limiter
-    return limiter
-
-
-async def limit_auth_by_ip(
-    request: Request, limiter: Annotated[RateLimiter, Depends(get_rate_limiter)]
-) -> None:
-    """The small per-client-IP bucket of login, token and register: slows password guessing
-    without locking the account's real owner out from elsewhere."""
-    await limiter.enforce(request, limiter.auth_policy, client_ip(request, limiter.trusted_proxies))

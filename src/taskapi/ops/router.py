@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from taskapi.jobs import queue
 from taskapi.kit import metrics
 from taskapi.kit.cache import RedisGuard
-from taskapi.storage import Storage
+from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE, Storage
 
 router = APIRouter(prefix="/ops", tags=["operations"])
 logger = logging.getLogger("taskapi.ops")
@@ -80,9 +81,11 @@ def _state(ok: bool) -> CheckState:
 async def ready(request: Request, response: Response) -> Readiness:
     """`ok` when every dependency answers; `degraded` when Redis or storage does not (requests are
     still served); 503 only when the database is unreachable."""
-    state = request.app.state
+    services = services_of(request.app)
     database, redis_ok, storage_ok = await asyncio.gather(
-        _database_ok(state.engine), _redis_ok(state.redis), _storage_ok(state.storage)
+        _database_ok(services.engine),
+        _redis_ok(services.redis),
+        _storage_ok(services.get(STORAGE)),
     )
     checks = ReadinessChecks(
         database=_state(database), redis=_state(redis_ok), storage=_state(storage_ok)
@@ -97,7 +100,7 @@ async def _update_job_gauges(request: Request) -> None:
     """Queue depth from the database; a scrape still answers (without it) when that is down."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            async with request.app.state.sessionmaker() as session:
+            async with services_of(request.app).sessionmaker() as session:
                 counts = await queue.counts(session)
     except Exception as error:  # metrics matter most during an outage: never fail the scrape
         logger.warning("metrics: job counts unavailable: %s", error)

@@ -1,6 +1,7 @@
 """Where attachment bytes live: a local directory or S3, behind one streaming interface."""
 
 from taskapi.storage.base import (
+    STORAGE,
     ObjectStream,
     Storage,
     StorageUnavailable,
@@ -10,6 +11,7 @@ from taskapi.storage.base import (
 )
 
 __all__ = [
+    "STORAGE",
     "ObjectStream",
     "Storage",
     "StorageUnavailable",

@@ -8,6 +8,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from taskapi.kit.errors import ServiceUnavailable
+from taskapi.kit.services import ServiceKey
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -93,3 +94,6 @@ class Storage(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections."""
+
+
+STORAGE = ServiceKey[Storage]("storage")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, s
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
-from taskapi.kit.pagination import CursorCodec
+from taskapi.kit.services import services_of
 from taskapi.tasks import service
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import TaskId, VisibleTaskForUpdate
@@ -30,17 +30,12 @@ from taskapi.tasks.schemas import (
     TaskStats,
     TransitionIn,
 )
-from taskapi.tasks.stats_cache import StatsCache
+from taskapi.tasks.stats_cache import STATS_CACHE, StatsCache
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problem_responses(401, 429))
 
 _SINGLE = problem_responses(404, 422)
 _WRITE = problem_responses(403, 404, 409, 412, 422)
-
-
-async def get_cursor_codec(request: Request) -> CursorCodec:
-    codec: CursorCodec = request.app.state.cursor_codec
-    return codec
 
 
 def _with_etag(response: Response, task_version: int) -> None:
@@ -71,7 +66,8 @@ async def list_tasks(
     """Tasks you own or are assigned. Filters combine with AND. Paginate with `limit` plus either
     `offset` or `cursor` (the `next_cursor` of the previous page: keyset pagination, stable while
     tasks are added). A `Link: <...>; rel="next"` header points at the next page."""
-    page = await service.list_tasks(session, user, params, request.app.state.cursor_codec)
+    codec = services_of(request.app).cursor_codec
+    page = await service.list_tasks(session, user, params, codec)
     response = Response(TASK_PAGE_JSON.dump_json(page), media_type="application/json")
     if page["next_cursor"] is not None:
         response.headers["Link"] = f'<{_next_page_url(request, page["next_cursor"])}>; rel="next"'
@@ -92,8 +88,7 @@ def _next_page_url(request: Request, cursor: str) -> str:
 
 
 async def get_stats_cache(request: Request) -> StatsCache:
-    cache: StatsCache = request.app.state.stats_cache
-    return cache
+    return services_of(request.app).get(STATS_CACHE)
 
 
 @router.get("/stats", response_model=TaskStats, summary="Statistics over the tasks you can see")

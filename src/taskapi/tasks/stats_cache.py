@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit import metrics
 from taskapi.kit.cache import READ_GENERATIONAL, Generations, RedisGuard
+from taskapi.kit.services import ServiceKey
 
 _STATS_STALE = "taskapi.stats_stale"
 
@@ -82,3 +83,6 @@ class StatsCache:
         stale = info.pop(_STATS_STALE, None)
         if stale:
             await self.invalidate(stale)
+
+
+STATS_CACHE = ServiceKey[StatsCache]("stats cache")

@@ -9,7 +9,7 @@ from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
 from taskapi.auth.schemas import UserOut
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
-from taskapi.kit.security import PasswordHashing
+from taskapi.kit.services import services_of
 from taskapi.kit.validation import reject_nul
 from taskapi.users import service
 from taskapi.users.schemas import UserSearchPage, UserUpdate
@@ -28,7 +28,7 @@ async def update_me(
 ) -> UserOut:
     """Change `full_name` or `email`; changing `password` needs `current_password` and ends every
     other login of the account."""
-    hashing: PasswordHashing = request.app.state.password_hashing
+    hashing = services_of(request.app).password_hashing
     return UserOut.model_validate(await service.update_me(session, hashing, principal, data))
 
 
