@@ -1,6 +1,6 @@
 """The optimised read path behaves exactly like the straightforward one it replaced.
 
-* visibility split in two disjoint halves (`visible_halves`) is the same set as `visible_to`;
+* visibility split in disjoint parts (`visible_halves`) is the same set as `visible_to`;
 * the page serialised from raw rows (`TASK_PAGE_JSON`) is the JSON the declared `TaskPage` gives;
 * our own query-string parser (`list_params`) answers as FastAPI's query-parameter model would,
   and the route still documents every parameter;
@@ -37,8 +37,8 @@ from taskapi.kit.services import services_of
 from taskapi.models import Task, TaskPriority, TaskStatus, User
 from taskapi.tasks import listing, repository
 from taskapi.tasks.listing import TaskListParams
-from taskapi.tasks.repository import visible_halves, visible_to
 from taskapi.tasks.schemas import TaskOut, TaskPage
+from taskapi.tasks.visibility import visible_halves, visible_to
 from tests.conftest import UserHandle, cloned_app, register_and_login
 from tests.fault_servers import PostgresCluster, app_on_cluster, started_cluster
 from tests.task_helpers import TASKS, assert_problem
@@ -97,8 +97,7 @@ async def test_visible_halves_partition_exactly_the_visible_set(
             if i in (o, a)  # owner or assignee
         }
         whole = await _ids(db_session, visible_to(user_id))
-        owned, assigned = visible_halves(user_id)
-        first, second = await _ids(db_session, owned), await _ids(db_session, assigned)
+        first, second = [await _ids(db_session, half) for half in visible_halves(user_id)]
         assert whole == expected
         # Disjoint: a task in both would be listed (and counted) twice.
         assert not first & second, (specs, i)
@@ -164,8 +163,9 @@ async def test_list_shows_each_visible_task_once_including_self_assigned(
 
 def _declared_page(tasks: list[Task], total: int, body: dict[str, Any]) -> TaskPage:
     """The page built the ORM way, with the envelope values the API itself chose."""
+    today = datetime.now(UTC).date()
     return TaskPage(
-        items=[TaskOut.model_validate(task) for task in tasks],
+        items=[TaskOut.of(task, today) for task in tasks],
         total=total,
         limit=body["limit"],
         offset=body["offset"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -188,15 +188,6 @@ class Task(Base):
     def completed(self) -> bool:
         return self.status == TaskStatus.DONE
 
-    @property
-    def is_overdue(self) -> bool:
-        """Due before today (UTC) and still open."""
-        return (
-            self.due_date is not None
-            and self.due_date < datetime.now(UTC).date()
-            and self.status not in (TaskStatus.DONE, TaskStatus.CANCELLED)
-        )
-
     # version_id_col: every UPDATE bumps `version` and carries `WHERE version = <loaded>`, so a
     # write based on a stale read can never silently overwrite a newer one.
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
@@ -204,16 +195,17 @@ class Task(Base):
 
 class TaskStatDelta(Base):
     """One signed term of one user's task statistics, written by PostgreSQL triggers on `tasks`
-    (migration 0006) in the transaction of the change: summed per key, these rows are the counts
-    GET /tasks/stats returns, so a stats read costs a few dozen rows however many tasks the user
-    sees. Writers only ever INSERT here, so concurrent writes to one user's tasks never wait on
-    (or deadlock over) a shared counter row; `taskapi.tasks.stat_counts.fold` later replaces a
-    user's rows by their sums.
+    (migrations 0006, 0007) in the transaction of the change: summed per key, these rows are the
+    counts GET /tasks/stats returns, so a stats read costs a few hundred rows however many tasks
+    the user sees. Writers only ever INSERT here, so concurrent writes to one user's tasks never
+    wait on (or deadlock over) a shared counter row; `taskapi.tasks.stat_counts.fold` later
+    replaces a user's rows by their sums.
 
-    Each row counts exactly one thing for `user_id` (the task's owner, and its assignee when that
-    is someone else): a (status, priority) pair, an open task due on `due_date` (overdue is the sum
-    of those before today), or a `tag`. No foreign key: rows for a user deleted in the same
-    transaction as their tasks must still be insertable, and account deletion removes them."""
+    Each row counts exactly one thing for `user_id` (each user who sees the task: the SQL
+    function `task_viewers`): a (status, priority) pair, a (status, due date) pair (the read
+    applies the overdue rule to these), or a `tag`. No foreign key: rows for a user deleted in
+    the same transaction as their tasks must still be insertable, and account deletion removes
+    them."""
 
     __tablename__ = "task_stat_deltas"
 
@@ -234,7 +226,8 @@ class TaskStatDelta(Base):
     __table_args__ = (
         CheckConstraint(
             "(status IS NOT NULL AND priority IS NOT NULL AND due_date IS NULL AND tag IS NULL)"
-            " OR (status IS NULL AND priority IS NULL AND num_nonnulls(due_date, tag) = 1)",
+            " OR (status IS NOT NULL AND priority IS NULL AND due_date IS NOT NULL AND tag IS NULL)"
+            " OR (status IS NULL AND priority IS NULL AND due_date IS NULL AND tag IS NOT NULL)",
             name="one_dimension",
         ),
         Index("ix_task_stat_deltas_user_id", "user_id"),

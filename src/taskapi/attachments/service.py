@@ -24,8 +24,7 @@ from taskapi.kit.errors import NotFound, PayloadTooLarge
 from taskapi.models import Attachment, Task, User
 from taskapi.storage import ObjectStream, Storage, StorageUnavailable, new_object_key
 from taskapi.storage.base import UploadSink
-from taskapi.tasks.listing import USER_ID
-from taskapi.tasks.repository import visible_to
+from taskapi.tasks.visibility import USER_ID, visible_to
 
 logger = logging.getLogger("taskapi.attachments")
 # The job that removes stored objects whose rows are gone (attachments/jobs.py runs it).

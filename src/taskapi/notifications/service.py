@@ -115,16 +115,19 @@ async def mark_all_read(session: AsyncSession, user: User) -> None:
     )
 
 
+# Who is told, and what "due soon" means, come from the task rules' SQL functions (migration
+# 0007, rendered from taskapi.tasks.visibility and taskapi.tasks.overdue): everyone who sees the
+# task, when it is not overdue today but will be the day after tomorrow (due today or tomorrow,
+# still open).
 _DUE_SOON_SQL = text(
     """
     INSERT INTO notifications (user_id, kind, task_id, message)
-    SELECT DISTINCT r.user_id, 'task_due_soon'::notification_kind, t.id,
+    SELECT r.user_id, 'task_due_soon'::notification_kind, t.id,
            'The task “' || left(t.title, 80) || '” is due on ' || t.due_date || '.'
     FROM tasks t
-    CROSS JOIN LATERAL (VALUES (t.owner_id), (t.assignee_id)) AS r(user_id)
-    WHERE r.user_id IS NOT NULL
-      AND t.due_date BETWEEN :today AND :tomorrow
-      AND t.status NOT IN ('done', 'cancelled')
+    CROSS JOIN LATERAL task_viewers(t) AS r(user_id)
+    WHERE NOT task_is_overdue(t, :today)
+      AND task_is_overdue(t, :day_after_tomorrow)
       AND NOT EXISTS (
         SELECT 1 FROM notifications n
         WHERE n.task_id = t.id AND n.user_id = r.user_id
@@ -141,7 +144,7 @@ async def notify_due_soon(session: AsyncSession, now: datetime) -> None:
         _DUE_SOON_SQL,
         {
             "today": today,
-            "tomorrow": today + timedelta(days=1),
+            "day_after_tomorrow": today + timedelta(days=2),
             "since": now - timedelta(days=3),
         },
     )

@@ -1,5 +1,5 @@
-"""Task queries. `visible_to` / `visible_tasks` is the one place that decides which tasks a user
-may see; every read and write of tasks starts from it."""
+"""Task queries. Every read and write of tasks starts from the visible ones
+(taskapi.tasks.visibility)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from typing import Any, Final, NamedTuple
 from sqlalchemy import (
     ColumnElement,
     Select,
-    and_,
     bindparam,
     func,
-    or_,
     select,
     union_all,
     update,
@@ -26,29 +24,15 @@ from taskapi.kit.db import CompiledQuery
 from taskapi.models import Task, TaskStatus, User
 from taskapi.tasks.listing import (
     TODAY,
-    USER_ID,
     ListShape,
     OrderPart,
     after_parameters,
     filter_conditions,
     keyset_condition,
     order_parts,
-    overdue_condition,
 )
-
-
-def visible_to(user_id: Any) -> ColumnElement[bool]:
-    return or_(Task.owner_id == user_id, Task.assignee_id == user_id)
-
-
-def visible_halves(user_id: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """`visible_to` as two disjoint halves whose union is exactly it: the tasks the user owns, and
-    those assigned to them that they do not own. Each half has an index in list order, which the
-    OR of `visible_to` cannot use for ordering (tests hold the two definitions together)."""
-    return (
-        Task.owner_id == user_id,
-        and_(Task.assignee_id == user_id, Task.owner_id != user_id),
-    )
+from taskapi.tasks.overdue import is_overdue
+from taskapi.tasks.visibility import USER_ID, visible_halves, visible_to
 
 
 def visible_tasks(user_id: int) -> Select[Task]:
@@ -93,7 +77,7 @@ async def update_many(
 _LIST_COLUMNS: tuple[ColumnElement[Any], ...] = (
     *(column for column in Task.__table__.c if column.key != "search_vector"),
     (Task.status == TaskStatus.DONE).label("completed"),
-    overdue_condition(TODAY).label("is_overdue"),
+    is_overdue(Task.due_date, Task.status, TODAY).label("is_overdue"),
 )
 
 
@@ -104,7 +88,9 @@ def _count_visible(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[i
         select(func.count()).select_from(Task).where(half, *conditions).scalar_subquery()
         for half in visible_halves(USER_ID)
     ]
-    total: ColumnElement[int] = counts[0] + counts[1]
+    total: ColumnElement[int] = counts[0]
+    for count in counts[1:]:
+        total = total + count
     return total
 
 

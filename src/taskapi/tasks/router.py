@@ -9,10 +9,12 @@ from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
+from taskapi.models import Task
 from taskapi.tasks import service
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import TaskId, VisibleTaskForUpdate
 from taskapi.tasks.listing import LIST_QUERY_PARAMETERS, TaskListParams, list_params
+from taskapi.tasks.overdue import today
 from taskapi.tasks.schemas import (
     TASK_ITEM_JSON,
     TASK_PAGE_JSON,
@@ -42,9 +44,9 @@ def _with_etag(response: Response, task_version: int) -> None:
     response.headers["ETag"] = etag_for(task_version)
 
 
-def _task_response(response: Response, task_version: int, task: object) -> TaskOut:
-    _with_etag(response, task_version)
-    return TaskOut.model_validate(task)
+def _task_response(response: Response, task: Task) -> TaskOut:
+    _with_etag(response, task.version)
+    return TaskOut.of(task, today())
 
 
 # Fixed paths first: they would otherwise be taken for a task id.
@@ -136,7 +138,7 @@ async def create_task(
 ) -> TaskOut:
     task = await service.create_task(session, user, data)
     response.headers["Location"] = f"/api/v1/tasks/{task.id}"
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)
 
 
 @router.get(
@@ -172,7 +174,7 @@ async def update_task(
     """Only the fields sent change; `null` clears `description`, `due_date` or `assignee_id`.
     A status change must follow the workflow (409 otherwise)."""
     task = await service.update_task(session, user, task, data, if_match)
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)
 
 
 @router.put("/{task_id}", responses=_WRITE, summary="Replace a task")
@@ -186,7 +188,7 @@ async def replace_task(
 ) -> TaskOut:
     """A full replacement: omitted fields take their defaults."""
     task = await service.replace_task(session, user, task, data, if_match)
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)
 
 
 @router.delete(
@@ -215,7 +217,7 @@ async def transition_task(
     done → todo; cancelled → todo. Anything else, including the current status, is 409
     `invalid_transition`."""
     task = await service.transition_task(session, user, task, data.status, if_match)
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)
 
 
 @router.post("/{task_id}/assign", responses=_WRITE, summary="Assign or unassign a task")
@@ -230,7 +232,7 @@ async def assign_task(
     """Owner only. The assignee can then read and update the task and gets a `task_assigned`
     notification; `null` unassigns (and the former assignee loses access)."""
     task = await service.assign_task(session, user, task, data.assignee_id, if_match)
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)
 
 
 @router.post("/{task_id}/tags", responses=_WRITE, summary="Add tags to a task")
@@ -245,7 +247,7 @@ async def add_tags(
     """Tags are trimmed and lower-cased; adding one the task already has is a no-op."""
     tags = data.tags if isinstance(data, TagsIn) else data
     task = await service.add_tags(session, user, task, tags, if_match)
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)
 
 
 @router.delete("/{task_id}/tags/{tag}", responses=_WRITE, summary="Remove a tag from a task")
@@ -259,4 +261,4 @@ async def remove_tag(
 ) -> TaskOut:
     """404 `tag_not_found` if the task does not carry the tag."""
     task = await service.remove_tag(session, user, task, tag, if_match)
-    return _task_response(response, task.version, task)
+    return _task_response(response, task)

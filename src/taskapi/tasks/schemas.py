@@ -7,7 +7,6 @@ from typing import Annotated, Any, Final
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
@@ -18,7 +17,8 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from taskapi.kit.validation import MAX_ID, reject_nul
-from taskapi.models import TaskPriority, TaskStatus
+from taskapi.models import Task, TaskPriority, TaskStatus
+from taskapi.tasks.overdue import is_overdue_now
 
 MAX_TAGS: Final = 20
 MAX_TAG_LENGTH: Final = 50
@@ -132,8 +132,6 @@ class TransitionIn(BaseModel):
 
 
 class TaskOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     id: int
     title: str
     description: str | None
@@ -150,6 +148,17 @@ class TaskOut(BaseModel):
     updated_at: datetime
     completed_at: datetime | None
     version: int
+
+    @classmethod
+    def of(cls, task: Task, today: date) -> TaskOut:
+        """A task in memory, as a write returns it; reads select the same fields in SQL."""
+        fields = {name: getattr(task, name) for name in _TASK_OUT_ATTRIBUTES}
+        return cls.model_validate(
+            {**fields, "is_overdue": is_overdue_now(task.due_date, task.status, today)}
+        )
+
+
+_TASK_OUT_ATTRIBUTES: Final = tuple(name for name in TaskOut.model_fields if name != "is_overdue")
 
 
 class TaskPage(BaseModel):

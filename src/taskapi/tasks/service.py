@@ -7,7 +7,7 @@ mutation) before they are applied, so a refused change never leaves a half-updat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -27,6 +27,7 @@ from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
 from taskapi.tasks import files, listing, repository, stat_counts
 from taskapi.tasks.conditional import IfMatch
+from taskapi.tasks.overdue import today
 from taskapi.tasks.schemas import (
     MAX_TAGS,
     BulkItemResult,
@@ -48,10 +49,6 @@ _FIELD_COLUMNS = ("title", "description", "priority", "due_date", "tags")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _today() -> date:
-    return datetime.now(UTC).date()
 
 
 def ensure_owner(task: Task, user: User, action: str) -> None:
@@ -309,7 +306,7 @@ async def bulk_status(
 async def get_task_item(session: AsyncSession, user: User, task_id: int) -> TaskItemRow:
     """A task the caller can see, as GET /tasks/{id} shows it (read straight from the database,
     no ORM object: this is the busiest single-task read)."""
-    item = await repository.get_visible_item(session, user.id, task_id, _today())
+    item = await repository.get_visible_item(session, user.id, task_id, today())
     if item is None:
         raise TaskNotFound()
     return item  # type: ignore[return-value]
@@ -318,7 +315,7 @@ async def get_task_item(session: AsyncSession, user: User, task_id: int) -> Task
 async def list_tasks(
     session: AsyncSession, user: User, params: listing.TaskListParams, cursors: CursorCodec
 ) -> TaskPageRows:
-    today = _today()
+    on = today()
     tsquery = listing.build_tsquery(params.search) if params.search else None
     relevance = tsquery is not None and params.relevance_order
     parts = listing.order_parts(tuple(params.sort_keys), relevance)
@@ -330,7 +327,7 @@ async def list_tasks(
         except (ValueError, TypeError) as exc:
             raise InvalidCursor() from exc
     shape = listing.list_shape(params, tsquery, after)
-    values = listing.list_values(params, user.id, today, tsquery, after)
+    values = listing.list_values(params, user.id, on, tsquery, after)
     offset = params.offset or 0
     rows, total = await repository.list_page(
         session, shape, values, limit=params.limit, offset=offset
@@ -374,7 +371,7 @@ async def stats_json(session: AsyncSession, cache: StatsCache, user: User) -> by
 async def task_stats(session: AsyncSession, user: User) -> TaskStats:
     """From the counts the `tasks` triggers keep (one indexed read of a few dozen rows, however
     many tasks the user sees); folds them when enough writes have piled up since the last fold."""
-    counts = await stat_counts.read(session, user.id, _today())
+    counts = await stat_counts.read(session, user.id, today())
     if counts.unfolded >= stat_counts.READ_FOLD_THRESHOLD:
         await stat_counts.fold(session, user.id)
     total = sum(counts.by_status.values())

@@ -1,11 +1,11 @@
 """Reading and folding the per-user task counts that triggers keep in `task_stat_deltas`.
 
-The triggers (migration 0006) append signed rows in every transaction that changes what a user
-sees; the counts are the sums per key. Rows pile up with writes, so `fold` replaces one user's
-rows by their sums: in a single statement, so a concurrent reader sees all of the rows or all of
-the sums (the same totals), and a writer's rows inserted meanwhile are simply left for the next
-fold. Two folds of one user at once are harmless too: the second deletes only what the first did
-not, and re-inserts exactly that.
+The triggers (migrations 0006, 0007) append signed rows in every transaction that changes what
+a user sees; the counts are the sums per key. Rows pile up with writes, so `fold` replaces one
+user's rows by their sums: in a single statement, so a concurrent reader sees all of the rows or
+all of the sums (the same totals), and a writer's rows inserted meanwhile are simply left for
+the next fold. Two folds of one user at once are harmless too: the second deletes only what the
+first did not, and re-inserts exactly that.
 """
 
 from __future__ import annotations
@@ -14,29 +14,31 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Final
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, func, not_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit.db import CompiledQuery
-from taskapi.models import TaskPriority, TaskStatus
+from taskapi.models import TaskPriority, TaskStatDelta, TaskStatus
+from taskapi.tasks.overdue import is_overdue
 
 # A stats read folds its user's rows once this many are unfolded: enough that folding (a write)
 # is rare next to reads, few enough that a read never sums more than a few hundred rows.
 READ_FOLD_THRESHOLD: Final = 256
 
-# Grouped so a read returns one row per key: (status, priority) pairs, tags, and all due dates
-# before today collapsed into one row with every key column NULL (the overdue count).
+# Grouped so a read returns one row per key: (status, priority) pairs, tags, and per status the
+# (status, due date) rows, summed where the overdue rule holds on the day of the read.
+_D = TaskStatDelta
 _READ: Final = CompiledQuery.of(
-    text(
-        """
-        SELECT status::text, priority::text, tag,
-               sum(n) FILTER (WHERE due_date IS NULL OR due_date < :today) AS n,
-               count(*) FILTER (WHERE NOT folded) AS unfolded
-        FROM task_stat_deltas
-        WHERE user_id = :user_id
-        GROUP BY status, priority, tag
-        """
-    ).bindparams(bindparam("user_id"), bindparam("today"))
+    select(
+        _D.status,
+        _D.priority,
+        _D.tag,
+        func.sum(_D.n).filter(_D.due_date.is_(None)).label("n"),
+        func.sum(_D.n).filter(is_overdue(_D.due_date, _D.status, bindparam("today"))),
+        func.count().filter(not_(_D.folded)).label("unfolded"),
+    )
+    .where(_D.user_id == bindparam("user_id"))
+    .group_by(_D.status, _D.priority, _D.tag)
 )
 
 # Keys whose sum is zero (a tag nobody uses any more, every term of a deleted account) vanish.
@@ -79,21 +81,21 @@ class StatCounts:
 
 
 async def read(session: AsyncSession, user_id: int, today: date) -> StatCounts:
-    """The counts over the tasks `user_id` can see; overdue means due before `today`, open."""
+    """The counts over the tasks `user_id` can see; overdue as of `today`."""
     counts = StatCounts()
     tags: list[tuple[str, int]] = []
-    for status, priority, tag, n, unfolded in await _READ.fetch(
+    for status, priority, tag, n, overdue, unfolded in await _READ.fetch(
         session, {"user_id": user_id, "today": today}
     ):
         counts.unfolded += unfolded
-        if status is not None:
+        if priority is not None:
             counts.by_status[status] += n
             counts.by_priority[priority] += n
         elif tag is not None:
             if n:
                 tags.append((tag, n))
-        else:
-            counts.overdue = n or 0
+        else:  # the due dates of one status
+            counts.overdue += overdue or 0
     tags.sort(key=lambda item: (-item[1], item[0]))
     counts.by_tag = dict(tags)
     return counts
