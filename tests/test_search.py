@@ -1,6 +1,6 @@
 """GET /api/v1/tasks?search=: full-text semantics, relevance, pagination, visibility, hostile input.
 
-Also unit tests of `listing.build_tsquery`, the only thing that turns user text into tsquery
+Also unit tests of `search_query.build_tsquery`, the only thing that turns user text into tsquery
 syntax: whatever the input, its output is made of word characters and our own operators, and
 PostgreSQL accepts it.
 """
@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from taskapi.models import SEARCH_CONFIG, Task, User
-from taskapi.tasks.listing import MAX_SEARCH_LENGTH, MAX_SEARCH_TERMS, build_tsquery
+from taskapi.tasks.list_params import MAX_SEARCH_LENGTH
+from taskapi.tasks.search_query import MAX_SEARCH_TERMS, build_tsquery
 from tests.conftest import UserHandle
 from tests.task_helpers import TASKS, assert_problem, task_url
 

@@ -79,12 +79,14 @@ ROW = "ROW(t.*)::tasks"
 
 def _summed_terms(tasks: str, sign: int, *, folded: bool = False) -> str:
     """Every term of the rows of `tasks` (a table or transition table), summed per user and key.
-    Only ever given the literals below."""
+    Only ever given the literals below. Folded rows (the rebuild) are written user by user, so a
+    stats read finds one user's rows together instead of on a page each."""
     return f"""
     INSERT INTO task_stat_deltas (user_id, status, priority, due_date, tag, n, folded)
     SELECT c.user_id, c.status, c.priority, c.due_date, c.tag, sum(c.n), {str(folded).lower()}
     FROM {tasks} AS t CROSS JOIN LATERAL task_stat_contributions({ROW}, {sign}) AS c
     GROUP BY c.user_id, c.status, c.priority, c.due_date, c.tag
+    {"ORDER BY c.user_id" if folded else ""}
     """  # noqa: S608
 
 

@@ -33,8 +33,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from taskapi.kit.config import get_settings
-from taskapi.kit.pagination import CursorCodec, query_fingerprint
-from taskapi.tasks.listing import TaskListParams
+from taskapi.kit.pagination import CursorCodec
+from taskapi.tasks.list_params import TaskListParams
 
 PAGE_SIZE = 20
 JWT_ALGORITHM = "HS256"  # pinned, as in taskapi.kit.security
@@ -73,7 +73,7 @@ DSN = _settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1
 # The cursor is the API's own: same key derivation, same query fingerprint (of the default list,
 # computed once here by the API's own code so that the two cannot drift apart).
 CURSORS = CursorCodec(SIGNING_KEY)
-DEFAULT_LIST_FINGERPRINT = query_fingerprint(TaskListParams().fingerprint_parts())
+DEFAULT_LIST_FINGERPRINT = TaskListParams().fingerprint
 
 UNAUTHORIZED = Response(
     orjson.dumps({"status": 401, "code": "not_authenticated"}),

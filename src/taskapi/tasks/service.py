@@ -22,11 +22,14 @@ from taskapi.kit.errors import (
     UnknownAssignee,
     ValidationFailed,
 )
-from taskapi.kit.pagination import CursorCodec, InvalidCursor
+from taskapi.kit.pagination import CursorCodec
 from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
-from taskapi.tasks import files, listing, repository, stat_counts
+from taskapi.tasks import files, repository, stat_counts
 from taskapi.tasks.conditional import IfMatch
+from taskapi.tasks.list_page import build_page
+from taskapi.tasks.list_params import TaskListParams
+from taskapi.tasks.list_plan import plan_list
 from taskapi.tasks.overdue import today
 from taskapi.tasks.schemas import (
     MAX_TAGS,
@@ -313,41 +316,12 @@ async def get_task_item(session: AsyncSession, user: User, task_id: int) -> Task
 
 
 async def list_tasks(
-    session: AsyncSession, user: User, params: listing.TaskListParams, cursors: CursorCodec
+    session: AsyncSession, user: User, params: TaskListParams, cursors: CursorCodec
 ) -> TaskPageRows:
-    on = today()
-    tsquery = listing.build_tsquery(params.search) if params.search else None
-    relevance = tsquery is not None and params.relevance_order
-    parts = listing.order_parts(tuple(params.sort_keys), relevance)
-    fingerprint = listing.fingerprint_of(params)
-    after: list[Any] | None = None
-    if params.cursor is not None:
-        try:
-            after = listing.decode_cursor_values(parts, cursors.decode(params.cursor, fingerprint))
-        except (ValueError, TypeError) as exc:
-            raise InvalidCursor() from exc
-    shape = listing.list_shape(params, tsquery, after)
-    values = listing.list_values(params, user.id, on, tsquery, after)
-    offset = params.offset or 0
-    rows, total = await repository.list_page(
-        session, shape, values, limit=params.limit, offset=offset
-    )
-    has_more = len(rows) > params.limit
-    rows = rows[: params.limit]
-    next_cursor = None
-    if has_more and rows:
-        last = rows[-1]
-        next_cursor = cursors.encode(
-            listing.cursor_values(last, parts, last["rank"] if relevance else None), fingerprint
-        )
-    columns = repository.LIST_ITEM_COLUMNS
-    return {
-        "items": [dict(zip(columns, row, strict=False)) for row in rows],  # type: ignore[misc]
-        "total": total,
-        "limit": params.limit,
-        "offset": None if params.cursor is not None else offset,
-        "next_cursor": next_cursor,
-    }
+    """GET /tasks: parameters -> plan -> statements run -> page (one module per step)."""
+    plan = plan_list(params, user.id, today(), cursors)
+    rows, total = await repository.list_page(session, plan)
+    return build_page(plan, rows, total, cursors)
 
 
 def _percentage(part: int, whole: int) -> float:

@@ -1,0 +1,319 @@
+"""The SQL of tasks: statements built here, run by taskapi.tasks.repository.
+
+GET /tasks, step 3 of 5: `list_statements(shape)` turns a plan's shape (taskapi.tasks.list_plan)
+into its page and total statements. They are built once per shape with a bind parameter for
+every value, and kept: building SQLAlchemy constructs costs more CPU per request than
+PostgreSQL spends answering them. Who may see a task comes from taskapi.tasks.visibility, when
+a task is overdue from taskapi.tasks.overdue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any, Final, NamedTuple
+
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    String,
+    Update,
+    and_,
+    bindparam,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import REGCONFIG
+
+from taskapi.kit.db import CompiledQuery
+from taskapi.models import SEARCH_CONFIG, Task, TaskStatus
+from taskapi.tasks.list_plan import ListShape, OrderKey
+from taskapi.tasks.overdue import is_overdue
+from taskapi.tasks.visibility import USER_ID, visible_halves, visible_to
+
+TODAY: BindParameter[date] = bindparam("today")
+
+
+# --- one task, and writes ------------------------------------------------------------------------
+
+
+def visible_task(user_id: int, task_id: int, *, for_update: bool) -> Select[Task]:
+    query = select(Task).where(visible_to(user_id), Task.id == task_id)
+    # FOR UPDATE serialises writers of one task: the workflow check and If-Match see the latest.
+    return query.with_for_update() if for_update else query
+
+
+def visible_tasks_locked(user_id: int, task_ids: Sequence[int]) -> Select[Task]:
+    """The visible ones among `task_ids`, locked in id order (concurrent bulks can't deadlock)."""
+    query = select(Task).where(visible_to(user_id), Task.id.in_(task_ids))
+    return query.order_by(Task.id).with_for_update()
+
+
+def update_tasks(task_ids: Sequence[int], values: dict[str, Any], now: datetime) -> Update:
+    """One UPDATE for many locked rows; bumps each version and refreshes the loaded objects."""
+    return (
+        update(Task)
+        .where(Task.id.in_(task_ids))
+        .values(**values, version=Task.version + 1, updated_at=now)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+# What a list row carries: every column but the search vector, plus the two derived flags, so a
+# page is built from plain rows without loading (and tracking) ORM objects.
+OVERDUE: Final = is_overdue(Task.due_date, Task.status, TODAY)
+_ITEM_COLUMNS: Final[dict[str, ColumnElement[Any]]] = {
+    **{column.key: column for column in Task.__table__.c if column.key != "search_vector"},
+    "completed": (Task.status == TaskStatus.DONE).label("completed"),
+    "is_overdue": OVERDUE.label("is_overdue"),
+}
+# The columns of a list item, in TaskOut's order.
+LIST_ITEM_COLUMNS: Final = (
+    "id", "title", "description", "status", "completed", "priority", "due_date", "is_overdue",
+    "tags", "owner_id", "assignee_id", "attachment_count", "created_at", "updated_at",
+    "completed_at", "version",
+)  # fmt: skip
+
+# GET /tasks/{id}: the task as a list item, if the caller can see it.
+VISIBLE_ITEM: Final = CompiledQuery.of(
+    select(*(_ITEM_COLUMNS[name] for name in LIST_ITEM_COLUMNS)).where(
+        Task.id == bindparam("task_id"), visible_to(USER_ID)
+    )
+)
+
+
+# --- the list: filters ---------------------------------------------------------------------------
+
+# A scalar subquery, so PostgreSQL parses and stems the query once per statement (an InitPlan).
+# As a plain call to_tsquery(config, $n) stays unevaluated in a prepared statement's generic plan
+# and runs again for every matching row, in the recheck and in ts_rank.
+TSQUERY: Final = select(
+    func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery"))
+).scalar_subquery()
+# ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per match;
+# title-over-description weights and term frequency still order the results.
+RANK: Final = func.ts_rank(Task.search_vector, TSQUERY)
+
+
+def _parameters(name: str, count: int) -> list[BindParameter[Any]]:
+    return [bindparam(f"{name}_{i}") for i in range(count)]
+
+
+def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if shape.scope == "owned":
+        conditions.append(Task.owner_id == USER_ID)
+    elif shape.scope == "assigned":
+        conditions.append(Task.assignee_id == USER_ID)
+    if shape.assignee == "me":
+        conditions.append(Task.assignee_id == USER_ID)
+    elif shape.assignee == "none":
+        conditions.append(Task.assignee_id.is_(None))
+    elif shape.assignee == "id":
+        conditions.append(Task.assignee_id == bindparam("assignee_id"))
+    if shape.status:
+        conditions.append(Task.status.in_(_parameters("any_status", shape.status)))
+    if shape.priority:
+        conditions.append(Task.priority.in_(_parameters("any_priority", shape.priority)))
+    if shape.completed is not None:
+        is_done = Task.status == TaskStatus.DONE
+        conditions.append(is_done if shape.completed else Task.status != TaskStatus.DONE)
+    if shape.overdue is not None:
+        conditions.append(OVERDUE if shape.overdue else not_(OVERDUE))
+    if shape.tags:
+        conditions.append(Task.tags.contains(bindparam("tags")))
+    if shape.due_before:
+        conditions.append(Task.due_date <= bindparam("due_before"))
+    if shape.due_after:
+        conditions.append(Task.due_date >= bindparam("due_after"))
+    if shape.created_before:
+        conditions.append(Task.created_at < bindparam("created_before"))
+    if shape.created_after:
+        conditions.append(Task.created_at >= bindparam("created_after"))
+    if shape.updated_since:
+        conditions.append(Task.updated_at >= bindparam("updated_since"))
+    if shape.search == "nothing":
+        conditions.append(false())
+    elif shape.search == "query":
+        conditions.append(Task.search_vector.bool_op("@@")(TSQUERY))
+    return conditions
+
+
+# --- the list: order and keyset ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One order key as SQL: how to sort by it and how to resume after a row."""
+
+    key: OrderKey
+    expression: Any  # a column or SQL expression
+
+    def order_by(self) -> list[ColumnElement[Any]]:
+        column = self.expression.desc() if self.key.descending else self.expression.asc()
+        if self.key.nullable:
+            return [self.expression.is_(None).asc(), column]  # missing values last, either way
+        return [column]
+
+    def after(self, value: Any) -> ColumnElement[bool]:
+        """Rows strictly after `value` in this key's order."""
+        if self.key.nullable and value is None:
+            return false()  # nulls are last: nothing comes after them within this key
+        beyond: ColumnElement[bool] = (
+            self.expression < value if self.key.descending else self.expression > value
+        )
+        return or_(beyond, self.expression.is_(None)) if self.key.nullable else beyond
+
+    def equal(self, value: Any) -> ColumnElement[bool]:
+        result: ColumnElement[bool] = (
+            self.expression.is_(None) if value is None else self.expression == value
+        )
+        return result
+
+
+def _expression(key: OrderKey) -> Any:
+    if key.name == "rank":
+        return RANK
+    if key.name == "title":
+        return func.lower(Task.title)
+    return Task.__table__.c[key.name]
+
+
+def _after_values(shape: ListShape) -> list[ColumnElement[Any] | None]:
+    """Bind parameters standing for a cursor's values (None where the value is null)."""
+    assert shape.after_nulls is not None
+    values: list[ColumnElement[Any] | None] = []
+    for i, (key, null) in enumerate(zip(shape.order, shape.after_nulls, strict=True)):
+        if null:
+            values.append(None)
+        elif key.name == "title":
+            # Compared with lower(title), lower-cased by the same function: Python's str.lower()
+            # differs from SQL lower() for some characters (e.g. "İ").
+            values.append(func.lower(bindparam(f"after_{i}", type_=String())))
+        else:
+            values.append(bindparam(f"after_{i}"))
+    return values
+
+
+def _keyset(parts: Sequence[_Part], shape: ListShape) -> ColumnElement[bool]:
+    """(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...: works for mixed directions."""
+    alternatives: list[ColumnElement[bool]] = []
+    prefix: list[ColumnElement[bool]] = []
+    for part, value in zip(parts, _after_values(shape), strict=True):
+        alternatives.append(and_(true(), *prefix, part.after(value)))
+        prefix.append(part.equal(value))
+    return or_(*alternatives)
+
+
+def _order_by(parts: Sequence[_Part]) -> list[ColumnElement[Any]]:
+    return [clause for part in parts for clause in part.order_by()]
+
+
+def _parts_of(shape: ListShape, columns: Any) -> list[_Part]:
+    """The order keys as the `sort_<i>` columns of a subquery or CTE."""
+    return [_Part(key, columns[f"sort_{i}"]) for i, key in enumerate(shape.order)]
+
+
+# --- the list: statements ------------------------------------------------------------------------
+
+
+class ListStatements(NamedTuple):
+    page: CompiledQuery  # the page's rows (plus one), each with the filtered `total`
+    total: CompiledQuery  # the total alone, for when the page is empty
+
+
+@lru_cache(maxsize=512)
+def list_statements(shape: ListShape) -> ListStatements:
+    """The page and total statements for one shape of list request.
+
+    The page is one statement that also returns the filtered total. Each part of the visible set
+    (visibility.visible_halves) is read in list order and cut at `reach` (offset + limit + 1)
+    rows, so with the default order the owner's and the assignee's index each yield a few rows
+    instead of the user's whole set being fetched and sorted; the parts are then merged and cut
+    again. Rows carry the item columns, `total`, and `rank` when ordered by relevance. Searches
+    take `_search_statements`.
+    """
+    parts = [_Part(key, _expression(key)) for key in shape.order]
+    conditions = filter_conditions(shape)
+    sort_keys = [part.expression.label(f"sort_{i}") for i, part in enumerate(parts)]
+    if shape.search == "query":
+        return _search_statements(shape, parts, conditions, sort_keys)
+    branches = []
+    for half in visible_halves(USER_ID):
+        branch = select(*_ITEM_COLUMNS.values(), *sort_keys).where(half, *conditions)
+        if shape.after_nulls is not None:
+            branch = branch.where(_keyset(parts, shape))
+        branches.append(branch.order_by(*_order_by(parts)).limit(bindparam("reach")))
+    merged = union_all(*branches).subquery("visible_page")
+    # One count per part: each an index(-only) scan, where a count over visible_to's OR would
+    # be a bitmap heap scan of the user's whole visible set.
+    counts = [
+        select(func.count()).select_from(Task).where(half, *conditions).scalar_subquery()
+        for half in visible_halves(USER_ID)
+    ]
+    total: ColumnElement[int] = counts[0]
+    for count in counts[1:]:
+        total = total + count
+    outputs = [merged.c[name] for name in LIST_ITEM_COLUMNS]
+    if shape.ranked:
+        outputs.append(merged.c.sort_0.label("rank"))  # the first key, computed once
+    page = (
+        select(*outputs, total.label("total"))
+        .order_by(*_order_by(_parts_of(shape, merged.c)))
+        .limit(bindparam("page_limit"))
+        .offset(bindparam("page_offset"))
+    )
+    return ListStatements(page=CompiledQuery.of(page), total=CompiledQuery.of(select(total)))
+
+
+def _search_statements(
+    shape: ListShape,
+    parts: Sequence[_Part],
+    conditions: Sequence[ColumnElement[bool]],
+    sort_keys: Sequence[ColumnElement[Any]],
+) -> ListStatements:
+    """A search matches through the full-text index, not in list order, and ranking needs every
+    match anyway: the matches are found once (materialised) with only their ids and sort keys,
+    then counted and paged, and only the page's rows are read whole. Materialising every
+    match's full row (descriptions included) cost twice the whole statement; reading each part
+    in order and counting it again would walk the text index four times."""
+    matched = (
+        select(Task.id.label("id"), *sort_keys)
+        .where(visible_to(USER_ID), *conditions)
+        .cte("matched")
+        .prefix_with("MATERIALIZED")
+    )
+    matched_parts = _parts_of(shape, matched.c)
+    chosen = select(matched.c.id, *(matched.c[f"sort_{i}"] for i in range(len(parts))))
+    if shape.after_nulls is not None:
+        chosen = chosen.where(_keyset(matched_parts, shape))
+    chosen_page = (
+        chosen.order_by(*_order_by(matched_parts))
+        .limit(bindparam("page_limit"))
+        .offset(bindparam("page_offset"))
+        .subquery("chosen")
+    )
+    total = select(func.count()).select_from(matched).scalar_subquery()
+    outputs = [_ITEM_COLUMNS[name] for name in LIST_ITEM_COLUMNS]
+    if shape.ranked:
+        outputs.append(chosen_page.c.sort_0.label("rank"))  # the first key
+    page = (
+        select(*outputs, total.label("total"))
+        .select_from(chosen_page.join(Task, Task.id == chosen_page.c.id))
+        .order_by(*_order_by(_parts_of(shape, chosen_page.c)))
+    )
+    # Past the end (or after the last cursor row) the page is empty: the total on its own.
+    alone = select(func.count()).where(visible_to(USER_ID), *conditions)
+    return ListStatements(page=CompiledQuery.of(page), total=CompiledQuery.of(alone))
