@@ -21,6 +21,7 @@ from taskapi.jobs.worker import Worker
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings, get_settings
 from taskapi.kit.db import create_engine, create_sessionmaker, read_only_engine
+from taskapi.kit.dispatch import MethodAndMediaTypeMiddleware
 from taskapi.kit.errors import install_error_handlers
 from taskapi.kit.idempotency import install_idempotency
 from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
@@ -154,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
     # security headers.
     install_idempotency(app)
+    # Outside idempotency: a request refused for its method or media type claims no key.
+    app.add_middleware(MethodAndMediaTypeMiddleware)
     # Outside everything that reads a body, so no middleware or handler ever buffers more than
     # the limit; inside CORS, so browsers can read the 413.
     app.add_middleware(
