@@ -1,5 +1,5 @@
-"""What a client gets for a method a path lacks (405 with the path's whole `Allow`) and for a body
-of the wrong media type (415)."""
+"""What a client gets for a method a path lacks (405 with the path's whole `Allow`), for a body
+of the wrong media type (415), and from a 204 (no content type)."""
 
 from __future__ import annotations
 
@@ -133,3 +133,21 @@ async def test_the_form_and_multipart_endpoints_still_take_their_media_types(
         headers=alice.headers,
     )
     assert upload.status_code == 201, upload.text
+
+
+async def test_a_204_has_no_content_type(client: httpx.AsyncClient, alice: UserHandle) -> None:
+    task = (await client.post(TASKS, json={"title": "short-lived"}, headers=alice.headers)).json()
+    responses = [
+        await client.post("/api/v1/notifications/read-all", headers=alice.headers),
+        await client.delete(f"{TASKS}/{task['id']}", headers=alice.headers),
+        await client.post(
+            "/api/v1/auth/logout",
+            json={"refresh_token": alice.refresh_token},
+            headers=alice.headers,
+        ),
+    ]
+    for response in responses:
+        assert response.status_code == 204, response.text
+        assert "content-type" not in response.headers, response.headers
+        assert response.content == b""
+        assert response.headers["x-content-type-options"] == "nosniff"

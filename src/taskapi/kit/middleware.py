@@ -24,6 +24,7 @@ from taskapi.kit.errors import (
 )
 from taskapi.kit.metrics import observe_request
 from taskapi.kit.request_context import reset_request_id, set_request_id
+from taskapi.kit.routes import matching_route
 
 logger = logging.getLogger("taskapi.request")
 access_logger = logging.getLogger("taskapi.access")
@@ -48,6 +49,8 @@ _DOC_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 _NO_STORE = (b"cache-control", b"no-store")
 # Set by us whatever the app sent.
 _REPLACED_HEADERS = frozenset({b"server", b"x-request-id"})
+# A 204 has no content, so no content type (FastAPI's JSON responses set one all the same).
+_REPLACED_HEADERS_204 = _REPLACED_HEADERS | {b"content-type"}
 # Ours unless the app set its own; the common case (it set none of them) is one precomputed list.
 _OWN_HEADER_NAMES = frozenset(
     {name for name, _ in _BASE_SECURITY_HEADERS} | {_API_CSP[0], _NO_STORE[0]}
@@ -93,9 +96,10 @@ class RequestContextMiddleware:
                 # One pass over what the app set (names lower-cased once), then ours.
                 headers: list[tuple[bytes, bytes]] = []
                 present: set[bytes] = set()
+                replaced = _REPLACED_HEADERS if status != 204 else _REPLACED_HEADERS_204
                 for name, value in message.get("headers", ()):
                     lowered = name.lower()
-                    if lowered not in _REPLACED_HEADERS:
+                    if lowered not in replaced:
                         headers.append((name, value))
                         present.add(lowered)
                 headers.append((b"x-request-id", request_id.encode()))
@@ -152,22 +156,16 @@ class RequestContextMiddleware:
 def _route_template(scope: Scope) -> str:
     """`/api/v1/tasks/{task_id}` for `/api/v1/tasks/42`; UNMATCHED_ROUTE when no route matched.
 
-    The router leaves the matched route in the scope, but FastAPI keeps included routers nested:
-    the route's own path lacks the prefix it was included under (`/tasks/{task_id}`). The prefix
-    is taken from the request path's leading segments, which is sound because include prefixes
-    here are static and a route parameter never spans a `/`.
+    The router leaves the route it ran in the scope; routes are added to the app itself with
+    their full paths (app.add_routes), so its template is the label. Requests answered before
+    routing (an idempotent replay) and routes the router does not record (FastAPI's docs and
+    schema) are looked up in the route table: only they pay for that scan.
     """
-    template = getattr(scope.get("route"), "path", None)
-    if not isinstance(template, str) or not template:
-        return UNMATCHED_ROUTE
-    path: str = scope.get("path", "")
-    if path == template:  # static routes (most of /ops, the docs): nothing to work out
-        return template
-    extra_segments = path.count("/") - template.count("/")
-    if extra_segments <= 0:
-        return template
-    prefix = "/".join(path.split("/", extra_segments + 1)[: extra_segments + 1])
-    return prefix + template
+    route = scope.get("route")
+    if route is None and "app" in scope:
+        route = matching_route(scope["app"].router.routes, scope)
+    template = getattr(route, "path_format", None)
+    return template if isinstance(template, str) and template else UNMATCHED_ROUTE
 
 
 def _record(scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
