@@ -229,9 +229,11 @@ class BulkStatusIn(BaseModel):
 class BulkItemResult(BaseModel):
     task_id: int
     success: bool
-    error: str | None = None
-    previous_status: TaskStatus | None = None
-    new_status: TaskStatus | None = None
+    error: str | None = Field(default=None, description="The problem code, when it failed")
+    previous_status: TaskStatus | None = Field(
+        default=None, description="When the status changed, or when the item failed"
+    )
+    new_status: TaskStatus | None = Field(default=None, description="When the status changed")
 
 
 class BulkResult(BaseModel):
