@@ -658,13 +658,14 @@ def test_flat_routes_are_documented_exactly_as_included_routers_would_be(setting
     operation ids, parameters, bodies and responses."""
     from taskapi.app import API_PREFIX
     from taskapi.attachments.router import router as attachments_router
+    from taskapi.kit.openapi import operation_id
     from taskapi.auth.router import router as auth_router
     from taskapi.notifications.router import router as notifications_router
     from taskapi.ops.router import router as ops_router
     from taskapi.tasks.router import router as tasks_router
     from taskapi.users.router import router as users_router
 
-    included = FastAPI()
+    included = FastAPI(generate_unique_id_function=operation_id)
     for router in (
         tasks_router,
         attachments_router,

@@ -28,7 +28,7 @@ from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
 from taskapi.kit.logs import configure_logging
 from taskapi.kit.metrics import instrument_pool, process_exiting
 from taskapi.kit.middleware import RequestContextMiddleware
-from taskapi.kit.openapi import Problem, finish_schema
+from taskapi.kit.openapi import Problem, finish_schema, operation_id
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
 from taskapi.kit.security import PasswordHashing, TokenCodec
@@ -140,8 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="taskapi",
         version=__version__,
         description=DESCRIPTION,
+        license_info={"name": "MIT", "identifier": "MIT"},
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     install_error_handlers(app)
