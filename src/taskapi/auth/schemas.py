@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, Field
 
-from taskapi.users.schemas import FullName, Password, Username
+from taskapi.users.schemas import Email, FullName, Password, Username
 
 
 class RegisterIn(BaseModel):
     username: Username
-    email: EmailStr
+    email: Email
     password: Password
     full_name: FullName | None = None
 

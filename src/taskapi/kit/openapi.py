@@ -32,6 +32,32 @@ class Problem(BaseModel):
     )
 
 
+# --- text rules as JSON Schema patterns ----------------------------------------------------------
+# Validators trim before they measure, so `minLength`/`maxLength` on the raw text would be wrong
+# both ways ("  " is too short, a padded title can be longer): a pattern states the rule exactly.
+# Classes are ECMA-262 regex class bodies, as JSON Schema patterns are written.
+
+# What pydantic's `strip_whitespace` removes (Unicode White_Space).
+STRIPPED_BY_PYDANTIC = (
+    r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# What Python's `str.strip()` removes: the same, and the four information separators.
+STRIPPED_BY_PYTHON = STRIPPED_BY_PYDANTIC + r"\u001c-\u001f"
+NUL = r"\u0000"
+
+
+def trimmed_text_pattern(*, min_length: int, max_length: int, forbidden: str, trimmed: str) -> str:
+    """Text that, once the characters of `trimmed` are stripped from both ends, has between
+    `min_length` (0 or 1) and `max_length` characters, none of them in `forbidden`."""
+    if min_length not in (0, 1) or max_length < 2:
+        raise ValueError("only lengths from 0 or 1 up to at least 2 are written this way")
+    inner, edge = f"[^{forbidden}]", f"[^{forbidden}{trimmed}]"
+    core = f"{edge}(?:{inner}{{0,{max_length - 2}}}{edge})?"
+    if min_length == 0:
+        core = f"(?:{core})?"
+    return f"^[{trimmed}]*{core}[{trimmed}]*$"
+
+
 _DESCRIPTIONS = {
     400: "Malformed request",
     401: "Missing, invalid or expired credentials",
