@@ -78,14 +78,15 @@ UserId = JsonId
 # What a tag may not hold, as a regex class body read alike by Python and by JSON Schema's
 # ECMA-262 (astral ranges as literal characters: neither's escape for them is the other's).
 # Commas separate tags in the `tags=` list filter, so a tag containing one could never be found;
-# Unicode's controls (Cc), format characters (Cf) and private-use characters (Co) are refused.
+# Unicode's controls (Cc) and format characters (Cf: zero-width and direction marks) are refused.
 # Unassigned code points are not: a newer Unicode than this server's may give them meaning (new
-# emoji). tests/test_schema_rules.py checks the ranges against this Python's Unicode database.
+# emoji); nor are private-use ones, which are characters, only not standard ones.
+# tests/test_schema_rules.py checks the ranges against this Python's Unicode database.
 TAG_FORBIDDEN: Final = (
     r",\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
-    r"\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ue000-\uf8ff\ufeff\ufff9-\ufffb"
+    r"\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
     "\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
-    "\U000e0001\U000e0020-\U000e007f\U000f0000-\U000ffffd\U00100000-\U0010fffd"
+    "\U000e0001\U000e0020-\U000e007f"
 )
 # Lone surrogates too: JSON can spell them (`"\ud800"`) but PostgreSQL's text cannot hold them.
 _REFUSED_IN_TAG = re.compile(f"[{TAG_FORBIDDEN}\\ud800-\\udfff]")
