@@ -658,8 +658,8 @@ def test_flat_routes_are_documented_exactly_as_included_routers_would_be(setting
     operation ids, parameters, bodies and responses."""
     from taskapi.app import API_PREFIX
     from taskapi.attachments.router import router as attachments_router
-    from taskapi.kit.openapi import operation_id
     from taskapi.auth.router import router as auth_router
+    from taskapi.kit.openapi import operation_id
     from taskapi.notifications.router import router as notifications_router
     from taskapi.ops.router import router as ops_router
     from taskapi.tasks.router import router as tasks_router
