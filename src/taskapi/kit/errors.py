@@ -111,9 +111,7 @@ class TagNotFound(NotFound):
 
 
 # 405
-class MethodNotAllowed(AppError):
-    """Give it `Allow` (every method the path supports) in `headers`."""
-
+class MethodNotAllowed(AppError):  # raised with `Allow`: every method the path supports
     status, code, title = 405, "method_not_allowed", "Method Not Allowed"
     default_detail = "This method is not allowed on this resource."
 
@@ -286,6 +284,7 @@ async def _handle_validation_error(_request: Request, exc: Exception) -> JSONRes
     )
 
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _HTTP_CODES = {
     400: "malformed_request",
     401: "not_authenticated",
@@ -304,10 +303,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         # The router's own `Allow` names the methods of one route, not of the path.
         allow = ", ".join(allowed_methods(request.app.router.routes, request.scope))
         return app_error_response(MethodNotAllowed(headers={"Allow": allow}))
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
+    phrase = _PHRASES.get(status, "Error")
     code = _HTTP_CODES.get(status, phrase.lower().replace(" ", "_").replace("-", "_"))
     if status == 404:
         detail = "No resource exists at this URL."
