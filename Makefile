@@ -53,10 +53,11 @@ load: install  ## locust, headless, against BASE_URL (a `make run` server): repo
 	$(BIN)/locust -f load/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
 	  --host $(BASE_URL) --csv reports/load --html reports/load.html
 
-lint: install  ## ruff (lint + format check) and mypy
+lint: install  ## ruff (lint + format check), mypy, Redocly's recommended rules on the OpenAPI document
 	$(BIN)/ruff check src tests migrations scripts load
 	$(BIN)/ruff format --check src tests migrations scripts load
 	$(BIN)/mypy
+	$(BIN)/python scripts/lint_openapi.py
 
 format: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests migrations scripts load

@@ -67,10 +67,8 @@ async def test_bulk_patch_applies_and_stores_every_field(client, alice, bob, mak
         "total": 3,
         "successful": 3,
         "failed": 0,
-        "results": [
-            {"task_id": i, "success": True, "previous_status": "todo", "new_status": "todo"}
-            for i in ids
-        ],
+        # The status was not touched: no status change is reported.
+        "results": [{"task_id": i, "success": True} for i in ids],
     }
     for before in tasks:
         response = await client.get(task_url(before["id"]), headers=alice.headers)
@@ -109,7 +107,7 @@ async def test_invisible_and_missing_ids_fail_per_item(client, alice, bob, make_
     assert (result["successful"], result["failed"]) == (1, 2)
     assert result["results"] == [
         {"task_id": theirs["id"], "success": False, "error": "task_not_found"},
-        {"task_id": mine["id"], "success": True, "previous_status": "todo", "new_status": "todo"},
+        {"task_id": mine["id"], "success": True},
         {"task_id": missing, "success": False, "error": "task_not_found"},
     ]
     assert (await fetch(client, alice, mine["id"]))["title"] == "renamed"
@@ -135,9 +133,9 @@ async def test_bulk_patch_status_follows_workflow_per_item(client, alice, make_t
         "error": "invalid_transition",
         "previous_status": "done",
     }
-    # Already in that status: a PATCH keeping the status is fine, the other field still applies.
-    assert items[started["id"]]["success"] is True
-    assert items[started["id"]]["new_status"] == "in_progress"
+    # Already in that status: a PATCH keeping the status is fine, the other field still applies,
+    # and no status change is reported.
+    assert items[started["id"]] == {"task_id": started["id"], "success": True}
     assert (result["successful"], result["failed"]) == (2, 1)
     assert await fetch(client, alice, done["id"]) == done
     for task_id in (todo["id"], started["id"]):
@@ -186,7 +184,7 @@ async def test_assignee_bulk_reassign_is_forbidden_per_item(client, alice, bob, 
             "error": "forbidden",
             "previous_status": "todo",
         },
-        {"task_id": own["id"], "success": True, "previous_status": "todo", "new_status": "todo"},
+        {"task_id": own["id"], "success": True},
     ]
     assert await fetch(client, alice, assigned["id"]) == assigned
     assert (await fetch(client, carol, own["id"]))["assignee_id"] == carol.id

@@ -824,3 +824,39 @@ async def test_search_parses_its_query_once_in_a_generic_plan(
     for plan in plans:
         assert "@@" in plan, plan  # the match is in the plan...
         assert "to_tsquery" not in plan, plan  # ...against the InitPlan's result, not a call
+
+
+# --- routes added flat, documented as included ---------------------------------------------------
+
+
+def test_flat_routes_are_documented_exactly_as_included_routers_would_be(settings) -> None:
+    """`kit.flat_routes.add_routes` replaces FastAPI's nested `include_router` branches (matched
+    twice per request); clients generated from the OpenAPI document must not notice: same paths,
+    methods, operation ids, parameters, bodies and responses."""
+    from taskapi.app import API_PREFIX, create_app
+    from taskapi.attachments.router import router as attachments_router
+    from taskapi.auth.router import router as auth_router
+    from taskapi.kit.openapi import operation_id
+    from taskapi.notifications.router import router as notifications_router
+    from taskapi.ops.router import router as ops_router
+    from taskapi.tasks.router import router as tasks_router
+    from taskapi.users.router import router as users_router
+
+    included = FastAPI(generate_unique_id_function=operation_id)
+    for router in (
+        tasks_router,
+        attachments_router,
+        auth_router,
+        users_router,
+        notifications_router,
+    ):
+        included.include_router(router, prefix=API_PREFIX)
+    included.include_router(ops_router)
+    expected = included.openapi()
+
+    app = create_app(settings)
+    flat = FastAPI.openapi(app)  # FastAPI's own document, before our finishing touches
+    assert flat["paths"] == expected["paths"]
+    assert flat["components"]["schemas"] == expected["components"]["schemas"]
+    # And every request path is matched by a route of the app itself, not a nested branch.
+    assert all(type(route).__name__ != "_IncludedRouter" for route in app.router.routes)

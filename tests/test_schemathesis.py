@@ -13,12 +13,15 @@ own engine over a database cloned from the migrated template, dropped afterwards
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import hypothesis
+import jsonschema_rs
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -31,13 +34,82 @@ from schemathesis.schemas import BaseSchema
 from taskapi.app import create_app
 from tests.conftest import TEMPLATE_DB, admin_execute, make_settings
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+# What a schema-valid request may still be refused for, because it depends on state the schema
+# cannot describe and a fuzzer cannot know: an If-Match that is not the task's current ETag (412),
+# an assignee id no user has (the contract makes that a 422, not a 404), a cursor the server did
+# not issue (it is signed).
+STATE_DEPENDENT_CODES = frozenset({"precondition_failed", "unknown_assignee", "invalid_cursor"})
+
+
+# An upload's type is judged by its bytes (PNG, PDF, UTF-8 text...), which no schema can state.
+UPLOAD = "POST /api/v1/tasks/{task_id}/files"
+
+
+def positive_data_acceptance(
+    ctx: checks.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """schemathesis' own check, except for the refusals above."""
+    code = problem_code(response)
+    if code in STATE_DEPENDENT_CODES or (
+        case.operation.label == UPLOAD and code == "unsupported_media_type"
+    ):
+        return None
+    return checks.positive_data_acceptance(ctx, response, case)
+
+
+def problem_code(response: schemathesis.Response) -> str | None:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
+
+
+# Every check schemathesis has (the 405 `Allow` and unsupported-method ones included).
+checks.load_all_checks()
 CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_headers_conformance,
-    checks.response_schema_conformance,
+    positive_data_acceptance if check is checks.positive_data_acceptance else check
+    for check in checks.CHECKS.get_all()
 ]
+assert positive_data_acceptance in CHECKS
+assert checks.unsupported_method in CHECKS
+assert checks.allow_header_conformance in CHECKS
+
+
+def as_a_client_would(case: schemathesis.Case) -> None:
+    """What a client does that the schema cannot say. `offset` and `cursor` exclude each other
+    (GET /tasks describes it; OpenAPI has no keyword for a rule across parameters): a client
+    sends one. An Idempotency-Key names one request: the fuzzer's short keys ("0") recur across
+    different requests, which the API rightly refuses (422 idempotency_key_reused), so a key the
+    schema allows becomes a fresh one; an invalid one is kept (it must be refused)."""
+    if case.query and "offset" in case.query and "cursor" in case.query:
+        del case.query["cursor"]
+    if case.query and case.operation.label == LIST_TASKS:
+        for name in LIST_PARAMETERS_NOT_YET_EXACT:
+            case.query.pop(name, None)
+    key = (case.headers or {}).get(IDEMPOTENCY_KEY)
+    if isinstance(key, str) and VALID_KEY.fullmatch(key):
+        case.headers[IDEMPOTENCY_KEY] = uuid.uuid4().hex
+
+
+VALID_KEY = re.compile(r"[!-~]{1,255}")
+
+# GET /tasks parameters whose schema does not yet say what the server takes: tasks/listing.py is
+# being rewritten on another branch, and these change with it (IsoDateTime for updated_since,
+# IsoDate for the dates, the Tag type for tags' items, a pattern for sort). Until then the
+# fuzzer leaves them out; test_list_parameter_gaps_are_still_gaps fails for each one fixed, so
+# that it leaves this set.
+LIST_TASKS = "GET /api/v1/tasks"
+LIST_PARAMETERS_NOT_YET_EXACT = {
+    "updated_since": "0.5",  # a unix time, taken as a date-time
+    "due_before": "0",  # a unix time, taken as a date
+    "due_after": "0",
+    "created_before": "0",
+    "created_after": "0",
+    "tags": "\u200b",  # documented as any string, refused (a format character)
+    "sort": "title,title",  # documented as any string, refused (repeated field)
+}
 
 # Bounded for CI: the whole file stays well under 90 s on two cores, and the same examples are
 # generated on every run (derandomize), so a failure reproduces.
@@ -126,6 +198,7 @@ schema = schemathesis.openapi.from_dict(create_app(make_settings("unused")).open
 def test_every_operation_answers_as_documented(
     case: schemathesis.Case, fuzz_app: FastAPI, auth_headers: dict[str, str]
 ) -> None:
+    as_a_client_would(case)
     response = case.call_and_validate(app=fuzz_app, headers=auth_headers, checks=CHECKS)
     SEEN[(case.operation.label, response.status_code)] += 1
 
@@ -136,6 +209,7 @@ def test_deleting_the_account_answers_as_documented(
     case: schemathesis.Case, fuzz_app: FastAPI, fuzz_schema: BaseSchema
 ) -> None:
     headers = register_and_login(fuzz_schema)
+    as_a_client_would(case)
     response = case.call_and_validate(app=fuzz_app, headers=headers, checks=CHECKS)
     SEEN[(case.operation.label, response.status_code)] += 1
     if case.method != "DELETE":  # the coverage phase also tries methods the path lacks
@@ -155,6 +229,9 @@ def test_stateful_sequences_answer_as_documented(
     base = fuzz_schema.exclude(method="DELETE", path="/api/v1/users/me").as_state_machine()
 
     class Machine(base):  # type: ignore[valid-type,misc]
+        def before_call(self, case: schemathesis.Case) -> None:
+            as_a_client_would(case)
+
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"headers": auth_headers}
 
@@ -180,3 +257,20 @@ def test_stateful_sequences_answer_as_documented(
     # The links carried real ids: operations on a task created earlier in the sequence succeeded.
     chained = {op for (op, status) in steps if "{task_id}" in op and status < 300}
     assert chained, steps
+
+
+def test_list_parameter_gaps_are_still_gaps(
+    fuzz_app: FastAPI, auth_headers: dict[str, str]
+) -> None:
+    """Each parameter of LIST_PARAMETERS_NOT_YET_EXACT is one the schema and the server still
+    disagree about (the schema allows its example and the server refuses it, or the other way
+    round). Once one is fixed, this fails until it is taken out of the set."""
+    operation = schema[LIST_TASKS.split()[1]]["GET"]
+    documented = {p["name"]: p["schema"] for p in operation.definition.raw["parameters"]}
+    for name, example in LIST_PARAMETERS_NOT_YET_EXACT.items():
+        parameter = documented[name]
+        if parameter.get("type") == "array":
+            parameter = parameter["items"]
+        allowed = jsonschema_rs.validator_for(parameter, validate_formats=True).is_valid(example)
+        response = operation.Case(query={name: example}).call(app=fuzz_app, headers=auth_headers)
+        assert allowed != (response.status_code == 200), (name, allowed, response.text)

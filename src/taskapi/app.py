@@ -21,13 +21,15 @@ from taskapi.jobs.worker import Worker
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings, get_settings
 from taskapi.kit.db import create_engine, create_sessionmaker, read_only_engine
+from taskapi.kit.dispatch import MethodAndMediaTypeMiddleware
 from taskapi.kit.errors import install_error_handlers
+from taskapi.kit.flat_routes import add_routes
 from taskapi.kit.idempotency import install_idempotency
 from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
 from taskapi.kit.logs import configure_logging
 from taskapi.kit.metrics import instrument_pool, process_exiting
-from taskapi.kit.middleware import RequestContextMiddleware, route_templates
-from taskapi.kit.openapi import Problem, finish_schema
+from taskapi.kit.middleware import RequestContextMiddleware
+from taskapi.kit.openapi import Problem, finish_schema, operation_id
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.ratelimit import RateLimiter
 from taskapi.kit.security import PasswordHashing, TokenCodec
@@ -123,21 +125,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Served by ops/docs.py with their assets; FastAPI's own pages load them from a CDN.
         docs_url=None,
         redoc_url=None,
+        license_info={"name": "MIT", "identifier": "MIT"},
         swagger_ui_parameters={"persistAuthorization": True},
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
     connect_domains()
 
     # Routes are matched in order: the busiest first (no two routers' paths overlap).
     for router in (tasks_router, attachments_router, auth_router, users_router):
-        app.include_router(router, prefix=API_PREFIX)
-    app.include_router(notifications_router, prefix=API_PREFIX)
-    app.include_router(ops_router)
+        add_routes(app, router, API_PREFIX)
+    add_routes(app, notifications_router, API_PREFIX)
+    add_routes(app, ops_router)
     install_docs(app)
 
     # Innermost of ours: replays and its errors still get the size limit, CORS, request ids and
     # security headers.
     install_idempotency(app)
+    # Outside idempotency: a request refused for its method or media type claims no key.
+    app.add_middleware(MethodAndMediaTypeMiddleware)
     # Outside everything that reads a body, so no middleware or handler ever buffers more than
     # the limit; inside CORS, so browsers can read the 413.
     app.add_middleware(
@@ -165,7 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     # Added last, so it is the outermost of ours: ids and headers on every response, 500s included.
-    app.add_middleware(RequestContextMiddleware, templates=route_templates(app.routes))
+    app.add_middleware(RequestContextMiddleware)
 
     _register_problem_schema(app)
     return app

@@ -96,9 +96,13 @@ async def list_files(task: VisibleTask, session: DbSession) -> list[AttachmentOu
     response_class=StreamingResponse,
     responses={
         200: {
-            # The type the file was stored with (PNG, PDF, text/plain, ...), not JSON.
-            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The file's bytes",
+            # Sent with the type the file was stored with (PNG, PDF, text/plain, ...): `*/*`.
+            # Listed first, `application/octet-stream` makes generated clients return the bytes.
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "*/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "description": "The file's bytes, with the type it was stored with",
         },
         304: {"description": "Not modified (If-None-Match matched)"},
         307: {

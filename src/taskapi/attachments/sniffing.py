@@ -6,13 +6,12 @@ import codecs
 import re
 from dataclasses import dataclass
 
-from taskapi.kit.errors import AppError
+from taskapi.kit.errors import UnsupportedMediaType
 
 SNIFF_BYTES = 512
 
 
-class UnsupportedMediaType(AppError):
-    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+class UnsupportedFileType(UnsupportedMediaType):
     default_detail = (
         "Allowed: PNG, JPEG, GIF, WebP, PDF, UTF-8 text (.txt .md .csv .json .log), "
         "Office Open XML (.docx .xlsx .pptx) and ZIP; the bytes must match the declared type."
@@ -98,9 +97,9 @@ def detect(head: bytes, filename: str, declared: str | None) -> FileKind:
         )
         kind = FileKind(content_type, _TEXT_TYPES, is_text=True)
     if kind is None:
-        raise UnsupportedMediaType()
+        raise UnsupportedFileType()
     if declared_type not in _GENERIC and declared_type not in kind.declared:
-        raise UnsupportedMediaType(
+        raise UnsupportedFileType(
             f"The file's bytes are {kind.content_type}, not the declared {declared_type}."
         )
     return kind
@@ -120,9 +119,9 @@ class TextValidator:
         try:
             text = self._decoder.decode(chunk, final=final)
         except UnicodeDecodeError as error:
-            raise UnsupportedMediaType("Text files must be UTF-8.") from error
+            raise UnsupportedFileType("Text files must be UTF-8.") from error
         if _FORBIDDEN_CONTROLS.search(text):
-            raise UnsupportedMediaType("Text files must not contain control characters.")
+            raise UnsupportedFileType("Text files must not contain control characters.")
 
     def feed(self, chunk: bytes) -> None:
         self._decode(chunk, final=False)

@@ -4,11 +4,22 @@ registering and `/auth/me` need them and `users` builds on `auth`."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+import email_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
+from taskapi.kit.openapi import NUL, STRIPPED_BY_PYDANTIC, trimmed_text_pattern
 from taskapi.kit.validation import reject_nul
 
 Username = Annotated[
@@ -17,8 +28,39 @@ Username = Annotated[
 Password = Annotated[str, Field(min_length=8, max_length=128)]
 # PostgreSQL text cannot hold U+0000: refused here (422) instead of failing the INSERT (500).
 FullName = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(reject_nul)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=100),
+    AfterValidator(reject_nul),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": trimmed_text_pattern(
+                min_length=0, max_length=100, forbidden=NUL, trimmed=STRIPPED_BY_PYDANTIC
+            ),
+            "description": "At most 100 characters once surrounding whitespace is trimmed; no NUL",
+        }
+    ),
 ]
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{ch}{ch.upper()}]" if ch.isalpha() else re.escape(ch) for ch in word)
+
+
+# What email-validator (behind EmailStr) takes, which the `email` format alone does not say: at
+# most 254 characters, a domain of dot-separated labels (no leading or
+# trailing hyphen, none longer than 63) whose last label ends with a letter, and no special-use
+# name (`user@host.test`; from the validator's own list). It also takes internationalised
+# addresses, which this pattern, kept to ASCII, does not promise.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"(?![A-Za-z0-9]{2}--)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LAST_LABEL = r"(?:[A-Za-z0-9][A-Za-z0-9-]{0,61})?[A-Za-z]"
+_SPECIAL_USE = "|".join(_any_case(name) for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+EMAIL_PATTERN = (
+    rf"^(?=.{{1,254}}$){_ATOM}(?:\.{_ATOM})*"
+    rf"@(?!(?:.*\.)?(?:{_SPECIAL_USE})$)(?:{_LABEL}\.)+{_LAST_LABEL}$"
+)
+Email = Annotated[EmailStr, Field(json_schema_extra={"pattern": EMAIL_PATTERN})]
 
 
 class UserOut(BaseModel):
@@ -33,7 +75,7 @@ class UserOut(BaseModel):
 
 class RegisterIn(BaseModel):
     username: Username
-    email: EmailStr
+    email: Email
     password: Password
     full_name: FullName | None = None
 

@@ -19,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskapi.kit.request_context import current_request_id
+from taskapi.kit.routes import allowed_methods
 
 logger = logging.getLogger("taskapi.errors")
 
@@ -109,6 +110,12 @@ class TagNotFound(NotFound):
     default_detail = "The task does not carry this tag."
 
 
+# 405
+class MethodNotAllowed(AppError):  # raised with `Allow`: every method the path supports
+    status, code, title = 405, "method_not_allowed", "Method Not Allowed"
+    default_detail = "This method is not allowed on this resource."
+
+
 # 409
 class Conflict(AppError):
     status, code, title = 409, "conflict", "Conflict"
@@ -140,6 +147,12 @@ class PreconditionFailed(AppError):
 class PayloadTooLarge(AppError):
     status, code, title = 413, "payload_too_large", "Payload too large"
     default_detail = "The request body exceeds the size limit."
+
+
+# 415
+class UnsupportedMediaType(AppError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+    default_detail = "This endpoint takes JSON: send the body as `Content-Type: application/json`."
 
 
 # 422
@@ -271,27 +284,29 @@ async def _handle_validation_error(_request: Request, exc: Exception) -> JSONRes
     )
 
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _HTTP_CODES = {
     400: "malformed_request",
     401: "not_authenticated",
     403: "forbidden",
     404: "not_found",
-    405: "method_not_allowed",
     406: "not_acceptable",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
 
 
-async def _handle_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    if status == 405:
+        # The router's own `Allow` names the methods of one route, not of the path.
+        allow = ", ".join(allowed_methods(request.app.router.routes, request.scope))
+        return app_error_response(MethodNotAllowed(headers={"Allow": allow}))
+    phrase = _PHRASES.get(status, "Error")
     code = _HTTP_CODES.get(status, phrase.lower().replace(" ", "_").replace("-", "_"))
     if status == 404:
         detail = "No resource exists at this URL."
-    elif status == 405:
-        detail = "This method is not allowed on this resource."
     elif isinstance(exc.detail, str) and status < 500:
         detail = exc.detail
     else:

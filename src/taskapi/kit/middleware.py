@@ -12,11 +12,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
 
-from fastapi.routing import iter_route_contexts
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskapi.kit.errors import (
@@ -27,6 +24,7 @@ from taskapi.kit.errors import (
 )
 from taskapi.kit.metrics import observe_request
 from taskapi.kit.request_context import reset_request_id, set_request_id
+from taskapi.kit.routes import matching_route
 
 logger = logging.getLogger("taskapi.request")
 access_logger = logging.getLogger("taskapi.access")
@@ -51,6 +49,8 @@ _DOC_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 _NO_STORE = (b"cache-control", b"no-store")
 # Set by us whatever the app sent.
 _REPLACED_HEADERS = frozenset({b"server", b"x-request-id"})
+# A 204 has no content, so no content type (FastAPI's JSON responses set one all the same).
+_REPLACED_HEADERS_204 = _REPLACED_HEADERS | {b"content-type"}
 # Ours unless the app set its own; the common case (it set none of them) is one precomputed list.
 _OWN_HEADER_NAMES = frozenset(
     {name for name, _ in _BASE_SECURITY_HEADERS} | {_API_CSP[0], _NO_STORE[0]}
@@ -71,9 +71,8 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, templates: Mapping[int, str]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.templates = templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,9 +96,10 @@ class RequestContextMiddleware:
                 # One pass over what the app set (names lower-cased once), then ours.
                 headers: list[tuple[bytes, bytes]] = []
                 present: set[bytes] = set()
+                replaced = _REPLACED_HEADERS if status != 204 else _REPLACED_HEADERS_204
                 for name, value in message.get("headers", ()):
                     lowered = name.lower()
-                    if lowered not in _REPLACED_HEADERS:
+                    if lowered not in replaced:
                         headers.append((name, value))
                         present.add(lowered)
                 headers.append((b"x-request-id", request_id.encode()))
@@ -148,45 +148,29 @@ class RequestContextMiddleware:
             await send_with_headers({"type": "http.response.body", "body": body})
         finally:
             try:
-                _record(scope, state, status, time.perf_counter() - started, self.templates)
+                _record(scope, state, status, time.perf_counter() - started)
             finally:
                 reset_request_id(token)
 
 
-def route_templates(routes: Sequence[BaseRoute]) -> dict[int, str]:
-    """The path template of every route, by the route's identity, as the OpenAPI document gives
-    it. The router leaves the matched route in the scope, but a route of an included router
-    keeps its own path there, without the prefix it was included under (`/tasks/{task_id}`)."""
-    templates: dict[int, str] = {}
-    for context in iter_route_contexts(routes):
-        path = context.path
-        if not path:
-            continue
-        known = templates.setdefault(id(context.original_route), path)
-        if known != path:
-            raise ValueError(f"one route is served under two paths: {known} and {path}")
-    return templates
+def _route_template(scope: Scope) -> str:
+    """`/api/v1/tasks/{task_id}` for `/api/v1/tasks/42`; UNMATCHED_ROUTE when no route matched.
 
-
-def _route_template(scope: Scope, templates: Mapping[int, str]) -> str:
-    """`/api/v1/tasks/{task_id}` for `/api/v1/tasks/42`; UNMATCHED_ROUTE when no route matched."""
+    The router leaves the route it ran in the scope; routes are added to the app itself with
+    their full paths (app.add_routes), so its template is the label. Requests answered before
+    routing (an idempotent replay) and routes the router does not record (FastAPI's docs and
+    schema) are looked up in the route table: only they pay for that scan.
+    """
     route = scope.get("route")
-    if route is None:
-        return UNMATCHED_ROUTE
-    # A route added after the templates were taken (tests add some) carries its whole path.
-    template = templates.get(id(route)) or getattr(route, "path", None)
+    if route is None and "app" in scope:
+        route = matching_route(scope["app"].router.routes, scope)
+    template = getattr(route, "path_format", None)
     return template if isinstance(template, str) and template else UNMATCHED_ROUTE
 
 
-def _record(
-    scope: Scope,
-    state: dict[str, object],
-    status: int,
-    seconds: float,
-    templates: Mapping[int, str],
-) -> None:
+def _record(scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
     """One access record and the request metrics, labelled by route template, never raw path."""
-    route = _route_template(scope, templates)
+    route = _route_template(scope)
     method: str = scope["method"]
     observe_request(method, route, status, seconds)
     if access_logger.isEnabledFor(logging.INFO):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from taskapi.kit.errors import PROBLEM_CONTENT_TYPE
@@ -28,6 +30,32 @@ class Problem(BaseModel):
     errors: list[ValidationErrorItem] | None = Field(
         default=None, description="Present on validation errors"
     )
+
+
+# --- text rules as JSON Schema patterns ----------------------------------------------------------
+# Validators trim before they measure, so `minLength`/`maxLength` on the raw text would be wrong
+# both ways ("  " is too short, a padded title can be longer): a pattern states the rule exactly.
+# Classes are ECMA-262 regex class bodies, as JSON Schema patterns are written.
+
+# What pydantic's `strip_whitespace` removes (Unicode White_Space).
+STRIPPED_BY_PYDANTIC = (
+    r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# What Python's `str.strip()` removes: the same, and the four information separators.
+STRIPPED_BY_PYTHON = STRIPPED_BY_PYDANTIC + r"\u001c-\u001f"
+NUL = r"\u0000"
+
+
+def trimmed_text_pattern(*, min_length: int, max_length: int, forbidden: str, trimmed: str) -> str:
+    """Text that, once the characters of `trimmed` are stripped from both ends, has between
+    `min_length` (0 or 1) and `max_length` characters, none of them in `forbidden`."""
+    if min_length not in (0, 1) or max_length < 2:
+        raise ValueError("only lengths from 0 or 1 up to at least 2 are written this way")
+    inner, edge = f"[^{forbidden}]", f"[^{forbidden}{trimmed}]"
+    core = f"{edge}(?:{inner}{{0,{max_length - 2}}}{edge})?"
+    if min_length == 0:
+        core = f"(?:{core})?"
+    return f"^[{trimmed}]*{core}[{trimmed}]*$"
 
 
 _DESCRIPTIONS = {
@@ -108,19 +136,39 @@ def _set_problem(responses: dict[str, Any], status: int) -> None:
     responses[str(status)] = response
 
 
+def operation_id(route: APIRoute) -> str:
+    """The operation id of a route: its endpoint function's name (`list_tasks`, `get_task`), which
+    generated clients turn into method names. `finish_schema` checks that no two are alike."""
+    return route.name
+
+
+# Where the schema is served from; clients are pointed at their own base URL anyway.
+SERVERS = [{"url": "/", "description": "The server this document is served by"}]
+
+
 def finish_schema(schema: dict[str, Any], *, api_prefix: str) -> None:
     """Make the documented responses the ones the app really sends (see the module comment)."""
+    schema.setdefault("servers", SERVERS)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name in _FASTAPI_VALIDATION_SCHEMAS:
         components.pop(name, None)
+    ids = Counter(operation.get("operationId") for _, _, operation in _operations(schema))
+    if repeated := sorted(str(name) for name, count in ids.items() if count > 1):
+        raise ValueError(f"operation ids must be unique: {repeated}")
+    _restore_integer_bounds(schema)
     for path, _method, operation in _operations(schema):
+        # Public operations say so: a missing `security` would mean "as the document's default".
+        operation.setdefault("security", [])
+        for parameter in operation.get("parameters", []):
+            if "schema" in parameter:
+                parameter["schema"] = _without_null(parameter["schema"])
         responses: dict[str, Any] = operation.setdefault("responses", {})
         statuses = {int(code) for code in responses if code.isdigit()}
         # Errors are problem+json, never FastAPI's `application/json` HTTPValidationError.
         errors = {s for s in statuses if s >= 400 and PROBLEM_CONTENT_TYPE in _media(responses, s)}
         body = operation.get("requestBody", {}).get("content", {})
         if _JSON in body:
-            errors.add(400)  # malformed JSON
+            errors |= {400, 415}  # malformed JSON; a body of another type (dispatch.py)
         if body:
             errors.add(413)  # every body has a size limit (limits.py)
         if body or operation.get("parameters"):
@@ -180,6 +228,54 @@ _LINKS: dict[tuple[str, str, str], dict[str, Any]] = {
         },
     },
 }
+
+
+_NULL = {"type": "null"}
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without pydantic's `null` branch for `X | None = None`: a query,
+    header or path parameter is text, never JSON null; leaving it out is how it is not given."""
+    branches = schema.get("anyOf")
+    if not branches or _NULL not in branches:
+        return schema
+    kept = [branch for branch in branches if branch != _NULL]
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    if len(kept) == 1:
+        return {**kept[0], **rest}
+    return {**rest, "anyOf": kept}
+
+
+# FastAPI's OpenAPI models type `minimum`/`maximum` as floats, so pydantic's integer bounds reach
+# the document as floats, and past 2**53 as another number (2**63 - 1 becomes 2.0**63). Integer
+# schemas get them back as integers; the one such bound the API has is PostgreSQL's bigint's.
+INT64_MAX = 2**63 - 1
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_EXACT_FLOAT = 2**53
+
+
+def _restore_integer_bounds(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _restore_integer_bounds(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "integer":
+        for key in _BOUNDS:
+            value = node.get(key)
+            if isinstance(value, float):
+                node[key] = _as_integer(value)
+    for value in node.values():
+        _restore_integer_bounds(value)
+
+
+def _as_integer(value: float) -> int:
+    if value.is_integer() and abs(value) <= _EXACT_FLOAT:
+        return int(value)
+    if value == float(INT64_MAX):
+        return INT64_MAX
+    raise ValueError(f"cannot tell which integer bound {value!r} stands for")
 
 
 def _media(responses: dict[str, Any], status: int) -> dict[str, Any]:

@@ -246,14 +246,15 @@ async def _bulk_apply(
                 task_id=task_id, success=False, error=error.code, previous_status=task.status
             )
             continue
+        status_changes = "status" in planned
+        # The status pair reports a change of status, so an item whose status stays has none.
         results[task_id] = BulkItemResult(
             task_id=task_id,
             success=True,
-            previous_status=task.status,
-            new_status=planned.get("status", task.status),
+            previous_status=task.status if status_changes else None,
+            new_status=planned.get("status"),
         )
         if planned:
-            status_changes = "status" in planned
             groups[status_changes].append(task_id)
             if "assignee_id" in planned:
                 reassigned.add(task_id)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
-from taskapi.auth.schemas import FullName, Password
+from taskapi.auth.schemas import Email, FullName, Password
 
 
 class UserSummary(BaseModel):
@@ -24,11 +26,24 @@ class UserSearchPage(BaseModel):
     next_cursor: str | None = None
 
 
+# A new password needs the current one (a non-empty string), as the validator below says.
+_PASSWORD_NEEDS_CURRENT: JsonDict = {
+    "if": {"properties": {"password": {"type": "string"}}, "required": ["password"]},
+    "then": {
+        "properties": {"current_password": {"type": "string", "minLength": 1}},
+        "required": ["current_password"],
+    },
+}
+
+
 class UserUpdate(BaseModel):
     """PATCH /users/me. Fields left out are unchanged; unknown fields are ignored."""
 
+    model_config = ConfigDict(json_schema_extra=_PASSWORD_NEEDS_CURRENT)
+
     full_name: FullName | None = None
-    email: EmailStr | None = None
+    # Cannot be cleared: `None` is only the "not sent" default (refused below), not in the schema.
+    email: Email | SkipJsonSchema[None] = None
     password: Password | None = None
     current_password: Annotated[str, Field(max_length=1024)] | None = None
 
