@@ -12,10 +12,12 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
+# uv (pinned in the dev lock) installs the lock: parallel downloads, no bytecode compiled up
+# front (Python writes it on first import). The lock is complete, hence --no-deps.
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet $$(grep '^uv==' requirements-dev.lock)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r requirements-dev.lock -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
