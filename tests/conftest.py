@@ -29,7 +29,6 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import NullPool
 
 from taskapi.app import create_app
 from taskapi.kit.config import Settings
@@ -38,7 +37,9 @@ from taskapi.kit.services import services_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://postgres@127.0.0.1:5432")
-RUN_ID = f"{os.getpid()}"
+# pytest-xdist runs the suite in one process per core; each process (worker gw0, gw1, ...) has
+# its own databases, storage directory and Redis key prefixes, so workers never meet.
+RUN_ID = f"{os.getpid()}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 TEMPLATE_DB = f"taskapi_test_template_{RUN_ID}"
 MAIN_DB = f"taskapi_test_{RUN_ID}"
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -134,7 +135,9 @@ def settings(migrated_databases: None) -> Settings:
 
 @pytest.fixture(scope="session")
 async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings, poolclass=NullPool)
+    # Pooled: a test takes a warm connection (catalog caches, prepared statements) instead of
+    # opening one; everything it did is rolled back before the connection goes back.
+    engine = create_engine(settings)
     yield engine
     await engine.dispose()
 
@@ -172,12 +175,19 @@ def bind_to_connection(application: FastAPI, connection: AsyncConnection) -> Non
     services_of(application).read_sessionmaker = sessionmaker
 
 
+@pytest.fixture(scope="session")
+def built_app(settings: Settings) -> FastAPI:
+    """The app's routes, middleware and OpenAPI document, built once per worker: building them
+    costs more CPU than most tests. They hold no state; everything a request can change (engine,
+    Redis client, caches, storage) is made anew by each test's own run of the lifespan."""
+    return create_app(settings)
+
+
 @pytest.fixture
-async def app(settings: Settings, connection: AsyncConnection) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        bind_to_connection(application, connection)
-        yield application
+async def app(built_app: FastAPI, connection: AsyncConnection) -> AsyncIterator[FastAPI]:
+    async with built_app.router.lifespan_context(built_app):
+        bind_to_connection(built_app, connection)
+        yield built_app
 
 
 @pytest.fixture
