@@ -70,7 +70,11 @@ def _configured(settings: Settings) -> Iterator[Captured]:
         root.setLevel(level)
 
 
-def _add_test_routes(app: FastAPI) -> None:
+@pytest.fixture
+def test_routes(app: FastAPI) -> Iterator[None]:
+    """Two failing routes on the app for one test: the app is built once per worker and shared,
+    so they are taken away again afterwards (the route inventory test would see them)."""
+    before = list(app.router.routes)
     test_logger = logging.getLogger("taskapi.test")
 
     async def explode() -> None:
@@ -82,6 +86,10 @@ def _add_test_routes(app: FastAPI) -> None:
 
     app.add_api_route("/test/explode", explode)
     app.add_api_route("/test/unavailable", unavailable)
+    try:
+        yield
+    finally:
+        app.router.routes[:] = before
 
 
 # --- the records ----------------------------------------------------------------------------------
@@ -148,11 +156,10 @@ async def test_every_operation_is_logged_under_its_documented_path(
     assert logged == documented
 
 
+@pytest.mark.usefixtures("test_routes")
 async def test_every_record_of_a_request_carries_its_request_id(
-    app: FastAPI, client: httpx.AsyncClient, json_logs: Captured
+    client: httpx.AsyncClient, json_logs: Captured
 ) -> None:
-    _add_test_routes(app)
-
     failed = await client.get("/test/explode", headers={"X-Request-ID": "trace-me-500"})
     assert failed.status_code == 500
     assert failed.json()["request_id"] == "trace-me-500"

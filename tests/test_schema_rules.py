@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from taskapi.app import create_app
+from taskapi.auth.schemas import EMAIL_PATTERN, Email, FullName
 from taskapi.kit.formats import IsoDate, IsoDateTime
 from taskapi.tasks.schemas import TAG_FORBIDDEN, TAG_PATTERN, TITLE_PATTERN, Title, normalize_tag
-from taskapi.users.schemas import EMAIL_PATTERN, Email, FullName
 from tests.conftest import UserHandle, make_settings
 from tests.task_helpers import TASKS, assert_problem
 

@@ -38,7 +38,8 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    # An empty file is refused (422): at least one byte.
+                    "properties": {"file": {"type": "string", "format": "binary", "minLength": 1}},
                 }
             }
         },
