@@ -417,6 +417,21 @@ LIST_PARAMETER_CASES: dict[str, dict[str, Any] | list[dict[str, Any]]] = {
         }
     ],
     "updated_since=2024-05-01T10:00:00": {"updated_since": "2024-05-01T10:00:00Z"},
+    # A unix time is not a timestamp here, though pydantic's lax mode would read it as one.
+    "updated_since=0.5": [
+        {
+            "loc": ["query", "updated_since"],
+            "msg": "Value error, must be an RFC 3339 timestamp, e.g. 2026-11-21T10:00:00Z",
+            "type": "value_error",
+        }
+    ],
+    "due_before=0": [
+        {
+            "loc": ["query", "due_before"],
+            "msg": "Value error, must be a date written YYYY-MM-DD",
+            "type": "value_error",
+        }
+    ],
     "updated_since=2024-05-01": {"updated_since": "2024-05-01T00:00:00Z"},
     "updated_since=0001-01-01T00:00:00%2B01:00": [
         {

@@ -19,6 +19,10 @@ _DATE_TIME = re.compile(
 )
 
 
+# What pydantic's lax datetime parsing takes that no timestamp filter should: a unix time.
+_NUMBER = re.compile(r"\s*[+-]?[0-9]+(\.[0-9]*)?\s*")
+
+
 def _date_text(value: object) -> object:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
@@ -35,5 +39,14 @@ def _date_time_text(value: object) -> object:
     raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2026-11-21T10:00:00Z")
 
 
+def _not_a_unix_time(value: object) -> object:
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-11-21T10:00:00Z")
+    return value
+
+
 IsoDate = Annotated[date, BeforeValidator(_date_text)]
 IsoDateTime = Annotated[datetime, BeforeValidator(_date_time_text)]
+# For a filter that has always read ISO 8601 leniently (a date, or no offset: UTC, as its
+# validator says): everything pydantic parses except unix times.
+IsoDateTimeUtcDefault = Annotated[datetime, BeforeValidator(_not_a_unix_time)]

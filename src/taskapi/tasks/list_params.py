@@ -8,7 +8,7 @@ not yet planned: that is taskapi.tasks.list_plan's job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any, Final, Literal
 
@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from taskapi.kit.formats import IsoDate, IsoDateTimeUtcDefault
 from taskapi.kit.pagination import query_fingerprint
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import TaskPriority, TaskStatus
@@ -106,11 +107,14 @@ class TaskListParams(BaseModel):
             "match in order, -word excludes",
         ),
     ] = None
-    due_before: date | None = Field(default=None, description="due_date on or before")
-    due_after: date | None = Field(default=None, description="due_date on or after")
-    created_before: date | None = Field(default=None, description="created on or before (UTC)")
-    created_after: date | None = Field(default=None, description="created on or after (UTC)")
-    updated_since: datetime | None = Field(default=None, description="updated at or after")
+    due_before: IsoDate | None = Field(default=None, description="due_date on or before")
+    due_after: IsoDate | None = Field(default=None, description="due_date on or after")
+    created_before: IsoDate | None = Field(default=None, description="created on or before (UTC)")
+    created_after: IsoDate | None = Field(default=None, description="created on or after (UTC)")
+    updated_since: IsoDateTimeUtcDefault | None = Field(
+        default=None,
+        description="updated at or after (RFC 3339; without an offset the time is UTC)",
+    )
     assignee: Annotated[
         Literal["me", "none"] | Annotated[int, Field(ge=1, le=MAX_ID)] | None,
         Field(description="`me`, `none` or a user id"),
@@ -124,8 +128,19 @@ class TaskListParams(BaseModel):
         ),
     ] = ""
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 20
-    offset: Annotated[int | None, Field(ge=0, le=MAX_OFFSET)] = None
-    cursor: Annotated[str | None, Field(min_length=1, max_length=2048)] = None
+    offset: Annotated[
+        int | None,
+        Field(ge=0, le=MAX_OFFSET, description="Rows to skip; not together with `cursor`"),
+    ] = None
+    cursor: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="The `next_cursor` of the previous page (keyset); not together with "
+            "`offset`",
+        ),
+    ] = None
     _sort_keys: tuple[SortKey, ...] = PrivateAttr(default=())
 
     @field_validator("updated_since")
