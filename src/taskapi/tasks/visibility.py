@@ -7,25 +7,28 @@ A task is visible to the users its grants name; today there are two, its owner a
   by text (GET, search, totals, writes, attachments);
 * `visible_halves(user)`: the same set split into disjoint parts, one per grant, each of which an
   index can answer in list order (the list reads every part in order and merges them);
-* `VIEWERS_FUNCTION`: the SQL function `task_viewers(tasks)`, every user who sees a task, once
-  each, for code running inside PostgreSQL: the stats triggers (whose counts a change moves) and
-  the due-soon job (whom to tell). Migration 0007 installs it; a test fails whenever the installed
-  text is not what this module renders.
+* `viewers(row)`: every user who sees one task, once each, rendered by taskapi.tasks.functions
+  as the SQL function `task_viewers(tasks)` for code running inside PostgreSQL: the stats
+  triggers (whose counts a change moves) and the due-soon job (whom to tell). Migrations install
+  its text; tests/test_task_rules.py fails while the installed text is not the rendering.
 
 Extending the rule, e.g. to project members (a project task visible to the members of its
 project, a personal task to its owner and assignee), is one edit here plus a migration:
 
-1. here: a second kind of grant next to `ColumnGrant`, with the same three methods, e.g.
-   `holds` = `tasks.c.project_id IN (SELECT project_id FROM project_members WHERE user_id = u)`
-   and `viewers` = `SELECT user_id FROM project_members WHERE project_id = t.project_id`, and
-   an entry for it in `GRANTS`. The list, search, GET, attachments and totals follow by
-   themselves (the list reads one more part, so give it an index in list order: project_id,
-   created_at DESC, id DESC).
-2. a migration that creates the project tables, runs the new `VIEWERS_FUNCTION` (its text
-   copied in, as migrations never change after the fact; `python -m taskapi.tasks.visibility`
-   prints it) and, since counts now also move when someone joins or leaves a project, adds the
-   stats triggers for `project_members` (and `project_id` to the columns the `tasks` update
-   trigger watches).
+1. here: a second kind of grant beside `ColumnGrant`, with the same three methods, e.g.
+   `holds` = `project_id IN (SELECT project_id FROM project_members WHERE user_id = u)`,
+   `excludes` = its negation, `named` = `SELECT user_id FROM project_members WHERE project_id =
+   t.project_id`, and an entry for it in `GRANTS`. The
+   list, search, GET, writes, attachments and totals follow by themselves (the list reads one
+   more part, so give it an index in list order: project_id, created_at DESC, id DESC).
+2. a migration that creates the project tables, installs the new `task_viewers` (its text as
+   `python -m taskapi.tasks.functions` prints it, copied in: migrations never change after the
+   fact) and, since counts then also move when someone joins or leaves a project, adds stats
+   triggers on `project_members` (and `project_id` to the columns the `tasks` update trigger
+   watches).
+
+Not derived from here: whose cached stats a write makes stale (tasks/service.py names the owner
+and the assignee, before and after); project members would have to be added there too.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     CompoundSelect,
+    Select,
     and_,
     bindparam,
     or_,
@@ -75,9 +79,10 @@ class ColumnGrant:
         condition: ColumnElement[bool] = column != user
         return condition
 
-    def viewer(self, tasks: Columns) -> ColumnElement[Any]:
-        """The user this grant names for one task row (null: nobody)."""
-        return tasks[self.column]
+    def named(self, tasks: Columns) -> Select[Any]:
+        """The users this grant names for one task row, as a one-column `user_id` query."""
+        column = tasks[self.column]
+        return select(column.label("user_id")).where(column.is_not(None))
 
 
 GRANTS: Final = (ColumnGrant("owner_id"), ColumnGrant("assignee_id"))
@@ -102,7 +107,7 @@ def viewers(tasks: Columns) -> CompoundSelect[Any]:
     earlier grant names (the same partition as `visible_halves`, read the other way round)."""
     parts = []
     for i, grant in enumerate(GRANTS):
-        viewer = grant.viewer(tasks)
-        earlier = (g.excludes(tasks, viewer) for g in GRANTS[:i])
-        parts.append(select(viewer.label("user_id")).where(viewer.is_not(None), *earlier))
+        named = grant.named(tasks)
+        user = named.selected_columns.user_id
+        parts.append(named.where(*(g.excludes(tasks, user) for g in GRANTS[:i])))
     return union_all(*parts)
