@@ -425,6 +425,22 @@ def test_the_proxy_is_the_one_published_address_of_the_api_replicas() -> None:
     assert "option httpchk GET /ops/health" in config
 
 
+def test_postgres_has_room_for_the_scaled_api_and_the_worker() -> None:
+    # make scale-test runs three API replicas; at the settings' default pool sizes they ran
+    # PostgreSQL out of connections ("too many clients already", answered 503).
+    services = compose_services()
+    command = services["postgres"]["command"]
+    options = dict(command[i + 1].split("=") for i, arg in enumerate(command) if arg == "-c")
+    reserved = 3  # superuser_reserved_connections' default
+    api = service_env(services["api"])
+    per_replica = int(api["WEB_CONCURRENCY"]) * (
+        int(api["DATABASE_POOL_SIZE"]) + int(api["DATABASE_MAX_OVERFLOW"])
+    )
+    worker = service_env(services["worker"])
+    per_worker = int(worker["DATABASE_POOL_SIZE"]) + int(worker["DATABASE_MAX_OVERFLOW"])
+    assert 3 * per_replica + per_worker <= int(options["max_connections"]) - reserved
+
+
 def test_published_ports_listen_on_loopback_only() -> None:
     # Development credentials: nothing of this stack may be reachable from the network.
     for name, service in compose_services().items():

@@ -218,8 +218,8 @@ class Api:
         return response.json()
 
 
-# Runs inside an API container: one request to that replica's own port, answered as JSON. The
-# image has Python but no curl; this is how a check talks to one replica, not to the proxy.
+# Runs inside an API container: one request to that replica's own port, answered as JSON (or as
+# text). The image has Python but no curl; this is how a check talks to one replica directly.
 IN_REPLICA_CLIENT = """
 import json, sys, urllib.error, urllib.request
 method, path, token, body = sys.argv[1:5]
@@ -233,7 +233,11 @@ try:
         status, text = response.status, response.read().decode()
 except urllib.error.HTTPError as error:
     status, text = error.code, error.read().decode()
-print(json.dumps({"status": status, "body": json.loads(text) if text else None}))
+try:
+    parsed = json.loads(text) if text else None
+except ValueError:
+    parsed = text
+print(json.dumps({"status": status, "body": parsed}))
 """
 
 
