@@ -22,8 +22,10 @@ RUN pip install --no-cache-dir --requirement requirements.lock
 # README.md is read by setuptools for the package metadata (pyproject's `readme`).
 COPY pyproject.toml README.md ./
 COPY src ./src
+# pip and setuptools only install: the image runs without them (no build tools at run time).
 RUN pip install --no-cache-dir --no-deps . \
-    && python -m compileall -q /opt/venv
+    && python -m compileall -q /opt/venv \
+    && pip uninstall --yes pip setuptools
 
 # --- runtime: the virtualenv, the migrations and a non-root user -------------------------------
 FROM python:3.11-slim AS runtime
@@ -41,11 +43,16 @@ WORKDIR /app
 # them in, so ALEMBIC_CONFIG points at them. Owned by root: the app user only reads them.
 COPY alembic.ini ./
 COPY migrations ./migrations
+# The app user's only writable place: /app is root's, and the local storage backend (the default)
+# creates and writes STORAGE_DIR, so readiness and uploads need it to exist and be the user's.
+# Mount a volume here to keep files across containers; with STORAGE_BACKEND=s3 it stays empty.
+RUN mkdir -p /app/var/storage && chown -R 10001:10001 /app/var
 
 ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ALEMBIC_CONFIG=/app/alembic.ini \
+    STORAGE_DIR=/app/var/storage \
     ENVIRONMENT=production \
     HOST=0.0.0.0 \
     PORT=8000

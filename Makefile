@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: help install run migrate test bigfile faults bench load lint format services lock clean
+.PHONY: help install run migrate test compose-test scale-test bigfile faults bench load lint format services lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -43,6 +43,12 @@ TEST_WORKERS ?= auto
 
 test: install services  ## install, make sure PostgreSQL and Redis are up, run the test suite
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --cov --durations=25 $(PYTEST_ARGS)
+
+compose-test: install  ## the real image and compose.yaml, end to end (own Docker engine; docs/deployment.md)
+	bash scripts/compose/run.sh e2e
+
+scale-test: install  ## 3 API replicas behind the proxy: shared limits and caches, SIGTERM, throughput
+	bash scripts/compose/run.sh scale
 
 bigfile: install  ## stream a 1 GiB file up and down (local, then S3 via moto); server RSS growth < 64 MiB
 	$(BIN)/python scripts/bigfile.py $(BIGFILE_ARGS)

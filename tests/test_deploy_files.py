@@ -1,13 +1,15 @@
 """The Dockerfile, compose.yaml and the Kubernetes manifests, checked by parsing them.
 
-There is no container engine where the tests run, so these tests hold the files to what an
-operator relies on: the image runs as non-root and can migrate, `docker compose up` starts in the
-right order with matching credentials, and every variable the manifests set is one taskapi reads
-(a misspelt name would be silently ignored, leaving a default in production).
+`make compose-test` builds and runs them for real (docs/deployment.md); these tests are the fast
+half, needing no container engine, that hold the files to what an operator relies on: the image
+runs as non-root and can migrate, `docker compose up` starts in the right order with matching
+credentials, and every variable the manifests set is one taskapi reads (a misspelt name would be
+silently ignored, leaving a default in production).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -305,9 +307,20 @@ def test_healthcheck_fails_when_nothing_answers() -> None:
     assert run_healthcheck(free_port()).returncode != 0
 
 
-def test_hadolint_finds_nothing_to_report() -> None:
-    result = subprocess.run(  # noqa: S603  (the linter from the dev lock on our Dockerfile)
-        [str(HADOLINT), "Dockerfile"],
+# The project's image, and the offline stand-ins for its base images (deploy/offline-images).
+LINTED_DOCKERFILES = [
+    "Dockerfile",
+    *sorted(
+        path.relative_to(ROOT_PATH).as_posix()
+        for path in (ROOT_PATH / "deploy" / "offline-images").glob("*/Dockerfile")
+    ),
+]
+
+
+@pytest.mark.parametrize("dockerfile", LINTED_DOCKERFILES)
+def test_hadolint_finds_nothing_to_report(dockerfile: str) -> None:
+    result = subprocess.run(  # noqa: S603  (the linter from the dev lock on our Dockerfiles)
+        [str(HADOLINT), dockerfile],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -391,8 +404,57 @@ def test_startup_order_migrates_before_the_api_and_the_worker() -> None:
     assert services["worker"]["command"] == ["taskapi", "worker"]
 
 
-def test_api_is_published_on_8000() -> None:
-    assert "8000:8000" in compose_services()["api"]["ports"]
+def test_the_proxy_is_the_one_published_address_of_the_api_replicas() -> None:
+    services = compose_services()
+    api, proxy = services["api"], services["proxy"]
+    # Replicas publish nothing (`--scale api=3` would fight over one host port); they expose 8000.
+    assert "ports" not in api
+    assert api["expose"] == ["8000"]
+    published = proxy["ports"][0]
+    host, _, container_port = published.rpartition(":")
+    assert compose_default(host.partition(":")[2]) == "8000"
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    (mount,) = proxy["volumes"]
+    source, target, mode = mount.split(":")
+    assert mode == "ro"
+    config = (ROOT_PATH / source).read_text()
+    assert target == "/usr/local/etc/haproxy/haproxy.cfg"
+    assert f"bind :{container_port}" in config
+    # Every replica, found by the service's DNS name, on the port the image listens on.
+    assert f"api:{final_stage_env()['PORT']}" in config
+    assert "option httpchk GET /ops/health" in config
+
+
+def test_postgres_has_room_for_the_scaled_api_and_the_worker() -> None:
+    # make scale-test runs three API replicas; at the settings' default pool sizes they ran
+    # PostgreSQL out of connections ("too many clients already", answered 503).
+    services = compose_services()
+    command = services["postgres"]["command"]
+    options = dict(command[i + 1].split("=") for i, arg in enumerate(command) if arg == "-c")
+    reserved = 3  # superuser_reserved_connections' default
+    api = service_env(services["api"])
+    per_replica = int(api["WEB_CONCURRENCY"]) * (
+        int(api["DATABASE_POOL_SIZE"]) + int(api["DATABASE_MAX_OVERFLOW"])
+    )
+    worker = service_env(services["worker"])
+    per_worker = int(worker["DATABASE_POOL_SIZE"]) + int(worker["DATABASE_MAX_OVERFLOW"])
+    assert 3 * per_replica + per_worker <= int(options["max_connections"]) - reserved
+
+
+def test_published_ports_listen_on_loopback_only() -> None:
+    # Development credentials: nothing of this stack may be reachable from the network.
+    for name, service in compose_services().items():
+        for published in service.get("ports", []):
+            assert published.startswith("127.0.0.1:"), f"{name}: {published}"
+
+
+def test_the_api_trusts_forwarded_for_only_from_private_networks_and_the_proxy_sets_it() -> None:
+    trusted = service_env(compose_services()["api"])["TRUSTED_PROXIES"].split(",")
+    assert all(ipaddress.ip_network(network).is_private for network in trusted)
+    config = (ROOT_PATH / "deploy" / "compose" / "haproxy.cfg").read_text()
+    # Replaced, never appended: a client cannot choose the address its login limit is counted on.
+    assert "http-request set-header X-Forwarded-For %[src]" in config
+    assert "option forwardfor" not in config
 
 
 def test_app_service_variables_are_settings_taskapi_reads() -> None:

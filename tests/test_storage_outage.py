@@ -14,9 +14,11 @@ Stopping `ThreadedMotoServer` itself would not do: its `stop()` leaves the liste
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +31,7 @@ from taskapi.attachments.service import DELETE_OBJECTS
 from taskapi.jobs.worker import Worker
 from taskapi.kit.services import services_of
 from taskapi.storage import STORAGE
+from taskapi.storage.local import LocalStorage
 from taskapi.wiring import JOBS
 from tests.conftest import (
     UserHandle,
@@ -324,3 +327,18 @@ async def test_the_app_starts_without_storage_and_uses_it_once_it_appears(
                 assert moto.exists(bucket, key)
     finally:
         await link.cut()
+
+
+async def test_local_storage_readiness_logs_the_directory_it_cannot_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /ops/ready only says "unavailable"; the log must say which directory and why (in the image
+    # that was a STORAGE_DIR the app user could not create).
+    occupied = tmp_path / "a-file"
+    occupied.write_text("where the storage directory should be")
+    caplog.set_level(logging.WARNING, logger="taskapi.storage")
+    assert await LocalStorage(occupied / "storage").check() is False
+    assert f"local storage {occupied / 'storage'} unavailable" in caplog.text
+    caplog.clear()
+    assert await LocalStorage(tmp_path / "storage").check() is True
+    assert "local storage" not in caplog.text

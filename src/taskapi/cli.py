@@ -41,18 +41,24 @@ def _alembic_config(settings: Settings) -> object:
     return config
 
 
+def _alembic_ini_found(settings: Settings) -> bool:
+    ini = _alembic_ini(settings)
+    if ini.is_file() and (ini.parent / "migrations").is_dir():
+        return True
+    print(
+        f"taskapi: no alembic.ini with migrations/ beside it at {ini}; "
+        "set ALEMBIC_CONFIG to the alembic.ini that ships with taskapi.",
+        file=sys.stderr,
+    )
+    return False
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Create the database if it is missing, then upgrade it to the latest schema."""
     from taskapi.kit.dbadmin import DatabaseUnreachable, ensure_database
 
     # Checked first: without it Alembic fails only after the database was created, with a traceback.
-    ini = _alembic_ini(settings)
-    if not ini.is_file() or not (ini.parent / "migrations").is_dir():
-        print(
-            f"taskapi: no alembic.ini with migrations/ beside it at {ini}; "
-            "set ALEMBIC_CONFIG to the alembic.ini that ships with taskapi.",
-            file=sys.stderr,
-        )
+    if not _alembic_ini_found(settings):
         return 2
     try:
         created = asyncio.run(ensure_database(settings.database_url))
@@ -67,6 +73,42 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     command.upgrade(_alembic_config(settings), args.revision)  # type: ignore[arg-type]
     return 0
+
+
+def cmd_wait_for_schema(settings: Settings, args: argparse.Namespace) -> int:
+    """Wait until the database schema is this release's (or a later release's), then exit 0; exit
+    1 after --timeout seconds. Run as an init container, it holds new pods back until the
+    migration Job of their release has run, while the old pods go on serving."""
+    import time
+
+    from alembic.script import ScriptDirectory
+
+    from taskapi.kit.dbadmin import DatabaseUnreachable, schema_revisions
+
+    if not _alembic_ini_found(settings):
+        return 2
+    script = ScriptDirectory.from_config(_alembic_config(settings))  # type: ignore[arg-type]
+    heads = frozenset(script.get_heads())
+    known = frozenset(revision.revision for revision in script.walk_revisions())
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            current = asyncio.run(schema_revisions(settings.database_url))
+            # A revision this release does not know is a later release's: newer, not older.
+            if current and all(rev in heads or rev not in known for rev in current):
+                print(f"taskapi: schema at {', '.join(sorted(current))}", file=sys.stderr)
+                return 0
+            state = f"schema at {', '.join(sorted(current)) or 'nothing'}"
+        except DatabaseUnreachable as error:
+            state = f"database unreachable ({error})"
+        if time.monotonic() >= deadline:
+            print(
+                f"taskapi: after {args.timeout} s the schema is not at {', '.join(sorted(heads))}"
+                f" ({state}); has `taskapi migrate` run for this release?",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -262,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
         "revision", nargs="?", default="head", help="target revision (default: head)"
     )
     migrate.set_defaults(handler=cmd_migrate)
+
+    wait_for_schema = commands.add_parser(
+        "wait-for-schema",
+        help="wait until `migrate` has brought the schema to this release",
+        description=cmd_wait_for_schema.__doc__,
+    )
+    wait_for_schema.add_argument(
+        "--timeout", type=_non_negative, default=600, metavar="S", help="give up after S seconds"
+    )
+    wait_for_schema.set_defaults(handler=cmd_wait_for_schema)
 
     worker = commands.add_parser(
         "worker", help="run background jobs", description=cmd_worker.__doc__

@@ -48,3 +48,19 @@ async def ensure_database(database_url: str) -> str | None:
         return name
     finally:
         await conn.close()
+
+
+async def schema_revisions(database_url: str) -> frozenset[str]:
+    """The Alembic revisions the database is at: empty when it was never migrated."""
+    url = make_url(database_url)
+    try:
+        conn = await asyncpg.connect(_asyncpg_dsn(database_url, url.database or ""), timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        raise DatabaseUnreachable(f"{type(error).__name__}: {error}") from error
+    try:
+        rows = await conn.fetch("SELECT version_num FROM alembic_version")
+    except asyncpg.UndefinedTableError:
+        return frozenset()
+    finally:
+        await conn.close()
+    return frozenset(row["version_num"] for row in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from taskapi.storage.base import (
     UploadSink,
     single_chunk,
 )
+
+logger = logging.getLogger("taskapi.storage")
 
 
 class _LocalSink(UploadSink):
@@ -133,6 +136,11 @@ class LocalStorage(Storage):
             return os.access(self.root, os.W_OK)
 
         try:
-            return await asyncio.to_thread(probe)
-        except OSError:
+            writable = await asyncio.to_thread(probe)
+        except OSError as error:
+            # Readiness only says "unavailable"; the operator needs the path and the reason.
+            logger.warning("local storage %s unavailable: %s", self.root, error)
             return False
+        if not writable:
+            logger.warning("local storage %s is not writable by this process", self.root)
+        return writable
