@@ -79,21 +79,26 @@ def cmd_wait_for_schema(settings: Settings, args: argparse.Namespace) -> int:
     """Wait until the database schema is this release's (or a later release's), then exit 0; exit
     1 after --timeout seconds. Run as an init container, it holds new pods back until the
     migration Job of their release has run, while the old pods go on serving."""
-    import time
-
     from alembic.script import ScriptDirectory
-
-    from taskapi.kit.dbadmin import DatabaseUnreachable, schema_revisions
 
     if not _alembic_ini_found(settings):
         return 2
     script = ScriptDirectory.from_config(_alembic_config(settings))  # type: ignore[arg-type]
     heads = frozenset(script.get_heads())
     known = frozenset(revision.revision for revision in script.walk_revisions())
-    deadline = time.monotonic() + args.timeout
+    return asyncio.run(_wait_for_schema(settings.database_url, heads, known, args.timeout))
+
+
+async def _wait_for_schema(
+    database_url: str, heads: frozenset[str], known: frozenset[str], seconds: float
+) -> int:
+    from taskapi.kit.dbadmin import DatabaseUnreachable, schema_revisions
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
     while True:
         try:
-            current = asyncio.run(schema_revisions(settings.database_url))
+            current = await schema_revisions(database_url)
             # A revision this release does not know is a later release's: newer, not older.
             if current and all(rev in heads or rev not in known for rev in current):
                 print(f"taskapi: schema at {', '.join(sorted(current))}", file=sys.stderr)
@@ -101,14 +106,14 @@ def cmd_wait_for_schema(settings: Settings, args: argparse.Namespace) -> int:
             state = f"schema at {', '.join(sorted(current)) or 'nothing'}"
         except DatabaseUnreachable as error:
             state = f"database unreachable ({error})"
-        if time.monotonic() >= deadline:
+        if loop.time() >= deadline:
             print(
-                f"taskapi: after {args.timeout} s the schema is not at {', '.join(sorted(heads))}"
+                f"taskapi: after {seconds} s the schema is not at {', '.join(sorted(heads))}"
                 f" ({state}); has `taskapi migrate` run for this release?",
                 file=sys.stderr,
             )
             return 1
-        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(2.0, max(0.0, deadline - loop.time())))
 
 
 def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
