@@ -55,7 +55,7 @@ def attack_report() -> Iterator[None]:
     """Write the module's counts for the closing note, whatever the outcome."""
     yield
     lines = [
-        "attack suite (tests/test_attack_suite.py)",
+        "attack suite (tests/fuzz/test_attack_suite.py)",
         f"IDOR probes: {COUNTS['idor_probes']} (leaks or changes: {COUNTS['idor_leaks']})",
         f"id inputs covered: {COUNTS['id_inputs_covered']} of {COUNTS['id_inputs']}",
         f"forged tokens tried: {COUNTS['forged_tried']} on {COUNTS['auth_routes']} routes "

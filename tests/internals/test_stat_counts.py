@@ -19,8 +19,8 @@ from sqlalchemy.pool import NullPool
 from taskapi.jobs.handlers import FOLD_AT_LEAST, JobContext, fold_task_stats
 from taskapi.tasks import stat_counts
 from tests.conftest import MakeUser, UserHandle, register_and_login
+from tests.internals.test_migrations import _insert_user, downgrade, fresh_database, upgrade
 from tests.task_helpers import TASKS, task_url
-from tests.test_migrations import _insert_user, downgrade, fresh_database, upgrade
 
 STATS = f"{TASKS}/stats"
 STATUSES = ("todo", "in_progress", "done", "cancelled")

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskapi.jobs import queue
 from taskapi.jobs.worker import Worker
+from tests.api.test_ratelimit import bad_login, http, limited_settings, running
 from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, database_url
-from tests.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
-from tests.test_ratelimit import bad_login, http, limited_settings, running
+from tests.deploy.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
