@@ -35,14 +35,13 @@ services:  ## start PostgreSQL and Redis if they are installed but stopped
 	@bash scripts/ensure-services.sh
 
 # One pytest process per core (pytest-xdist; TEST_WORKERS=1 for a single one), each with its own
-# databases, storage directory and Redis keys. A test module runs whole on one worker, so what
-# it builds once (a throwaway cluster, a fuzzed app, a module's report) is built once. Branch
-# coverage of src/taskapi, subprocesses included, is printed; under the floor in
-# pyproject.toml the run fails.
+# databases, storage directory and Redis keys; tests go to whichever worker is free. Branch
+# coverage of src/taskapi, subprocesses included, is printed; under the floor in pyproject.toml
+# the run fails.
 TEST_WORKERS ?= auto
 
 test: install services  ## install, make sure PostgreSQL and Redis are up, run the test suite
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --cov --durations=25 $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --cov --durations=25 $(PYTEST_ARGS)
 
 compose-test: install  ## the real image and compose.yaml, end to end (own Docker engine; docs/deployment.md)
 	bash scripts/compose/run.sh e2e

@@ -185,9 +185,20 @@ def built_app(settings: Settings) -> FastAPI:
 
 @pytest.fixture
 async def app(built_app: FastAPI, connection: AsyncConnection) -> AsyncIterator[FastAPI]:
-    async with built_app.router.lifespan_context(built_app):
-        bind_to_connection(built_app, connection)
-        yield built_app
+    # A test may add routes of its own (test_logging does) or override dependencies: the next
+    # test gets the app as it was built.
+    routes = list(built_app.router.routes)
+    overrides = dict(built_app.dependency_overrides)
+    openapi_schema = built_app.openapi_schema
+    try:
+        async with built_app.router.lifespan_context(built_app):
+            bind_to_connection(built_app, connection)
+            yield built_app
+    finally:
+        built_app.router.routes[:] = routes
+        built_app.dependency_overrides.clear()
+        built_app.dependency_overrides.update(overrides)
+        built_app.openapi_schema = openapi_schema
 
 
 @pytest.fixture

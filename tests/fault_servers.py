@@ -210,8 +210,8 @@ class PostgresCluster:
 
 
 # === Redis and S3 ================================================================================
-# Moved here from tests/test_redis_outage.py and tests/test_storage_outage.py so scripts/faults.py
-# can use them too.
+# Moved here from tests/faults/test_redis_outage.py and tests/faults/test_storage_outage.py so
+# scripts/faults.py can use them too.
 
 
 class RedisServer:

@@ -1,4 +1,4 @@
-"""Shared helpers for the single-task endpoint tests (tests/test_tasks_*.py)."""
+"""Shared helpers for the single-task endpoint tests (tests/api/test_tasks_*.py)."""
 
 from __future__ import annotations
 

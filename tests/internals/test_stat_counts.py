@@ -22,8 +22,8 @@ from taskapi.storage import STORAGE
 from taskapi.tasks import stat_counts
 from taskapi.tasks.jobs import FOLD_AT_LEAST, fold_task_stats
 from tests.conftest import MakeUser, UserHandle, register_and_login
+from tests.internals.test_migrations import _insert_user, downgrade, fresh_database, upgrade
 from tests.task_helpers import TASKS, task_url
-from tests.test_migrations import _insert_user, downgrade, fresh_database, upgrade
 
 STATS = f"{TASKS}/stats"
 STATUSES = ("todo", "in_progress", "done", "cancelled")

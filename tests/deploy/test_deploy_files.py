@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from taskapi import cli
 from taskapi.kit.config import Settings, resolve_secret_key
 from tests.conftest import ROOT, database_url
-from tests.test_cli_and_socket import (
+from tests.deploy.test_cli_and_socket import (
     _plain_dsn,
     cli_env,
     database_exists,

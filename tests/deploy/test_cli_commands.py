@@ -20,7 +20,7 @@ import pytest
 
 from taskapi.app import create_app
 from tests.conftest import TEMPLATE_DB, admin_execute, database_url, make_settings
-from tests.test_cli_and_socket import (
+from tests.deploy.test_cli_and_socket import (
     CLI_TIMEOUT,
     TASKAPI,
     Completed,

@@ -20,7 +20,7 @@ import pytest
 
 from tests.fault_servers import PG_BIN
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "faults.py"
 
 pytestmark = pytest.mark.skipif(

@@ -19,8 +19,8 @@ import kubernetes_validate
 import pytest
 
 from tests.conftest import admin_execute, database_url
-from tests.test_cli_and_socket import _plain_dsn, cli_env, dropped_afterwards, run_cli
-from tests.test_deploy_files import (
+from tests.deploy.test_cli_and_socket import _plain_dsn, cli_env, dropped_afterwards, run_cli
+from tests.deploy.test_deploy_files import (
     ROOT_PATH,
     UVICORN_GRACEFUL_SECONDS,
     api_deployment,

@@ -3,13 +3,15 @@ route, mass assignment on every write, hostile strings in every text input.
 
 Endpoints are derived from the app itself (`app.routes` and its OpenAPI document), so a new
 endpoint that takes an id, or a new authenticated route, that this suite does not exercise makes
-it fail. The counts land in `reports/attack_suite.txt` and on stdout (`pytest -s`).
+it fail. The counts land in `reports/attack_suite.txt` and on stdout (`pytest -s`); under
+pytest-xdist each worker writes those of the tests it ran (`reports/attack_suite.gw0.txt`, ...).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 import uuid
@@ -38,7 +40,8 @@ PUBLIC_ROUTES = {
     ("POST", f"{API}/auth/token"),
     ("POST", f"{API}/auth/refresh"),
 }
-REPORT = Path(ROOT) / "reports" / "attack_suite.txt"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+REPORT = Path(ROOT) / "reports" / (f"attack_suite.{WORKER}.txt" if WORKER else "attack_suite.txt")
 TABLES = ("users", "refresh_tokens", "tasks", "notifications", "attachments", "jobs")
 # A name that carries an id: path parameters always; in the query or the body by its name.
 ID_NAME = re.compile(r"(^|_)ids?$|^assignee$")
@@ -52,7 +55,7 @@ def attack_report() -> Iterator[None]:
     """Write the module's counts for the closing note, whatever the outcome."""
     yield
     lines = [
-        "attack suite (tests/test_attack_suite.py)",
+        "attack suite (tests/fuzz/test_attack_suite.py)",
         f"IDOR probes: {COUNTS['idor_probes']} (leaks or changes: {COUNTS['idor_leaks']})",
         f"id inputs covered: {COUNTS['id_inputs_covered']} of {COUNTS['id_inputs']}",
         f"forged tokens tried: {COUNTS['forged_tried']} on {COUNTS['auth_routes']} routes "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import UserHandle
-from tests.test_metrics import REQUESTS, scrape, value
+from tests.deploy.test_metrics import REQUESTS, scrape, value
 
 UNMATCHED = {"method": "GET", "route": "unmatched", "status": "404"}
 

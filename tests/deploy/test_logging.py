@@ -20,7 +20,7 @@ from taskapi.kit.config import Settings
 from taskapi.kit.errors import ServiceUnavailable
 from taskapi.kit.logs import configure_logging
 from tests.conftest import TEST_SECRET, MakeUser, UserHandle
-from tests.test_cli_and_socket import cli_env, run_cli
+from tests.deploy.test_cli_and_socket import cli_env, run_cli
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, TEMPLATE_DB, admin_execute, database_url
-from tests.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port, log_text
+from tests.deploy.test_cli_and_socket import (
+    TASKAPI,
+    _wait_until_healthy,
+    cli_env,
+    free_port,
+    log_text,
+)
 
 LOCUST = os.path.join(ROOT, ".venv", "bin", "locust")
 LOCUSTFILE = os.path.join(ROOT, "load", "locustfile.py")

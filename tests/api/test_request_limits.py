@@ -27,7 +27,7 @@ from tests.conftest import (
     make_settings,
     register_and_login,
 )
-from tests.test_cli_and_socket import TASKAPI, cli_env, free_port, log_text
+from tests.deploy.test_cli_and_socket import TASKAPI, cli_env, free_port, log_text
 
 PROBLEM = "application/problem+json"
 MiB = 1024 * 1024

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, TEMPLATE_DB, admin_execute, database_url
-from tests.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port, log_text
+from tests.deploy.test_cli_and_socket import (
+    TASKAPI,
+    _wait_until_healthy,
+    cli_env,
+    free_port,
+    log_text,
+)
 
 README = Path(ROOT) / "README.md"
 WALKTHROUGH_TIMEOUT = 120.0

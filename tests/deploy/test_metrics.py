@@ -22,9 +22,9 @@ from taskapi.jobs.registry import JobRegistry
 from taskapi.jobs.worker import Worker
 from taskapi.kit.services import services_of
 from taskapi.storage import STORAGE
+from tests.api.test_ratelimit import bad_login, http, limited_settings, running
 from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, database_url
-from tests.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
-from tests.test_ratelimit import bad_login, http, limited_settings, running
+from tests.deploy.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEMPLATE_DB, admin_execute, database_url
-from tests.test_cli_and_socket import (
+from tests.deploy.test_cli_and_socket import (
     TASKAPI,
     _plain_dsn,
     _wait_until_healthy,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "taskapi"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "taskapi"
 MAX_MODULE_LINES = 400
 
 
