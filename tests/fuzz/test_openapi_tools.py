@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from taskapi.app import create_app
-from tests import test_cli_and_socket
 from tests.conftest import ROOT, make_settings
+from tests.deploy import test_cli_and_socket
 
 # `taskapi serve` on a free port against a fresh database: the fixture yields its base URL.
 served = test_cli_and_socket.served
