@@ -1,7 +1,7 @@
 """Settings, read once per process from the environment and `.env`.
 
 Every setting is listed with its default in the README's configuration table and in
-`.env.example` (tests/test_docs.py keeps both in step with this model).
+`.env.example` (tests/docs/test_docs.py keeps both in step with this model).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ answer (kit/dispatch.py) and the route labels of logs and metrics (kit/middlewar
 
 Each route is re-added under its prefixed path with every argument `APIRouter.add_api_route`
 takes, read from the route by the parameter's own name, so an argument FastAPI adds later is
-carried over without an edit here. tests/test_read_path.py holds the resulting OpenAPI document
+carried over without an edit here. tests/internals/test_read_path.py holds the resulting OpenAPI
+document
 equal to what `include_router` gives: if FastAPI changes under this module, that test fails.
 """
 

@@ -88,7 +88,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # --- finishing the generated schema -------------------------------------------------------------
 # FastAPI documents what it can see in the signatures; what the error handlers, the middleware and
 # the dependencies add is filled in here, once for every operation, so routers only declare the
-# statuses that are specific to them. `tests/test_schemathesis.py` holds the app to the result.
+# statuses that are specific to them. `tests/fuzz/test_schemathesis.py` holds the app to the result.
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _JSON = "application/json"

@@ -4,7 +4,8 @@ never written by hand.
 
 A migration installs them with their text copied in (migrations never change after the fact):
 0007 the first time, and one more each time a rule changes (`python -m taskapi.tasks.functions`
-prints the statements). tests/test_task_rules.py fails while the installed bodies differ from
+prints the statements). tests/internals/test_task_rules.py fails while the installed bodies differ
+from
 what is rendered here, so a rule cannot change in Python alone.
 """
 

@@ -9,7 +9,8 @@ decided once, with the same rule; the rest is what FastAPI does: every value of 
 as FastAPI's 422 (a RequestValidationError located in "query"). The parameters are documented
 as FastAPI documents such a model (`QUERY_PARAMETERS`, for the route's openapi_extra).
 
-tests/test_read_path.py reads and documents the same model through FastAPI itself and compares,
+tests/internals/test_read_path.py reads and documents the same model through FastAPI itself and
+compares,
 so a FastAPI release that reads or documents query models differently fails there.
 """
 

@@ -75,7 +75,7 @@ UserId = JsonId
 # Unicode's controls (Cc) and format characters (Cf: zero-width and direction marks) are refused.
 # Unassigned code points are not: a newer Unicode than this server's may give them meaning (new
 # emoji); nor are private-use ones, which are characters, only not standard ones.
-# tests/test_schema_rules.py checks the ranges against this Python's Unicode database.
+# tests/fuzz/test_schema_rules.py checks the ranges against this Python's Unicode database.
 TAG_FORBIDDEN: Final = (
     r",\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
     r"\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"

@@ -10,7 +10,7 @@ A task is visible to the users its grants name; today there are two, its owner a
 * `viewers(row)`: every user who sees one task, once each, rendered by taskapi.tasks.functions
   as the SQL function `task_viewers(tasks)` for code running inside PostgreSQL: the stats
   triggers (whose counts a change moves) and the due-soon job (whom to tell). Migrations install
-  its text; tests/test_task_rules.py fails while the installed text is not the rendering.
+  its text; tests/internals/test_task_rules.py fails while the installed text is not the rendering.
 
 Extending the rule, e.g. to project members (a project task visible to the members of its
 project, a personal task to its owner and assignee), is one edit here plus a migration:
