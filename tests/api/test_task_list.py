@@ -632,6 +632,8 @@ SORTS = [
     "-updated_at,priority",
     "title,-id",
     "id,title",
+    "title,-title,title",  # a field named again is ignored: the first key decides
+    "-priority,priority,due_date",
 ]
 
 
@@ -683,7 +685,7 @@ async def test_default_sort_is_newest_first_with_newest_id_first_on_ties(client,
 
 
 BAD_SORTS = (
-    "nope", "title,title", "title,-title", "-", ",", "title,,id", "--title", "title desc",
+    "nope", "-", ",", "title,,id", "--title", "-+title", "+-title", "title desc",
     "-Title", "search", "rank", "owner_id", "title;drop table tasks",
 )  # fmt: skip
 

@@ -380,9 +380,7 @@ LIST_PARAMETER_CASES: dict[str, dict[str, Any] | list[dict[str, Any]]] = {
         }
     ],
     "sort=-due_date,title": {"sort": "-due_date,title"},
-    "sort=id,id": [
-        {"loc": ["query"], "msg": "Value error, sort field 'id' is repeated", "type": "value_error"}
-    ],
+    "sort=id,id": {"sort": "id,id"},
     "search=": [
         {
             "loc": ["query", "search"],

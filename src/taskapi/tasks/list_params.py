@@ -17,21 +17,35 @@ from pydantic import (
     BeforeValidator,
     Field,
     PrivateAttr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from taskapi.kit.formats import IsoDate, IsoDateTimeUtcDefault
+from taskapi.kit.openapi import STRIPPED_BY_PYTHON, trimmed_text_pattern
 from taskapi.kit.pagination import query_fingerprint
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import TaskPriority, TaskStatus
-from taskapi.tasks.schemas import normalize_tag
+from taskapi.tasks.schemas import MAX_TAG_LENGTH, TAG_FORBIDDEN, normalize_tag
 
 MAX_SEARCH_LENGTH: Final = 2000
 SORT_FIELDS: Final = ("created_at", "updated_at", "due_date", "priority", "title", "status", "id")
 DEFAULT_SORT: Final = "-created_at"
 MAX_LIMIT: Final = 100
 MAX_OFFSET: Final = 10_000_000
+
+
+# What the parsers below accept, stated for the schema (tests/fuzz/test_schemathesis.py fuzzes
+# both and fails on any value the schema allows and the server refuses, or the other way round).
+# A `tags=` value: comma-separated parts, each blank (skipped) or a tag once trimmed.
+_TAG_PART: Final = trimmed_text_pattern(
+    min_length=0, max_length=MAX_TAG_LENGTH, forbidden=TAG_FORBIDDEN, trimmed=STRIPPED_BY_PYTHON
+)[1:-1]
+TAGS_FILTER_PATTERN: Final = f"^{_TAG_PART}(?:,{_TAG_PART})*$"
+# A `sort=` value: empty (the default), or comma-separated fields, each with an optional sign.
+_SORT_KEY: Final = f"[{STRIPPED_BY_PYTHON}]*[-+]?(?:{'|'.join(SORT_FIELDS)})[{STRIPPED_BY_PYTHON}]*"
+SORT_PATTERN: Final = f"^(?:{_SORT_KEY}(?:,{_SORT_KEY})*)?$"
 
 
 def _split_commas(value: Any) -> Any:
@@ -65,16 +79,18 @@ class SortKey:
 
 
 def parse_sort(raw: str) -> tuple[SortKey, ...]:
-    """`-due_date,title` -> its keys; a bad sort is a ValueError (a 422 from the validator)."""
+    """`-due_date,title` -> its keys; a bad sort is a ValueError (a 422 from the validator).
+
+    A field named again is dropped, as SQL would ignore it: once rows are ordered by a field,
+    a later key on the same field can never separate two of them (`title,-title` is `title`)."""
     keys: list[SortKey] = []
     for part in (p.strip() for p in (raw or DEFAULT_SORT).split(",")):
         descending = part.startswith("-")
-        name = part.removeprefix("-").removeprefix("+")
+        name = part[1:] if part[:1] in ("-", "+") else part
         if name not in SORT_FIELDS:
             raise ValueError(f"unknown sort field {name!r}; use {', '.join(SORT_FIELDS)}")
-        if any(key.field == name for key in keys):
-            raise ValueError(f"sort field {name!r} is repeated")
-        keys.append(SortKey(name, descending))
+        if all(key.field != name for key in keys):
+            keys.append(SortKey(name, descending))
     return tuple(keys)
 
 
@@ -94,7 +110,8 @@ class TaskListParams(BaseModel):
     completed: bool | None = None
     overdue: bool | None = None
     tags: Annotated[
-        list[str] | None,
+        list[Annotated[str, WithJsonSchema({"type": "string", "pattern": TAGS_FILTER_PATTERN})]]
+        | None,
         BeforeValidator(_tags_filter),
         Field(description="Tasks carrying all of these tags (comma list)"),
     ] = None
@@ -123,8 +140,10 @@ class TaskListParams(BaseModel):
     sort: Annotated[
         str,
         Field(
+            json_schema_extra={"pattern": SORT_PATTERN},
             description="Comma list of created_at, updated_at, due_date, priority, title, "
-            "status, id; `-` for descending. Default -created_at (relevance when searching)."
+            "status, id; `-` for descending (a field named again is ignored). Default -created_at "
+            "(relevance when searching).",
         ),
     ] = ""
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 20
