@@ -16,6 +16,15 @@ Who logs in (environment variables):
 
 `LOAD_WAIT_MIN` / `LOAD_WAIT_MAX` (seconds, default 0.5 / 2) set the think time between actions.
 
+Two kinds of people (locust user classes, picked by weight, 3 to 1):
+
+* `TaskApiUser`: works through their own list, as above.
+* `ProjectMemberUser`: a member of shared projects. Seeded accounts are members of the demo
+  projects `taskapi seed` creates; a self-registered one (or a seeded one in none) creates a
+  project (`POST /projects`) with a few tasks. Then mostly lists a project's tasks
+  (`GET /tasks?project_id=<id>`, plain or filtered), the projects list (`GET /projects`), opens
+  a project task and, as an editor or admin, adds one.
+
 Request names (the rows of the report) are the route templates, so every task id lands in one row.
 """
 
@@ -91,12 +100,15 @@ def multipart(filename: str, content_type: str, payload: bytes) -> tuple[bytes, 
     return head + payload + f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
-class TaskApiUser(FastHttpUser):
-    wait_time = between(WAIT_MIN, WAIT_MAX)
+class ApiUser(FastHttpUser):
+    """Signing in and reading JSON, shared by the kinds of people below."""
 
-    def on_start(self) -> None:
-        self.task_ids: list[int] = []
-        self.file_ids: list[int] = []
+    abstract = True
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+    task_ids: list[int]  # what the user may open: its own tasks, or a project's
+
+    def sign_in(self) -> None:
+        """A seeded account (round robin) or a new one, then a login."""
         if SEED_USERS > 0:
             with _next_seeded_lock:
                 n = (next(_next_seeded) - 1) % SEED_USERS + 1
@@ -113,12 +125,6 @@ class TaskApiUser(FastHttpUser):
                 201,
             )
         self.login()
-        self.refresh_task_ids()
-        if not self.task_ids:
-            for _ in range(3):
-                self.create_task()
-        # One file from the start, so downloads have something to fetch.
-        self.upload_file()
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -163,6 +169,23 @@ class TaskApiUser(FastHttpUser):
 
     def some_task(self) -> int | None:
         return random.choice(self.task_ids) if self.task_ids else None
+
+
+class TaskApiUser(ApiUser):
+    """Works through their own list."""
+
+    weight = 3
+
+    def on_start(self) -> None:
+        self.task_ids = []
+        self.file_ids: list[int] = []
+        self.sign_in()
+        self.refresh_task_ids()
+        if not self.task_ids:
+            for _ in range(3):
+                self.create_task()
+        # One file from the start, so downloads have something to fetch.
+        self.upload_file()
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -305,4 +328,99 @@ class TaskApiUser(FastHttpUser):
             f"{API}/files/{file_id}", name="GET /files/{id}", catch_response=True
         ) as response:
             if response.status_code != 200 or not response.content:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+
+
+WRITERS = ("editor", "admin")
+
+
+class ProjectMemberUser(ApiUser):
+    """A member of shared projects: lists a project's tasks and the projects list."""
+
+    weight = 1
+
+    def on_start(self) -> None:
+        self.task_ids = []
+        self.projects: dict[int, str] = {}  # id -> the caller's role
+        self.sign_in()
+        self.list_projects()
+        if not self.projects:
+            self.create_project()
+
+    def project(self) -> int | None:
+        return random.choice(list(self.projects)) if self.projects else None
+
+    def create_project(self) -> None:
+        name = f"Load project {uuid.uuid4().hex[:8]}"
+        with self.client.post(
+            f"{API}/projects", json={"name": name}, name="POST /projects", catch_response=True
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+            project = response.json()
+        self.projects[project["id"]] = project["role"]
+        for _ in range(3):
+            self.create_project_task(project["id"])
+
+    @task(3)
+    def list_projects(self) -> None:
+        page = self._get_json("/projects", "GET /projects")
+        if page is not None:
+            self.projects = {item["id"]: item["role"] for item in page["items"]}
+
+    @task(10)
+    def list_project_tasks(self) -> None:
+        project_id = self.project()
+        if project_id is None:
+            return
+        page = self._get_json(f"/tasks?project_id={project_id}", "GET /tasks?project_id")
+        if page is not None:
+            self.task_ids = [item["id"] for item in page["items"]]
+
+    @task(4)
+    def list_project_filtered(self) -> None:
+        project_id = self.project()
+        if project_id is None:
+            return
+        filters = random.choice(
+            (f"status={random.choice(STATUSES)}", "overdue=true", "sort=due_date")
+        )
+        self._get_json(f"/tasks?project_id={project_id}&{filters}", "GET /tasks?project_id")
+
+    @task(3)
+    def get_project_task(self) -> None:
+        task_id = self.some_task()
+        if task_id is None:
+            return
+        with self.client.get(
+            f"{API}/tasks/{task_id}", name="GET /tasks/{id}", catch_response=True
+        ) as response:
+            if response.status_code == 404:
+                # Moved out of the project or deleted meanwhile: a real outcome.
+                response.success()
+                self.task_ids.remove(task_id)
+            elif response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+
+    @task(2)
+    def add_project_task(self) -> None:
+        writable = [pid for pid, role in self.projects.items() if role in WRITERS]
+        if writable:
+            self.create_project_task(random.choice(writable))
+
+    def create_project_task(self, project_id: int) -> None:
+        body = {
+            "title": f"{random.choice(TITLES)} #{random.randint(1, 9999)}",
+            "priority": random.choice(PRIORITIES),
+            "project_id": project_id,
+        }
+        with self.client.post(
+            f"{API}/tasks", json=body, name="POST /tasks (project)", catch_response=True
+        ) as response:
+            if response.status_code in (403, 404):
+                # Removed from the project, or demoted, by an admin meanwhile: a real outcome.
+                response.success()
+                self.projects.pop(project_id, None)
+            elif response.status_code != 201:
                 response.failure(f"{response.status_code}: {response.text[:200]}")

@@ -24,6 +24,7 @@ TASK_FIELDS = frozenset(
         "tags",
         "owner_id",
         "assignee_id",
+        "project_id",
         "attachment_count",
         "created_at",
         "updated_at",

@@ -7,13 +7,19 @@ Starlette + asyncpg + orjson: no ORM, no validation, no middleware, no rate limi
 It checks the bearer token exactly as the API does (PyJWT, HS256, the same key, audience, issuer
 and required claims, `type` = access) and answers the first page of the caller's list with the
 same body as the API (`make bench` compares the two before measuring): the 20 most recently
-created tasks the caller owns or is assigned, newest first with ties broken by id, the visible
-`total`, `limit`, `offset` and a `next_cursor` signed the way the API signs it.
+created tasks the caller sees, newest first with ties broken by id, the visible `total`, `limit`,
+`offset` and a `next_cursor` signed the way the API signs it. It answers two requests:
 
-The SQL is the best we know for that result, in one round trip: the owner's and the assignee's
-index scans merged (instead of an OR that reads every visible row to sort them), and the total
-counted from the indexes. So a ratio to this app measures everything the API adds, its choice of
-queries included. It is not part of the service, and it answers nothing but that one request.
+* `GET /api/v1/tasks`: every visible task. The SQL is the best we know for that result, in one
+  round trip: the personal tasks the caller owns, the personal tasks they are assigned, and the
+  tasks of each project they are a member of, each read in list order from its own index and cut
+  at the page (a LATERAL read per project: `project_id IN (...)` would read and sort every task
+  of every project), merged; the total counted from the same indexes.
+* `GET /api/v1/tasks?project_id=<id>`: one project's tasks, for a member (404 otherwise): one
+  index scan in list order, its count, and the membership as a one-time filter.
+
+So a ratio to this app measures everything the API adds, its choice of queries included. It is
+not part of the service, and it answers nothing but those requests.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -42,26 +49,53 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud", "type", "sid"]
 CLOSED_STATUSES = frozenset({"done", "cancelled"})
 
 # The page (one row more than shown, to know whether a next page exists) and the visible total.
-# `owner_id <> $1` on the assignee side keeps a self-assigned task from appearing twice.
-# The total is an uncorrelated subquery, computed once; an empty first page means a total of 0.
+# Personal tasks (project_id IS NULL, the partial indexes' predicate): `owner_id <> $1` on the
+# assignee side keeps a self-assigned task from appearing twice. Project tasks: per membership,
+# the project's first rows in order. The totals are uncorrelated subqueries, computed once; an
+# empty first page means a total of 0.
+COLUMNS = """id, title, description, status, priority, due_date, tags, owner_id, assignee_id,
+            project_id, attachment_count, created_at, updated_at, completed_at, version"""
 PAGE_SQL = """
 SELECT page.*,
-       (SELECT count(*) FROM tasks WHERE owner_id = $1)
-       + (SELECT count(*) FROM tasks WHERE assignee_id = $1 AND owner_id <> $1) AS total
+       (SELECT count(*) FROM tasks WHERE owner_id = $1 AND project_id IS NULL)
+       + (SELECT count(*) FROM tasks
+          WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL)
+       + (SELECT count(*) FROM project_members AS m JOIN tasks AS t ON t.project_id = m.project_id
+          WHERE m.user_id = $1) AS total
 FROM (
-    (SELECT id, title, description, status, priority, due_date, tags, owner_id, assignee_id,
-            attachment_count, created_at, updated_at, completed_at, version
-     FROM tasks WHERE owner_id = $1
+    (SELECT COLUMNS
+     FROM tasks WHERE owner_id = $1 AND project_id IS NULL
      ORDER BY created_at DESC, id DESC LIMIT $2)
     UNION ALL
-    (SELECT id, title, description, status, priority, due_date, tags, owner_id, assignee_id,
-            attachment_count, created_at, updated_at, completed_at, version
-     FROM tasks WHERE assignee_id = $1 AND owner_id <> $1
+    (SELECT COLUMNS
+     FROM tasks WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL
      ORDER BY created_at DESC, id DESC LIMIT $2)
+    UNION ALL
+    (SELECT project_page.*
+     FROM project_members AS m
+     CROSS JOIN LATERAL (
+         SELECT COLUMNS
+         FROM tasks WHERE project_id = m.project_id
+         ORDER BY created_at DESC, id DESC LIMIT $2
+     ) AS project_page
+     WHERE m.user_id = $1)
 ) AS page
 ORDER BY created_at DESC, id DESC
 LIMIT $2
 """
+# One project's page, when the caller is a member ($1 user, $2 project): no rows otherwise.
+PROJECT_PAGE_SQL = """
+SELECT COLUMNS, (SELECT count(*) FROM tasks WHERE project_id = $2) AS total
+FROM tasks
+WHERE project_id = $2
+  AND EXISTS (SELECT FROM project_members WHERE user_id = $1 AND project_id = $2)
+ORDER BY created_at DESC, id DESC
+LIMIT $3
+"""
+# The column list written once (a plain replace: nothing here comes from a request).
+PAGE_SQL = PAGE_SQL.replace("COLUMNS", COLUMNS)
+PROJECT_PAGE_SQL = PROJECT_PAGE_SQL.replace("COLUMNS", COLUMNS)
+IS_MEMBER_SQL = "SELECT EXISTS (SELECT FROM project_members WHERE user_id = $1 AND project_id = $2)"
 
 _settings = get_settings()
 SIGNING_KEY = _settings.signing_key
@@ -75,6 +109,11 @@ DSN = _settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1
 CURSORS = CursorCodec(SIGNING_KEY)
 DEFAULT_LIST_FINGERPRINT = TaskListParams().fingerprint
 
+NOT_FOUND = Response(
+    orjson.dumps({"status": 404, "code": "project_not_found"}),
+    status_code=404,
+    media_type="application/problem+json",
+)
 UNAUTHORIZED = Response(
     orjson.dumps({"status": 401, "code": "not_authenticated"}),
     status_code=401,
@@ -121,6 +160,7 @@ def task_json(row: asyncpg.Record, today: date) -> dict[str, Any]:
         "tags": row["tags"],
         "owner_id": row["owner_id"],
         "assignee_id": row["assignee_id"],
+        "project_id": row["project_id"],
         "attachment_count": row["attachment_count"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -129,21 +169,37 @@ def task_json(row: asyncpg.Record, today: date) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=64)
+def project_fingerprint(project_id: int) -> str:
+    """The fingerprint the API binds a `?project_id=` list's cursor to (its own code)."""
+    return TaskListParams(project_id=project_id).fingerprint
+
+
 async def list_tasks(request: Request) -> Response:
     user_id = user_id_from(request)
     if user_id is None:
         return UNAUTHORIZED
     pool: asyncpg.Pool = request.app.state.pool
-    rows = await pool.fetch(PAGE_SQL, user_id, PAGE_SIZE + 1)
+    project = request.query_params.get("project_id")
+    if project is not None:
+        try:
+            project_id = int(project)
+        except ValueError:
+            return NOT_FOUND
+        rows = await pool.fetch(PROJECT_PAGE_SQL, user_id, project_id, PAGE_SIZE + 1)
+        if not rows and not await pool.fetchval(IS_MEMBER_SQL, user_id, project_id):
+            return NOT_FOUND
+        fingerprint = project_fingerprint(project_id)
+    else:
+        rows = await pool.fetch(PAGE_SQL, user_id, PAGE_SIZE + 1)
+        fingerprint = DEFAULT_LIST_FINGERPRINT
     today = datetime.now(UTC).date()
     next_cursor = None
     if len(rows) > PAGE_SIZE:
         rows = rows[:PAGE_SIZE]
         last = rows[-1]
         # Exactly what the API puts in a cursor for the default sort (-created_at, then -id).
-        next_cursor = CURSORS.encode(
-            [last["created_at"].isoformat(), last["id"]], DEFAULT_LIST_FINGERPRINT
-        )
+        next_cursor = CURSORS.encode([last["created_at"].isoformat(), last["id"]], fingerprint)
     body = {
         "items": [task_json(row, today) for row in rows],
         "total": rows[0]["total"] if rows else 0,

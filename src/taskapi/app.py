@@ -7,6 +7,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -17,6 +18,9 @@ from taskapi.attachments.router import router as attachments_router
 from taskapi.auth.principal_cache import PRINCIPAL_CACHE, PrincipalCache
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AUTH_SERVICE, AuthService
+from taskapi.events.router import router as events_router
+from taskapi.events.stream import router as event_stream_router
+from taskapi.events.wakeup import EVENT_WAKER, EventWaker
 from taskapi.jobs.worker import Worker
 from taskapi.kit.cache import RedisGuard, create_redis
 from taskapi.kit.config import Settings, get_settings
@@ -37,14 +41,31 @@ from taskapi.kit.services import Services, install_services
 from taskapi.notifications.router import router as notifications_router
 from taskapi.ops.docs import install_docs
 from taskapi.ops.router import router as ops_router
+from taskapi.projects.router import router as projects_router
 from taskapi.storage import STORAGE
 from taskapi.storage.s3 import create_storage
+from taskapi.tasks.activity import router as task_activity_router
 from taskapi.tasks.router import router as tasks_router
 from taskapi.tasks.stats_cache import STATS_CACHE, StatsCache
+from taskapi.tasks.trash_router import router as trash_router
 from taskapi.users.router import router as users_router
 from taskapi.wiring import JOBS, connect_domains
 
 API_PREFIX = "/api/v1"
+# Every router under API_PREFIX, in the order routes are matched: the busiest first (no two
+# routers' paths overlap).
+API_ROUTERS: Final = (
+    tasks_router,
+    attachments_router,
+    auth_router,
+    users_router,
+    projects_router,
+    trash_router,
+    notifications_router,
+    events_router,
+    event_stream_router,
+    task_activity_router,
+)
 
 DESCRIPTION = """
 A multi-user task-management API.
@@ -87,6 +108,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     services.provide(STATS_CACHE, stats_cache)
     storage = await create_storage(settings)
     services.provide(STORAGE, storage)
+    # One listening connection per process wakes its event streams (GET /events/stream).
+    event_waker = EventWaker(settings)
+    await event_waker.start()
+    services.provide(EVENT_WAKER, event_waker)
     stop_worker = asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
     if settings.worker_embedded:
@@ -96,6 +121,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         yield services
     finally:
         stop_worker.set()
+        await event_waker.stop()
         if worker_task is not None:
             await worker_task  # finishes the job in hand
         await storage.close()
@@ -132,10 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     connect_domains()
 
-    # Routes are matched in order: the busiest first (no two routers' paths overlap).
-    for router in (tasks_router, attachments_router, auth_router, users_router):
+    for router in API_ROUTERS:
         add_routes(app, router, API_PREFIX)
-    add_routes(app, notifications_router, API_PREFIX)
     add_routes(app, ops_router)
     install_docs(app)
 

@@ -260,7 +260,8 @@ def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
     password, each owning M tasks with realistic titles, descriptions, tags, priorities,
     statuses and due dates (some overdue), some assigned to other seeded users (with their
     notifications), and a few small files (Markdown notes, PNG screenshots) in the configured
-    storage. Users that already exist are skipped, so running it again adds only new users."""
+    storage; and three shared projects with admins, editors, viewers and tasks of their own.
+    Users that already exist are skipped, so running it again adds only new users."""
     from taskapi.accounts import CommandError
     from taskapi.seed import seed
 
@@ -280,7 +281,8 @@ def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"seeded {report.created_users} users ({report.skipped_users} already existed), "
         f"{report.tasks} tasks ({report.assigned} assigned, {report.overdue} overdue), "
-        f"{report.attachments} files; log in as user1 .. user{args.users} with the password "
+        f"{report.attachments} files, {report.projects}; log in as user1 .. "
+        f"user{args.users} with the password "
         f"{args.password!r}"
     )
     return 0

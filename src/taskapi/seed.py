@@ -31,6 +31,7 @@ from taskapi.kit.db import create_sessionmaker
 from taskapi.kit.security import PasswordHashing
 from taskapi.models import Attachment, Notification, NotificationKind, Task, TaskPriority, User
 from taskapi.models import TaskStatus as S
+from taskapi.seed_projects import ProjectsReport, seed_projects
 from taskapi.storage import Storage
 from taskapi.storage.s3 import create_storage
 from taskapi.tasks.stats_cache import StatsCache
@@ -117,6 +118,7 @@ class SeedReport:
     assigned: int
     overdue: int
     attachments: int
+    projects: ProjectsReport
 
 
 def _pick(rng: random.Random, weighted: Sequence[tuple[Any, int]]) -> Any:
@@ -317,6 +319,8 @@ async def seed(
             ]
             if notifications:
                 await session.execute(insert(notification_table), notifications)
+            # Shared projects among all seeded users, a quarter of a user's tasks per writer.
+            projects = await seed_projects(session, everyone, tasks_per_user // 4, now, _task_rows)
 
             with_files = [
                 task for task, row in zip(tasks, rows, strict=True) if row["attachment_count"]
@@ -361,7 +365,7 @@ async def seed(
 
     # Users who just gained tasks (as owner or assignee) may have stats cached from before.
     await _forget_cached_stats(
-        settings, {t.owner_id for t in tasks} | {t.assignee_id for t in tasks}
+        settings, {t.owner_id for t in tasks} | {t.assignee_id for t in tasks} | projects.member_ids
     )
     return SeedReport(
         created_users=len(new_users),
@@ -376,6 +380,7 @@ async def seed(
             and row["status"] in (S.TODO, S.IN_PROGRESS)
         ),
         attachments=len(files),
+        projects=projects,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Final
 from taskapi.attachments import jobs as attachment_jobs
 from taskapi.attachments import service as attachments
 from taskapi.attachments.service import DELETE_OBJECTS
+from taskapi.events import jobs as event_jobs
 from taskapi.jobs.queue import utcnow
 from taskapi.jobs.registry import JobContext, JobRegistry, Periodic
 from taskapi.kit import idempotency
@@ -36,12 +37,16 @@ JOBS: Final = JobRegistry(
         notification_jobs.DUE_SOON: notification_jobs.due_soon_notifications,
         EXPIRE_IDEMPOTENCY_KEYS: expire_idempotency_keys,
         task_jobs.FOLD_TASK_STATS: task_jobs.fold_task_stats,
+        task_jobs.PURGE_TRASH: task_jobs.purge_trash,
+        event_jobs.PURGE_EVENTS: event_jobs.purge_events,
     },
     periodic=(
         Periodic(attachment_jobs.SWEEP_ORPHANS, lambda s: s.orphan_sweep_interval_seconds),
         Periodic(notification_jobs.DUE_SOON, lambda s: s.due_soon_interval_seconds),
         Periodic(EXPIRE_IDEMPOTENCY_KEYS, lambda s: s.idempotency_sweep_interval_seconds),
         Periodic(task_jobs.FOLD_TASK_STATS, lambda s: s.stats_fold_interval_seconds),
+        Periodic(task_jobs.PURGE_TRASH, lambda s: s.trash_purge_interval_seconds),
+        Periodic(event_jobs.PURGE_EVENTS, lambda s: s.event_purge_interval_seconds),
     ),
 )
 

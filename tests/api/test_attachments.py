@@ -945,7 +945,18 @@ async def test_deleted_files_and_tasks_leave_storage_once_jobs_ran(env: Env) -> 
 
     deleted_file = await env.client.delete(f"{FILES}/{removed['id']}", headers=alice.headers)
     assert deleted_file.status_code == 204
-    deleted_task = await env.client.delete(f"{TASKS}/{doomed_task['id']}", headers=alice.headers)
+    # In the trash a task keeps its files (restorable); deleted for good, they leave storage.
+    trashed = await env.client.delete(f"{TASKS}/{doomed_task['id']}", headers=alice.headers)
+    assert trashed.status_code == 204
+    worker = Worker(
+        services_of(env.app).sessionmaker, services_of(env.app).get(STORAGE), env.settings, JOBS
+    )
+    while await worker.run_once():
+        pass
+    assert len(env.probe.objects()) == 3
+    deleted_task = await env.client.delete(
+        f"{TASKS}/{doomed_task['id']}/force", headers=alice.headers
+    )
     assert deleted_task.status_code == 204
     worker = Worker(
         services_of(env.app).sessionmaker, services_of(env.app).get(STORAGE), env.settings, JOBS

@@ -12,7 +12,7 @@ from tests.conftest import UserHandle
 from tests.task_helpers import RFC3339_UTC, TASKS, assert_problem, etag, fetch, task_url
 
 NOTIFICATIONS = "/api/v1/notifications"
-NOTIFICATION_FIELDS = {"id", "kind", "task_id", "message", "read", "created_at"}
+NOTIFICATION_FIELDS = {"id", "kind", "task_id", "project_id", "message", "read", "created_at"}
 
 
 async def page(client: httpx.AsyncClient, user: UserHandle, **params: Any) -> dict[str, Any]:

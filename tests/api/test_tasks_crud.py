@@ -814,7 +814,7 @@ async def test_put_ignores_server_managed_fields(client, alice, bob, make_task):
 # --- DELETE ------------------------------------------------------------------------------------
 
 
-async def test_delete_removes_task(client, alice, make_task, db_session):
+async def test_delete_moves_the_task_to_the_trash(client, alice, make_task, db_session):
     task = await make_task(alice)
     other = await make_task(alice)
     response = await client.delete(task_url(task["id"]), headers=alice.headers)
@@ -823,7 +823,9 @@ async def test_delete_removes_task(client, alice, make_task, db_session):
     assert_problem(await client.get(task_url(task["id"]), headers=alice.headers), 404)
     again = await client.delete(task_url(task["id"]), headers=alice.headers)
     assert_problem(again, 404, "task_not_found")
-    assert await db_session.scalar(select(Task.id).where(Task.id == task["id"])) is None
+    # Kept, in the trash (tests/api/test_trash.py): restorable until purged.
+    deleted_at = await db_session.scalar(select(Task.deleted_at).where(Task.id == task["id"]))
+    assert deleted_at is not None
     listing = (await client.get(TASKS, headers=alice.headers)).json()
     assert [item["id"] for item in listing["items"]] == [other["id"]]
 

@@ -78,6 +78,13 @@ class Deployment:
         finally:
             await conn.close()
 
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(_plain_dsn(database_url(self.db)))
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
     @asynccontextmanager
     async def api(self) -> AsyncIterator[httpx.AsyncClient]:
         settings = make_settings(
@@ -236,7 +243,9 @@ async def test_seed_fills_a_realistic_backlog(deployment: Deployment) -> None:
         for n in (1, 2, 3):
             headers = await login(client, f"user{n}", password)
             owned = (
-                await client.get("/api/v1/tasks?scope=owned&limit=100", headers=headers)
+                await client.get(
+                    "/api/v1/tasks?scope=owned&project_id=none&limit=100", headers=headers
+                )
             ).json()
             assert owned["total"] == 10
             for item in owned["items"]:
@@ -298,6 +307,36 @@ async def test_seed_fills_a_realistic_backlog(deployment: Deployment) -> None:
             word in t["title"].lower() + (t["description"] or "").lower() for t in found["items"]
         )
 
+        # Shared projects: member counts agree with the member rows, every role is used,
+        # assignees are members, and a member lists each project's tasks.
+        projects = await deployment.fetch(
+            "SELECT p.id, p.member_count, count(m.user_id) AS members,"
+            " array_agg(DISTINCT m.role::text) AS roles"
+            " FROM projects p JOIN project_members m ON m.project_id = p.id GROUP BY p.id"
+        )
+        assert len(projects) == 3
+        assert all(p["member_count"] == p["members"] for p in projects)
+        assert {role for p in projects for role in p["roles"]} == {"admin", "editor", "viewer"}
+        assert (
+            await deployment.fetchval(
+                "SELECT count(*) FROM tasks t WHERE t.assignee_id IS NOT NULL"
+                " AND t.project_id IS NOT NULL AND NOT EXISTS (SELECT FROM project_members m"
+                " WHERE m.project_id = t.project_id AND m.user_id = t.assignee_id)"
+            )
+            == 0
+        )
+        for project in projects:
+            in_project = await deployment.fetchval(
+                "SELECT count(*) FROM tasks WHERE project_id = $1", project["id"]
+            )
+            assert in_project >= 1
+            listed = (
+                await client.get(f"/api/v1/tasks?project_id={project['id']}", headers=owner)
+            ).json()
+            assert listed["total"] == in_project
+        shared = (await client.get("/api/v1/notifications", headers=headers)).json()
+        assert any(n["kind"] == "project_shared" for n in shared["items"])
+
 
 async def test_seeding_twice_skips_existing_users(deployment: Deployment) -> None:
     first = await deployment.run("seed", "--users", "2", "--tasks-per-user", "5")
@@ -307,13 +346,17 @@ async def test_seeding_twice_skips_existing_users(deployment: Deployment) -> Non
     assert "seeded 1 users (2 already existed)" in second.stdout
 
     assert await deployment.fetchval("SELECT count(*) FROM users") == 3
-    assert await deployment.fetchval("SELECT count(*) FROM tasks") == 15
+    assert await deployment.fetchval("SELECT count(*) FROM tasks WHERE project_id IS NULL") == 15
     for n in (1, 2, 3):
         owned = await deployment.fetchval(
-            "SELECT count(*) FROM tasks t JOIN users u ON u.id = t.owner_id WHERE u.username = $1",
+            "SELECT count(*) FROM tasks t JOIN users u ON u.id = t.owner_id"
+            " WHERE u.username = $1 AND t.project_id IS NULL",
             f"user{n}",
         )
         assert owned == 5
+    # The demo projects of the first run are neither repeated nor changed by the second.
+    assert await deployment.fetchval("SELECT count(*) FROM projects") == 3
+    assert await deployment.fetchval("SELECT count(*) FROM project_members") == 6
     # The default password from --help works.
     async with deployment.api() as client:
         await login(client, "user3", "demo-password")

@@ -39,6 +39,10 @@ EVERY_REQUEST = {
     ("POST", "POST /tasks/{id}/transition"),
     ("POST", "POST /tasks/{id}/files"),
     ("GET", "GET /files/{id}"),
+    # ProjectMemberUser (one of the four simulated users): a member of shared projects.
+    ("GET", "GET /projects"),
+    ("GET", "GET /tasks?project_id"),
+    ("POST", "POST /tasks (project)"),
 }
 
 
@@ -120,7 +124,8 @@ async def test_locust_exercises_every_endpoint_without_failures(
         # Four simulated users over two accounts: shared accounts are part of the model.
         load_env["LOAD_SEED_USERS"] = "2"
     else:
-        expected.add(("POST", "POST /auth/register"))
+        # A new account is in no project: the project member creates one first.
+        expected |= {("POST", "POST /auth/register"), ("POST", "POST /projects")}
 
     prefix = tmp_path / "reports" / "load"
     prefix.parent.mkdir()

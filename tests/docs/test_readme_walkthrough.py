@@ -154,7 +154,10 @@ async def test_the_walkthrough_runs_pasted_in_order(served: str, tmp_path: Path)
     assert process.returncode == 0, f"{output}\n--- server log ---\n{server_log}"
     # What the README says the steps do, seen in what they printed.
     assert "the same bytes came back" in output, output
-    assert '"completion_rate": 66.7' in output, output  # two of the three tasks done
+    # two of the four tasks alice sees done (three of hers, one of the project's)
+    assert '"completion_rate": 50' in output, output
+    assert '"role": "editor"' in output, output
+    assert "Announce the launch" in output, output  # bob sees the project's task
     assert "Write the release notes" in output, output
     assert '"status": "in_progress"' in output, output
     assert "Traceback" not in server_log, server_log

@@ -245,7 +245,7 @@ async def test_deleting_a_task_during_an_outage_cleans_up_once_storage_is_back(
     assert response.json()["checks"] == {"database": "ok", "redis": "ok", "storage": "unavailable"}
     assert elapsed < FAST
 
-    deleted = await client.delete(f"{TASKS}/{task['id']}", headers=alice.headers)
+    deleted = await client.delete(f"{TASKS}/{task['id']}/force", headers=alice.headers)
     assert deleted.status_code == 204, deleted.text
     assert (await client.get(f"{TASKS}/{task['id']}", headers=alice.headers)).status_code == 404
     (job,) = await stack.jobs()

@@ -178,9 +178,11 @@ async def table_digest(db: AsyncSession) -> dict[str, str]:
     return digest
 
 
-async def rows_of(db: AsyncSession, table: str, where: str, **params: Any) -> list[Any]:
+async def rows_of(
+    db: AsyncSession, table: str, where: str, order: str = "t.id", **params: Any
+) -> list[Any]:
     result = await db.execute(
-        text(f"SELECT to_jsonb(t) FROM {table} t WHERE {where} ORDER BY t.id"),
+        text(f"SELECT to_jsonb(t) FROM {table} t WHERE {where} ORDER BY {order}"),
         params,
     )
     return [row[0] for row in result]
@@ -203,6 +205,8 @@ class World:
     bob_task: dict[str, Any]
     file_id: int
     notification_id: int  # alice's
+    project_id: int  # alice's, carol a member, holding one task of alice's
+    project_task: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
 
     def path_values(self) -> dict[str, Any]:
@@ -211,6 +215,8 @@ class World:
             "file_id": self.file_id,
             "notification_id": self.notification_id,
             "tag": "secret-tag",
+            "project_id": self.project_id,
+            "user_id": self.carol.id,
         }
 
 
@@ -234,6 +240,20 @@ async def world(client: httpx.AsyncClient, make_user, make_task) -> World:
     await make_task(carol, title=f"{secret} from carol", assignee_id=alice.id)
     notes = (await client.get(f"{API}/notifications", headers=alice.headers)).json()["items"]
     assert len(notes) == 1
+    project = await client.post(
+        f"{API}/projects", json={"name": f"{secret} project"}, headers=alice.headers
+    )
+    assert project.status_code == 201, project.text
+    project_id = project.json()["id"]
+    shared = await client.put(
+        f"{API}/projects/{project_id}/members/{carol.id}",
+        json={"role": "editor"},
+        headers=alice.headers,
+    )
+    assert shared.status_code == 200, shared.text
+    project_task = await make_task(
+        alice, title=f"{secret} project task", project_id=project_id, assignee_id=carol.id
+    )
     return World(
         alice=alice,
         bob=bob,
@@ -244,6 +264,8 @@ async def world(client: httpx.AsyncClient, make_user, make_task) -> World:
         bob_task=bob_task,
         file_id=upload.json()["id"],
         notification_id=notes[0]["id"],
+        project_id=project_id,
+        project_task=project_task,
     )
 
 
@@ -263,12 +285,17 @@ async def victim_state(
             "task_id IN (SELECT id FROM tasks WHERE owner_id = ANY(:ids))",
             ids=ids,
         ),
+        "projects": await rows_of(db, "projects", "id = :p", p=w.project_id),
+        "members": await rows_of(
+            db, "project_members", "project_id = :p", order="t.user_id", p=w.project_id
+        ),
     }
     h = w.alice.headers
     state["api_task"] = (await client.get(f"{TASKS}/{w.task['id']}", headers=h)).json()
     state["api_files"] = (await client.get(f"{TASKS}/{w.task['id']}/files", headers=h)).json()
     state["api_bytes"] = (await client.get(f"{API}/files/{w.file_id}", headers=h)).content
     state["api_notes"] = (await client.get(f"{API}/notifications", headers=h)).json()
+    state["api_project"] = (await client.get(f"{API}/projects/{w.project_id}", headers=h)).json()
     return state
 
 
@@ -294,11 +321,16 @@ def idor_probes(w: World) -> list[Probe]:
     path_only: tuple[tuple[str, str], ...] = (("path", "task_id"),)
     with_assignee = (("path", "task_id"), ("body", "assignee_id"))
     nf = "404:task_not_found"
+    p = "/api/v1/projects/{project_id}"
+    project_only: tuple[tuple[str, str], ...] = (("path", "project_id"),)
+    with_member = (("path", "project_id"), ("path", "user_id"))
     return [
         Probe("GET", t, path_only, nf),
         Probe("PATCH", t, with_assignee, nf, json=take_over),
         Probe("PUT", t, with_assignee, nf, json=take_over),
         Probe("DELETE", t, path_only, nf),
+        Probe("DELETE", t + "/force", path_only, nf),
+        Probe("POST", t + "/restore", path_only, nf),
         Probe("POST", t + "/transition", path_only, nf, json={"status": "done"}),
         Probe("POST", t + "/assign", with_assignee, nf, json={"assignee_id": bob}),
         Probe("POST", t + "/assign", with_assignee, nf, json={"assignee_id": None}),
@@ -306,6 +338,9 @@ def idor_probes(w: World) -> list[Probe]:
         Probe("DELETE", t + "/tags/{tag}", (*path_only, ("path", "tag")), nf),
         Probe("POST", t + "/files", path_only, nf, files={"file": TEXT_FILE}),
         Probe("GET", t + "/files", path_only, nf),
+        # A task's history is the task's: a 404 for whoever cannot see the task now.
+        Probe("GET", t + "/activity", path_only, nf),
+        Probe("GET", t + "/activity", path_only, nf, params={"limit": 100}),
         Probe("GET", "/api/v1/files/{file_id}", (("path", "file_id"),), "404:file_not_found"),
         Probe(
             "GET",
@@ -343,6 +378,73 @@ def idor_probes(w: World) -> list[Probe]:
             (("body", "task_ids"),),
             "bulk",
             json={"task_ids": [a_task, a_plain, w.bob_task["id"]], "target_status": "done"},
+        ),
+        # Alice's project: every path and every body or query naming it is a 404 for bob.
+        *(
+            Probe(method, p + suffix, covers, "404:project_not_found", json=body)
+            for method, suffix, covers, body in (
+                ("GET", "", project_only, None),
+                ("PATCH", "", project_only, {"name": "pwned", "archived": True}),
+                ("DELETE", "", project_only, None),
+                ("GET", "/members", project_only, None),
+                ("PUT", "/members/{user_id}", with_member, {"role": "viewer"}),
+                ("DELETE", "/members/{user_id}", with_member, None),
+            )
+        ),
+        Probe(
+            "PUT",
+            p + "/members/{user_id}",
+            with_member,
+            "404:project_not_found",
+            json={"role": "admin"},
+            path={"user_id": bob},
+        ),
+        Probe(
+            "POST",
+            TASKS,
+            (("body", "project_id"),),
+            "404:project_not_found",
+            json={"title": "into alice's project", "project_id": w.project_id},
+        ),
+        Probe(
+            "PATCH",
+            t,
+            (("body", "project_id"),),
+            "404:project_not_found",
+            json={"project_id": w.project_id},
+            path={"task_id": w.bob_task["id"]},  # bob's own: only the body names alice's
+        ),
+        Probe(
+            "PATCH",
+            t,
+            (("path", "task_id"),),
+            "404:task_not_found",
+            json={"project_id": None},
+            path={"task_id": w.project_task["id"]},
+        ),
+        Probe(
+            "GET",
+            TASKS,
+            (("query", "project_id"),),
+            "404:project_not_found",
+            params={"project_id": w.project_id},
+        ),
+        Probe(
+            "GET",
+            TASKS + "/stats",
+            (("query", "project_id"),),
+            "404:project_not_found",
+            params={"project_id": w.project_id},
+        ),
+        Probe(
+            "PATCH",
+            TASKS + "/bulk",
+            (("body", "updates.project_id"),),
+            "bulk:project_not_found",
+            json={
+                "task_ids": [a_task, a_plain, w.bob_task["id"]],
+                "updates": {"project_id": w.project_id},
+            },
         ),
         # Naming alice as the assignee of bob's own new task is allowed (that is what assignment
         # is); it must give bob nothing of alice's and change nothing alice already has.
@@ -387,12 +489,17 @@ async def test_idor_every_id_input_answers_404_and_changes_nothing(
             else:
                 # Indistinguishable from an id that does not exist at all.
                 ghost = probe.route.format(
-                    **{k: NO_SUCH_ID if k != "tag" else v for k, v in w.path_values().items()}
+                    **{
+                        k: NO_SUCH_ID if ("path", k) in probe.covers and k != "tag" else v
+                        for k, v in {**w.path_values(), **probe.path}.items()
+                    }
                 )
                 missing = await client.request(probe.method, ghost, **kwargs)
                 if without_request_id(missing.json()) != without_request_id(response.json()):
                     problems.append("a foreign id answers differently from a missing one")
-        elif probe.expect == "bulk":
+        elif probe.expect.startswith("bulk"):
+            # "bulk:<code>": bob's own task fails too, with that code (alice's project is a 404)
+            own_error = probe.expect.partition(":")[2]
             results = {r["task_id"]: r for r in response.json()["results"]}
             for foreign in (w.task["id"], w.plain_task["id"]):
                 if results[foreign] != {
@@ -401,7 +508,10 @@ async def test_idor_every_id_input_answers_404_and_changes_nothing(
                     "error": "task_not_found",
                 }:
                     problems.append(f"bulk item {foreign}: {results[foreign]}")
-            if not results[w.bob_task["id"]]["success"]:
+            own = results[w.bob_task["id"]]
+            if own_error and own.get("error") != own_error:
+                problems.append(f"bob's own task: {own}")
+            elif not own_error and not own["success"]:
                 problems.append("bob's own task failed in the same bulk")
         elif probe.expect == "list":
             items = response.json()["items"] if response.status_code == 200 else None

@@ -52,11 +52,21 @@ def _only_too_many_distinct_tags(response: schemathesis.Response) -> bool:
     after that normalisation, so a list of more than 20 distinct tags is schema-valid; and tags
     added to a task count with those it already has, which no schema of the request can know."""
     errors = response.json().get("errors") or []
-    return bool(errors) and all(
-        error.get("loc", [])[-1:] == ["tags"]
-        and ("at most 20 tags" in error.get("msg", "") or error.get("msg") == "too many tags")
-        for error in errors
+    too_many = [e for e in errors if _about_tags(e) and _too_many_tags(e)]
+    # An optional field's tags (PATCH, bulk `updates`) fail as a union: the list branch says
+    # "too many" and the null branch says "not null", both located under `tags`.
+    return bool(too_many) and all(
+        _about_tags(e) and (_too_many_tags(e) or e.get("type") == "none_required") for e in errors
     )
+
+
+def _about_tags(error: dict[str, Any]) -> bool:
+    loc = error.get("loc", [])
+    return "tags" in loc and len(loc) - loc.index("tags") <= 2
+
+
+def _too_many_tags(error: dict[str, Any]) -> bool:
+    return "at most 20 tags" in error.get("msg", "") or error.get("msg") == "too many tags"
 
 
 def positive_data_acceptance(
@@ -64,6 +74,8 @@ def positive_data_acceptance(
 ) -> bool | None:
     """schemathesis' own check, except for the refusals above."""
     code = problem_code(response)
+    if _follows_a_null_link(case):
+        return None
     if code in STATE_DEPENDENT_CODES or (
         case.operation.label == UPLOAD and code == "unsupported_media_type"
     ):
@@ -71,6 +83,13 @@ def positive_data_acceptance(
     if code == "validation_error" and _only_too_many_distinct_tags(response):
         return None
     return checks.positive_data_acceptance(ctx, response, case)
+
+
+def _follows_a_null_link(case: schemathesis.Case) -> bool:
+    """The stateful phase links a response's nullable id fields (a personal task's `project_id`)
+    to the operations taking that id, and then sends the null as text (`/projects/None`): not
+    data the schema allows (the path parameter is an integer), so its refusal is no failure."""
+    return any(value is None for value in (case.path_parameters or {}).values())
 
 
 def problem_code(response: schemathesis.Response) -> str | None:
@@ -157,6 +176,8 @@ PASSWORD = "correct horse battery"
 
 # Responses seen, per operation and status (`pytest -s` prints them at the end of the module).
 SEEN: Counter[tuple[str, int]] = Counter()
+# Endless: left out of the fuzzing (see test_every_operation_answers_as_documented).
+EVENT_STREAM = "/api/v1/events/stream"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -219,7 +240,10 @@ schema = schemathesis.openapi.from_dict(create_app(make_settings("unused")).open
 
 # DELETE /users/me would delete the fuzzing user and turn every later request into a 401: it is
 # fuzzed on its own below, with a fresh user per example.
-@schema.exclude(method="DELETE", path="/api/v1/users/me").parametrize()
+# GET /events/stream answers a valid request with an endless text/event-stream: schemathesis reads
+# a response to its end, so one valid example would hang the run. Its answers (the stream, 401,
+# 422, 429) are tested in tests/api/test_event_stream.py over a real socket.
+@schema.exclude(method="DELETE", path="/api/v1/users/me").exclude(path=EVENT_STREAM).parametrize()
 @hypothesis.settings(STATELESS_SETTINGS)
 def test_every_operation_answers_as_documented(
     case: schemathesis.Case, fuzz_app: FastAPI, auth_headers: dict[str, str]
@@ -252,7 +276,11 @@ def test_stateful_sequences_answer_as_documented(
 ) -> None:
     steps: Counter[tuple[str, int]] = Counter()
     failures: list[FailureGroup] = []
-    base = fuzz_schema.exclude(method="DELETE", path="/api/v1/users/me").as_state_machine()
+    base = (
+        fuzz_schema.exclude(method="DELETE", path="/api/v1/users/me")
+        .exclude(path=EVENT_STREAM)
+        .as_state_machine()
+    )
 
     class Machine(base):  # type: ignore[valid-type,misc]
         def before_call(self, case: schemathesis.Case) -> None:
@@ -277,12 +305,16 @@ def test_stateful_sequences_answer_as_documented(
             Machine.run(settings=STATEFUL_SETTINGS)
         if failures:
             raise failures[0]
-        if sum(steps.values()) >= STATEFUL_MIN_STEPS:
+        if sum(steps.values()) >= STATEFUL_MIN_STEPS and _chained(steps):
             break
     SEEN.update(steps)
     # The links carried real ids: operations on a task created earlier in the sequence succeeded.
-    chained = {op for (op, status) in steps if "{task_id}" in op and status < 300}
-    assert chained, steps
+    assert _chained(steps), steps
+
+
+def _chained(steps: Counter[tuple[str, int]]) -> set[str]:
+    """The operations on a task created earlier in the sequence that succeeded."""
+    return {op for (op, status) in steps if "{task_id}" in op and status < 300}
 
 
 def test_list_parameters_are_exactly_what_the_schema_says(

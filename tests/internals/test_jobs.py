@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskapi.attachments.jobs import SWEEP_ORPHANS
 from taskapi.attachments.jobs import delete_objects as delete_objects_handler
 from taskapi.attachments.service import DELETE_OBJECTS
+from taskapi.events.jobs import PURGE_EVENTS
 from taskapi.jobs import queue
 from taskapi.jobs.registry import JobContext, JobRegistry
 from taskapi.jobs.worker import Worker
@@ -39,7 +40,7 @@ from taskapi.kit.db import create_engine, create_sessionmaker
 from taskapi.kit.services import services_of
 from taskapi.notifications.jobs import DUE_SOON
 from taskapi.storage import STORAGE, new_object_key
-from taskapi.tasks.jobs import FOLD_TASK_STATS
+from taskapi.tasks.jobs import FOLD_TASK_STATS, PURGE_TRASH
 from taskapi.wiring import EXPIRE_IDEMPOTENCY_KEYS, JOBS
 from tests.conftest import (
     TEMPLATE_DB,
@@ -56,7 +57,9 @@ from tests.storage_fixtures import MotoServer, moto_server
 TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
 TINY = 0.001  # seconds: lets "now" move past a run_at that is exactly now
-PERIODIC = sorted([DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, FOLD_TASK_STATS, SWEEP_ORPHANS])
+PERIODIC = sorted(
+    [DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, FOLD_TASK_STATS, SWEEP_ORPHANS, PURGE_EVENTS, PURGE_TRASH]
+)
 
 
 # --- moto (S3) -----------------------------------------------------------------------------------
@@ -387,11 +390,7 @@ async def test_periodic_jobs_are_kept_scheduled_exactly_once(app: FastAPI) -> No
     await sql(app, "UPDATE jobs SET run_at = now() WHERE kind = :kind", kind=DUE_SOON)
     await asyncio.sleep(TINY)
     assert await worker.run_once() == 1
-    assert sorted(row["kind"] for row in await jobs(app)) == [
-        EXPIRE_IDEMPOTENCY_KEYS,
-        FOLD_TASK_STATS,
-        SWEEP_ORPHANS,
-    ]
+    assert sorted(row["kind"] for row in await jobs(app)) == sorted(set(PERIODIC) - {DUE_SOON})
     await worker.schedule_periodic()
     assert sorted(row["kind"] for row in await jobs(app)) == PERIODIC
 
@@ -487,7 +486,11 @@ async def test_deleting_a_task_deletes_its_objects_and_no_one_elses(
             await storage_key(app, (await upload(client, bob, bobs["id"], b"b\n"))["id"]),
         ]
 
+        # (to the trash first, where its files stay; then for good)
         response = await client.delete(f"{TASKS}/{doomed['id']}", headers=alice.headers)
+        assert response.status_code == 204
+        assert await jobs(app, DELETE_OBJECTS) == []
+        response = await client.delete(f"{TASKS}/{doomed['id']}/force", headers=alice.headers)
         assert response.status_code == 204
         assert all(backend.exists(key) for key in doomed_keys)
         assert pending_keys(await jobs(app, DELETE_OBJECTS)) == set(doomed_keys)

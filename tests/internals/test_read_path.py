@@ -1,6 +1,6 @@
 """The optimised read path behaves exactly like the straightforward one it replaced.
 
-* visibility split in disjoint parts (`visible_halves`) is the same set as `visible_to`;
+* visibility split in disjoint parts (`visible_parts`) is the same set as `visible_to`;
 * the page serialised from raw rows (`TASK_PAGE_JSON`) is the JSON the declared `TaskPage` gives;
 * the query parameters are read, refused and documented as before and exactly as FastAPI reads
   and documents the same model (taskapi.tasks.list_query is a shortcut past its per-request
@@ -36,30 +36,38 @@ from taskapi.kit import db as taskapi_db
 from taskapi.kit.errors import install_error_handlers
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.services import services_of
-from taskapi.models import Task, TaskPriority, TaskStatus, User
+from taskapi.models import Project, ProjectMember, ProjectRole, Task, TaskPriority, TaskStatus, User
 from taskapi.tasks import queries
 from taskapi.tasks.list_params import TaskListParams
 from taskapi.tasks.list_plan import plan_list
 from taskapi.tasks.list_query import QUERY_PARAMETERS, read_list_params
 from taskapi.tasks.schemas import TaskOut, TaskPage
-from taskapi.tasks.visibility import visible_halves, visible_to
+from taskapi.tasks.visibility import visible_parts, visible_to
 from tests.conftest import UserHandle, cloned_app, register_and_login
 from tests.fault_servers import PostgresCluster, app_on_cluster, started_cluster
 from tests.task_helpers import TASKS, assert_problem
 
-# --- 1. the two halves are exactly the visible set ----------------------------------------------
+# --- 1. the parts are exactly the visible set ----------------------------------------------------
 
 USERS = 3
-# (owner, assignee): indexes into the example's users; the assignee may be the owner or nobody.
+PROJECTS = 2
+# (owner, assignee, project): indexes into the example's users and projects; the assignee may be
+# the owner or nobody, the project none (a personal task).
 task_specs = st.lists(
-    st.tuples(st.integers(0, USERS - 1), st.none() | st.integers(0, USERS - 1)),
+    st.tuples(
+        st.integers(0, USERS - 1),
+        st.none() | st.integers(0, USERS - 1),
+        st.none() | st.integers(0, PROJECTS - 1),
+    ),
     min_size=1,
     max_size=12,
 )
+# Who is a member of which project: (project, user) pairs.
+membership_specs = st.sets(st.tuples(st.integers(0, PROJECTS - 1), st.integers(0, USERS - 1)))
 
 
-async def _ids(session: AsyncSession, condition: Any) -> set[int]:
-    return set((await session.scalars(select(Task.id).where(condition))).all())
+async def _ids(session: AsyncSession, condition: Any, **values: Any) -> set[int]:
+    return set((await session.scalars(select(Task.id).where(condition), values)).all())
 
 
 @settings(
@@ -69,11 +77,18 @@ async def _ids(session: AsyncSession, condition: Any) -> set[int]:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(specs=task_specs)
-# Always covered, whatever hypothesis draws: self-assigned, unassigned, assigned either way.
-@example(specs=[(0, 0), (0, None), (0, 1), (1, 0), (1, 1), (2, None)])
-async def test_visible_halves_partition_exactly_the_visible_set(
-    db_session: AsyncSession, specs: list[tuple[int, int | None]]
+@given(specs=task_specs, members=membership_specs)
+# Always covered, whatever hypothesis draws: self-assigned, unassigned, assigned either way, and
+# project tasks whose owner or assignee is not (or no longer) a member.
+@example(
+    specs=[(0, 0, None), (0, None, None), (0, 1, None), (1, 0, None), (1, 1, None), (2, None, None),
+           (0, 1, 0), (2, 2, 0), (1, None, 1)],
+    members={(0, 0), (0, 1), (1, 2)},
+)  # fmt: skip
+async def test_visible_parts_partition_exactly_the_visible_set(
+    db_session: AsyncSession,
+    specs: list[tuple[int, int | None, int | None]],
+    members: set[tuple[int, int]],
 ) -> None:
     # Fresh users per example: earlier examples' tasks are nobody's business here.
     users = []
@@ -83,9 +98,22 @@ async def test_visible_halves_partition_exactly_the_visible_set(
     db_session.add_all(users)
     await db_session.flush()
     uid = [u.id for u in users]
+    projects = [Project(name=f"p{i}", owner_id=uid[0]) for i in range(PROJECTS)]
+    db_session.add_all(projects)
+    await db_session.flush()
+    pid = [p.id for p in projects]
+    db_session.add_all(
+        ProjectMember(project_id=pid[p], user_id=uid[u], role=ProjectRole.VIEWER)
+        for p, u in members
+    )
     rows = [
-        {"owner_id": uid[o], "assignee_id": None if a is None else uid[a], "title": f"t{n}"}
-        for n, (o, a) in enumerate(specs)
+        {
+            "owner_id": uid[o],
+            "assignee_id": None if a is None else uid[a],
+            "project_id": None if p is None else pid[p],
+            "title": f"t{n}",
+        }
+        for n, (o, a, p) in enumerate(specs)
     ]
     ids = list(
         (
@@ -95,17 +123,32 @@ async def test_visible_halves_partition_exactly_the_visible_set(
         ).all()
     )
     for i, user_id in enumerate(uid):
+        # The rule in plain Python: a project's tasks to its members, others to owner and assignee.
         expected = {
             task_id
-            for task_id, (o, a) in zip(ids, specs, strict=True)
-            if i in (o, a)  # owner or assignee
+            for task_id, (o, a, p) in zip(ids, specs, strict=True)
+            if ((p, i) in members if p is not None else i in (o, a))
         }
         whole = await _ids(db_session, visible_to(user_id))
-        first, second = [await _ids(db_session, half) for half in visible_halves(user_id)]
-        assert whole == expected
-        # Disjoint: a task in both would be listed (and counted) twice.
-        assert not first & second, (specs, i)
-        assert first | second == whole, (specs, i)
+        assert whole == expected, (specs, members, i)
+        narrowed = {
+            None: (whole, {}),
+            "none": ({t for t, s in zip(ids, specs, strict=True) if s[2] is None} & whole, {}),
+        }
+        for p in range(PROJECTS):
+            in_p = {t for t, s in zip(ids, specs, strict=True) if s[2] == p} & whole
+            narrowed[f"id{p}"] = (in_p, {"project_id": pid[p]})
+        for key, (want, values) in narrowed.items():
+            project = "id" if key is not None and key.startswith("id") else key
+            parts = [
+                await _ids(db_session, part.condition, **values)
+                for part in visible_parts(user_id, project)
+            ]
+            # Disjoint: a task in two parts would be listed (and counted) twice.
+            for j, part in enumerate(parts):
+                for other in parts[j + 1 :]:
+                    assert not part & other, (specs, members, i, key)
+            assert set().union(*parts) == want, (specs, members, i, key)
     await db_session.rollback()
 
 
@@ -579,7 +622,9 @@ async def test_openapi_documents_every_list_parameter(client: httpx.AsyncClient)
         assert not by_name[name].get("required", False), name
         if field.description:
             assert by_name[name].get("description") == field.description, name
-    assert set(by_name) == set(TaskListParams.model_fields)
+    # The query parameters, and the one header of a conditional GET (kit/conditional.py).
+    assert set(by_name) == set(TaskListParams.model_fields) | {"if-none-match"}
+    assert by_name["if-none-match"]["in"] == "header"
     response = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert response == {"$ref": "#/components/schemas/TaskPage"}
     # Every schema the parameters refer to (TaskStatus, TaskPriority) exists in this document.
@@ -813,8 +858,8 @@ async def test_filtered_totals_use_the_status_priority_indexes(
     statements, bound, plans = await _list_plans(db_session, params, alice.id)
     for plan in plans:
         # Each half's count reads its own status/priority index.
-        assert "ix_tasks_owner_status_priority" in plan, plan
-        assert "ix_tasks_assignee_status_priority" in plan, plan
+        assert "ix_tasks_personal_owner_status_priority" in plan, plan
+        assert "ix_tasks_personal_assignee_status_priority" in plan, plan
     # And the statement counts what it should: 500 owned + 250 assigned.
     rows = await statements.page.fetch(db_session, bound)
     assert int(rows[0]["total"]) == 750
@@ -846,23 +891,12 @@ def test_flat_routes_are_documented_exactly_as_included_routers_would_be(setting
     """`kit.flat_routes.add_routes` replaces FastAPI's nested `include_router` branches (matched
     twice per request); clients generated from the OpenAPI document must not notice: same paths,
     methods, operation ids, parameters, bodies and responses."""
-    from taskapi.app import API_PREFIX, create_app
-    from taskapi.attachments.router import router as attachments_router
-    from taskapi.auth.router import router as auth_router
+    from taskapi.app import API_PREFIX, API_ROUTERS, create_app
     from taskapi.kit.openapi import operation_id
-    from taskapi.notifications.router import router as notifications_router
     from taskapi.ops.router import router as ops_router
-    from taskapi.tasks.router import router as tasks_router
-    from taskapi.users.router import router as users_router
 
     included = FastAPI(generate_unique_id_function=operation_id)
-    for router in (
-        tasks_router,
-        attachments_router,
-        auth_router,
-        users_router,
-        notifications_router,
-    ):
+    for router in API_ROUTERS:
         included.include_router(router, prefix=API_PREFIX)
     included.include_router(ops_router)
     expected = included.openapi()

@@ -169,7 +169,7 @@ async def test_every_user_of_the_rules_agrees_with_the_model(
     if gone is not None:
         # As an account deletion does: owned tasks go (cascade), assignments are cleared.
         await db_session.execute(delete(User).where(User.id == ids[gone]))
-        await stat_counts.forget(db_session, ids[gone])
+        await stat_counts.forget(db_session, "user_id", ids[gone])
         alive.discard(gone)
         tasks = [t for t in tasks if t.owner != gone]
         for t in tasks:

@@ -9,13 +9,14 @@ from taskapi.attachments import service
 from taskapi.attachments.schemas import AttachmentOut
 from taskapi.attachments.upload import iter_file
 from taskapi.auth.dependencies import CurrentUser
+from taskapi.kit.conditional import none_match
 from taskapi.kit.db import DbSession
 from taskapi.kit.errors import PayloadTooLarge
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
 from taskapi.storage import STORAGE, Storage, content_disposition
-from taskapi.tasks.dependencies import VisibleTask
+from taskapi.tasks.dependencies import EditableTask, VisibleTask
 
 router = APIRouter(tags=["attachments"], responses=problem_responses(401, 429))
 
@@ -51,12 +52,12 @@ _UPLOAD_BODY = {
     "/tasks/{task_id}/files",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=_UPLOAD_BODY,
-    responses=problem_responses(404, 413, 415, 422, 503),
+    responses=problem_responses(403, 404, 409, 413, 415, 422, 503),
     summary="Attach a file to a task",
 )
 async def upload_file(
     request: Request,
-    task: VisibleTask,
+    task: EditableTask,
     user: CurrentUser,
     session: DbSession,
     storage: StorageDep,
@@ -125,8 +126,7 @@ async def download_file(
     attachment = await service.get_file_to_serve(session, user, file_id)
     etag = f'"{attachment.sha256}"'
     # RFC 9110 §13.1.2: weak comparison, and `*` matches any current representation.
-    cached = [t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")]
-    if if_none_match and ("*" in cached or etag in cached):
+    if none_match(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     if redirect:
         url = await service.presigned_url(storage, attachment)
@@ -150,10 +150,9 @@ async def download_file(
 @router.delete(
     "/files/{file_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(403, 404, 409, 422),
     summary="Delete a file",
 )
 async def delete_file(file_id: FileId, user: CurrentUser, session: DbSession) -> None:
     """The object is removed from storage by a background job, also when storage is down."""
-    attachment = await service.get_visible_attachment(session, user, file_id)
-    await service.delete_attachment(session, attachment)
+    await service.delete_visible_attachment(session, user, file_id)

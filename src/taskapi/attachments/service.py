@@ -18,12 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskapi.attachments.naming import sanitize_filename
 from taskapi.attachments.sniffing import SNIFF_BYTES, TextValidator, detect
 from taskapi.attachments.upload import BadMultipart, FilePart
+from taskapi.events.schemas import ATTACHMENT_ADDED, ATTACHMENT_DELETED
 from taskapi.jobs import queue
 from taskapi.kit.db import CompiledQuery, on_rollback
 from taskapi.kit.errors import NotFound, PayloadTooLarge
 from taskapi.models import Attachment, Task, User
 from taskapi.storage import ObjectStream, Storage, StorageUnavailable, new_object_key
 from taskapi.storage.base import UploadSink
+from taskapi.tasks import access, audit
 from taskapi.tasks.visibility import USER_ID, visible_to
 
 logger = logging.getLogger("taskapi.attachments")
@@ -112,9 +114,10 @@ async def store_upload(
     return StoredUpload(key, filename, kind.content_type, size, digest.hexdigest())
 
 
-async def _bump_task(session: AsyncSession, task_id: int, delta: int) -> None:
+async def _bump_task(session: AsyncSession, task_id: int, delta: int) -> Task:
     # attachment_count is part of the task's representation, so its version (ETag) moves too.
-    await session.execute(
+    # The row is read back (the task as it now is: its event carries it).
+    bumped = await session.scalars(
         update(Task)
         .where(Task.id == task_id)
         .values(
@@ -122,7 +125,32 @@ async def _bump_task(session: AsyncSession, task_id: int, delta: int) -> None:
             version=Task.version + 1,
             updated_at=func.now(),
         )
-        .execution_options(synchronize_session=False)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return bumped.one()
+
+
+def _file_of(attachment: Attachment) -> dict[str, object]:
+    return {
+        "id": attachment.id,
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+    }
+
+
+async def _record(
+    session: AsyncSession, user: User | None, type_: str, task: Task, old: object, new: object
+) -> None:
+    count = task.attachment_count
+    before = count - 1 if type_ == ATTACHMENT_ADDED else count + 1
+    await audit.task_touched(
+        session,
+        user,
+        type_,
+        task,
+        {"attachment": [old, new], "attachment_count": [before, count]},
     )
 
 
@@ -147,7 +175,8 @@ async def add_attachment(
     )
     session.add(attachment)
     await session.flush()
-    await _bump_task(session, task.id, +1)
+    bumped = await _bump_task(session, task.id, +1)
+    await _record(session, user, ATTACHMENT_ADDED, bumped, None, _file_of(attachment))
     return attachment
 
 
@@ -206,6 +235,14 @@ async def get_visible_attachment(
     return attachment
 
 
+async def delete_visible_attachment(session: AsyncSession, user: User, attachment_id: int) -> None:
+    """Delete a file of a task the caller sees and may change (taskapi.tasks.access)."""
+    attachment = await get_visible_attachment(session, user, attachment_id)
+    task = await session.get_one(Task, attachment.task_id)
+    await access.require_edit(session, user, task)
+    await delete_attachment(session, attachment, user)
+
+
 async def enqueue_object_deletion(session: AsyncSession, keys: Iterable[str]) -> None:
     """Durable: the objects are deleted by a job that exists exactly when the rows are gone."""
     pending = list(keys)
@@ -215,9 +252,12 @@ async def enqueue_object_deletion(session: AsyncSession, keys: Iterable[str]) ->
         )
 
 
-async def delete_attachment(session: AsyncSession, attachment: Attachment) -> None:
+async def delete_attachment(
+    session: AsyncSession, attachment: Attachment, user: User | None = None
+) -> None:
     await session.execute(delete(Attachment).where(Attachment.id == attachment.id))
-    await _bump_task(session, attachment.task_id, -1)
+    bumped = await _bump_task(session, attachment.task_id, -1)
+    await _record(session, user, ATTACHMENT_DELETED, bumped, _file_of(attachment), None)
     await enqueue_object_deletion(session, [attachment.storage_key])
 
 

@@ -120,6 +120,19 @@ class Settings(BaseSettings):
     idempotency_sweep_interval_seconds: int = Field(default=3600, ge=1)
     # How often the worker folds the stats counts of users who write but rarely read their stats.
     stats_fold_interval_seconds: int = Field(default=300, ge=1)
+    # The event log (GET /events): events are kept this long; an older cursor is 410.
+    event_retention_days: int = Field(default=7, ge=1)
+    # How often the worker deletes events past their retention.
+    event_purge_interval_seconds: int = Field(default=3600, ge=1)
+    # GET /events/stream: open streams per user and process (429 beyond), the comment line that
+    # keeps idle connections open, and the fallback poll of the log when a wake-up is lost.
+    event_streams_per_user: int = Field(default=5, ge=1)
+    event_stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    event_stream_poll_seconds: float = Field(default=1.0, gt=0)
+    # The trash: a deleted task is kept (restorable) this long, then deleted for good.
+    trash_retention_days: int = Field(default=30, ge=1)
+    # How often the worker deletes for good what has outlived the trash's retention.
+    trash_purge_interval_seconds: int = Field(default=3600, ge=1)
 
     rate_limit_enabled: bool = True
     # Generous for real clients (a burst of 300, then 20/s); the per-IP login bucket is ten times

@@ -97,6 +97,11 @@ _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 _HEADER_DOCS: dict[str, dict[str, Any]] = {
     "ETag": {"description": "The entity tag of the task's current version", "required": True},
+    "ETag (body)": {
+        "description": "A strong entity tag of this response's body (for this caller and query): "
+        "send it back in If-None-Match",
+        "required": True,
+    },
     "Location": {"description": "The URL of the resource", "required": True},
     "WWW-Authenticate": {"description": "`Bearer` challenge", "required": True},
     "Retry-After": {"description": "Seconds to wait before retrying", "required": True},
@@ -105,6 +110,25 @@ _HEADER_DOCS: dict[str, dict[str, Any]] = {
 
 def _header(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**_HEADER_DOCS[name], "schema": schema or {"type": "string"}}
+
+
+def _document_conditional_get(operation: dict[str, Any], responses: dict[str, Any]) -> None:
+    """A GET taking If-None-Match (kit/conditional.py) and documenting no 304 of its own: the
+    ETag of its 200 and the 304 it answers when a tag matches."""
+    names = {
+        p.get("name", "").lower()
+        for p in operation.get("parameters", [])
+        if p.get("in") == "header"
+    }
+    if "if-none-match" not in names or "304" in responses or "200" not in responses:
+        return
+    etag = _header("ETag (body)")
+    responses["200"].setdefault("headers", {})["ETag"] = etag
+    responses["304"] = {
+        "description": "Not modified: If-None-Match listed the current ETag (or `*`); no body, "
+        "and no rate-limit token spent",
+        "headers": {"ETag": etag},
+    }
 
 
 def problem_response(status: int) -> dict[str, Any]:
@@ -179,6 +203,8 @@ def finish_schema(schema: dict[str, Any], *, api_prefix: str) -> None:
             errors.add(503)  # the database (or storage) is unreachable
         for status in sorted(errors):
             _set_problem(responses, status)
+        if _method == "get":
+            _document_conditional_get(operation, responses)
         for code, response in responses.items():
             if _refers_to(response, "TaskOut") or (path.endswith("{task_id}") and code == "304"):
                 response.setdefault("headers", {})["ETag"] = _header("ETag")

@@ -55,6 +55,25 @@ return {allowed, tostring(tokens)}
 )
 
 
+# A token given back (a 304: see `RateLimiter.refund`). KEYS[1] bucket; ARGV as above. Atomic, so
+# it composes with concurrent takes from every process; a bucket that has expired is full already.
+_REFUND = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local last = tonumber(state[2])
+if tokens == nil or last == nil then
+  return tostring(capacity)
+end
+tokens = math.min(capacity, tokens + math.max(0, now - last) * rate + 1)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
+return tostring(tokens)
+"""
+
 _LOCAL_BUCKETS_MAX = 100_000
 
 
@@ -84,6 +103,10 @@ class Decision:
     policy: Policy
     allowed: bool
     tokens: float
+    # The bucket a token was taken from, and whether it is the in-memory one: where a refund
+    # goes. Empty once refunded (or when nothing was taken), so a token is given back once.
+    key: str = ""
+    local: bool = False
 
     @property
     def remaining(self) -> int:
@@ -137,7 +160,17 @@ class LocalBuckets:
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > _LOCAL_BUCKETS_MAX:
             self._buckets.popitem(last=False)
-        return Decision(policy, allowed, tokens)
+        return Decision(policy, allowed, tokens, key if allowed else "", local=True)
+
+    def refund(self, key: str, policy: Policy) -> float:
+        """Give one token back (no await in here: atomic within the process)."""
+        now = time.monotonic()
+        if key not in self._buckets:  # evicted: counted as full, as a new bucket would be
+            return float(policy.burst)
+        tokens, last = self._buckets.pop(key)
+        tokens = min(policy.burst, tokens + (now - last) * policy.per_second + 1)
+        self._buckets[key] = (tokens, now)
+        return tokens
 
 
 class RateLimiter:
@@ -146,6 +179,7 @@ class RateLimiter:
         self._guard = guard
         self._prefix = f"{settings.redis_key_prefix}rl:"
         self._script = guard.client.register_script(_TOKEN_BUCKET)
+        self._refund = guard.client.register_script(_REFUND)
         self._read = guard.client.register_script(READ_GENERATIONAL)
         self._local = LocalBuckets()
         self.user_policy = Policy(
@@ -166,8 +200,32 @@ class RateLimiter:
         if ok and isinstance(reply, list):
             if read is not None:
                 read.found(reply[2], reply[3] if len(reply) > 3 else None)
-            return Decision(policy, bool(int(reply[0])), float(reply[1]))
+            allowed = bool(int(reply[0]))
+            return Decision(policy, allowed, float(reply[1]), key if allowed else "")
         return self._local.take(key, policy)
+
+    async def refund(self, request: Request) -> None:
+        """Give back the token this request took (it turned out to cost nothing: a 304), to the
+        bucket it came from, and make the response's RateLimit headers say so. The one place
+        tokens are given back; a no-op with limits off, or once done.
+
+        Race-safe: in Redis one atomic script (refill, plus one, capped at the burst) composes
+        with concurrent takes of every process; the in-memory bucket is changed without an
+        await. If Redis fails in between, the token stays spent (never credited to a bucket
+        it was not taken from)."""
+        decision: Decision | None = getattr(request.state, "rate_limit", None)
+        if decision is None or not decision.key:
+            return
+        policy, key = decision.policy, decision.key
+        if decision.local:
+            tokens = self._local.refund(key, policy)
+        else:
+            args = [policy.burst, policy.per_second / 1000]
+            ok, reply = await self._guard.run(lambda _client: self._refund(keys=[key], args=args))
+            if not ok or reply is None:
+                return
+            tokens = float(reply)
+        request.state.rate_limit = Decision(policy, True, tokens)
 
     async def enforce(
         self, request: Request, policy: Policy, identity: str, read: CachedRead | None = None

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
+from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.validation import MAX_ID
@@ -20,11 +21,21 @@ router = APIRouter(
 )
 
 
-@router.get("", responses=problem_responses(422), summary="Your notifications, newest first")
+@router.get(
+    "",
+    response_model=NotificationPage,
+    responses=problem_responses(422),
+    summary="Your notifications, newest first",
+)
 async def list_notifications(
-    user: CurrentUser, session: DbSession, params: Annotated[NotificationListParams, Query()]
-) -> NotificationPage:
-    return await service.list_notifications(session, user, params)
+    user: CurrentUser,
+    session: DbSession,
+    params: Annotated[NotificationListParams, Query()],
+    request: Request,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    page = await service.list_notifications(session, user, params)
+    return await conditional_json(request, if_none_match, page.model_dump_json().encode())
 
 
 @router.post(
@@ -40,4 +51,4 @@ async def mark_all_read(user: CurrentUser, session: DbSession) -> None:
 async def mark_read(
     notification_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, session: DbSession
 ) -> NotificationOut:
-    return NotificationOut.model_validate(await service.mark_read(session, user, notification_id))
+    return await service.mark_read(session, user, notification_id)

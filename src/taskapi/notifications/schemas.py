@@ -14,6 +14,7 @@ class NotificationOut(BaseModel):
     id: int
     kind: NotificationKind
     task_id: int | None
+    project_id: int | None = Field(description="The project a `project_shared` is about")
     message: str
     read: bool
     created_at: datetime

@@ -3,14 +3,14 @@ periodic due-soon job."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit.errors import NotFound
-from taskapi.models import Notification, NotificationKind, Task, User
+from taskapi.models import Notification, NotificationKind, Project, ProjectRole, Task, User
 from taskapi.notifications.schemas import NotificationListParams, NotificationOut, NotificationPage
 
 
@@ -52,7 +52,8 @@ async def task_assigned(session: AsyncSession, actor: User, tasks: Iterable[Task
 
 
 async def task_updated(session: AsyncSession, actor: User, tasks: Iterable[Task]) -> None:
-    """Tell assignees when the owner changes a task assigned to them."""
+    """Tell assignees when someone else changes a task assigned to them: the owner of a
+    personal task, any editor of a project task."""
     await notify(
         session,
         (
@@ -64,10 +65,52 @@ async def task_updated(session: AsyncSession, actor: User, tasks: Iterable[Task]
             )
             for task in tasks
             if task.assignee_id is not None
-            and task.owner_id == actor.id
+            and (task.owner_id == actor.id or task.project_id is not None)
             and task.assignee_id != actor.id
         ),
     )
+
+
+async def project_shared(
+    session: AsyncSession, actor: User, project: Project, user_id: int, role: ProjectRole
+) -> None:
+    """Tell a new member who added them to which project, and as what."""
+    if user_id == actor.id:
+        return
+    await session.execute(
+        insert(Notification),
+        [
+            {
+                "user_id": user_id,
+                "kind": NotificationKind.PROJECT_SHARED,
+                "project_id": project.id,
+                "message": f"{actor.username} shared the project “{_short(project.name)}” "
+                f"with you as {role.value}.",
+            }
+        ],
+    )
+
+
+async def _shown(
+    session: AsyncSession, notifications: Sequence[Notification]
+) -> list[NotificationOut]:
+    """As the API shows them: a task in the trash is no link (its `task_id` is null) until it is
+    restored."""
+    task_ids = {n.task_id for n in notifications if n.task_id is not None}
+    trashed: set[int] = set()
+    if task_ids:
+        trashed = set(
+            (
+                await session.scalars(
+                    select(Task.id).where(Task.id.in_(task_ids), Task.deleted_at.is_not(None))
+                )
+            ).all()
+        )
+    shown = [NotificationOut.model_validate(n) for n in notifications]
+    for item in shown:
+        if item.task_id in trashed:
+            item.task_id = None
+    return shown
 
 
 async def list_notifications(
@@ -87,7 +130,7 @@ async def list_notifications(
         )
     ).all()
     return NotificationPage(
-        items=[NotificationOut.model_validate(n) for n in page],
+        items=await _shown(session, page),
         total=int(total or 0),
         limit=params.limit,
         offset=params.offset,
@@ -95,7 +138,7 @@ async def list_notifications(
     )
 
 
-async def mark_read(session: AsyncSession, user: User, notification_id: int) -> Notification:
+async def mark_read(session: AsyncSession, user: User, notification_id: int) -> NotificationOut:
     notification: Notification | None = await session.scalar(
         update(Notification)
         .where(Notification.id == notification_id, Notification.user_id == user.id)
@@ -104,7 +147,8 @@ async def mark_read(session: AsyncSession, user: User, notification_id: int) -> 
     )
     if notification is None:
         raise NotificationNotFound()
-    return notification
+    (shown,) = await _shown(session, [notification])
+    return shown
 
 
 async def mark_all_read(session: AsyncSession, user: User) -> None:

@@ -11,7 +11,7 @@ from taskapi.kit.db import DbSession
 from taskapi.kit.errors import TaskNotFound
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
-from taskapi.tasks import repository
+from taskapi.tasks import access, repository
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
 
@@ -32,5 +32,13 @@ async def load_visible_task_for_update(
     return task
 
 
+async def load_editable_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Task:
+    """A task the caller can see and may change (403/409 otherwise: taskapi.tasks.access)."""
+    task = await load_visible_task(task_id, user, session)
+    await access.require_edit(session, user, task)
+    return task
+
+
 VisibleTask = Annotated[Task, Depends(load_visible_task)]
+EditableTask = Annotated[Task, Depends(load_editable_task)]
 VisibleTaskForUpdate = Annotated[Task, Depends(load_visible_task_for_update)]

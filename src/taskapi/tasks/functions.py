@@ -33,6 +33,7 @@ _ROW: Final[visibility.Columns] = {
 }
 
 VIEWERS_BODY: Final = render(visibility.viewers(_ROW))
+SUBJECTS_BODY: Final = render(visibility.stat_subjects(_ROW))
 OVERDUE_BODY: Final = "SELECT " + render(
     overdue.is_overdue(_ROW["due_date"], _ROW["status"], literal_column("today"))
 )
@@ -47,12 +48,19 @@ def _function(signature: str, returns: str, volatility: str, body: str) -> str:
 
 # STABLE, not IMMUTABLE: a grant may come to read another table (see visibility).
 VIEWERS_FUNCTION: Final = _function("task_viewers(t tasks)", "SETOF bigint", "STABLE", VIEWERS_BODY)
+SUBJECTS_FUNCTION: Final = _function(
+    "task_stat_subjects(t tasks)",
+    "TABLE (user_id bigint, project_id bigint)",
+    "STABLE",
+    SUBJECTS_BODY,
+)
 OVERDUE_FUNCTION: Final = _function(
     "task_is_overdue(t tasks, today date)", "boolean", "IMMUTABLE", OVERDUE_BODY
 )
 # name -> the body PostgreSQL must hold (pg_proc.prosrc), for the test.
 BODIES: Final[dict[str, str]] = {
     "task_viewers": f"\n{VIEWERS_BODY}\n",
+    "task_stat_subjects": f"\n{SUBJECTS_BODY}\n",
     "task_is_overdue": f"\n{OVERDUE_BODY}\n",
 }
 
@@ -63,4 +71,4 @@ def _print(*statements: Any) -> None:
 
 
 if __name__ == "__main__":
-    _print(VIEWERS_FUNCTION, OVERDUE_FUNCTION)
+    _print(VIEWERS_FUNCTION, SUBJECTS_FUNCTION, OVERDUE_FUNCTION)

@@ -137,6 +137,13 @@ class TaskListParams(BaseModel):
         Field(description="`me`, `none` or a user id"),
     ] = None
     scope: Literal["all", "owned", "assigned"] = "all"
+    project_id: Annotated[
+        Literal["none"] | Annotated[int, Field(ge=1, le=MAX_ID)] | None,
+        Field(
+            description="Tasks of one project you are a member of (404 for any other), or "
+            "`none` for personal tasks only"
+        ),
+    ] = None
     sort: Annotated[
         str,
         Field(

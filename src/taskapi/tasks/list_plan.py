@@ -33,6 +33,7 @@ class ListShape(NamedTuple):
     $b) seeks straight to them, where `= ANY($array)` in a generic plan scans the whole range)."""
 
     scope: str
+    project: Literal["none", "id"] | None  # project_id=none, project_id=<id>, or every task
     assignee: Literal["me", "none", "id"] | None
     status: int  # how many statuses are asked for (0: no filter)
     priority: int
@@ -85,8 +86,12 @@ def plan_list(params: TaskListParams, user_id: int, today: date, cursors: Cursor
         assignee = params.assignee if params.assignee in ("me", "none") else "id"
     statuses = list(dict.fromkeys(params.status or ()))  # `status=todo,todo` is one status
     priorities = list(dict.fromkeys(params.priority or ()))
+    project: Literal["none", "id"] | None = None
+    if params.project_id is not None:
+        project = "none" if params.project_id == "none" else "id"
     shape = ListShape(
         scope=params.scope,
+        project=project,
         assignee=assignee,
         status=len(statuses),
         priority=len(priorities),
@@ -113,6 +118,8 @@ def plan_list(params: TaskListParams, user_id: int, today: date, cursors: Cursor
     }
     if assignee == "id":
         values["assignee_id"] = params.assignee
+    if project == "id":
+        values["project_id"] = params.project_id
     values.update({f"any_status_{i}": status for i, status in enumerate(statuses)})
     values.update({f"any_priority_{i}": priority for i, priority in enumerate(priorities)})
     optional = {

@@ -40,7 +40,7 @@ from taskapi.kit.db import CompiledQuery
 from taskapi.models import SEARCH_CONFIG, Task, TaskStatus
 from taskapi.tasks.list_plan import ListShape, OrderKey
 from taskapi.tasks.overdue import is_overdue
-from taskapi.tasks.visibility import USER_ID, visible_halves, visible_to
+from taskapi.tasks.visibility import PROJECT_ID, USER_ID, VisiblePart, visible_parts, visible_to
 
 TODAY: BindParameter[date] = bindparam("today")
 
@@ -82,7 +82,7 @@ _ITEM_COLUMNS: Final[dict[str, ColumnElement[Any]]] = {
 # The columns of a list item, in TaskOut's order.
 LIST_ITEM_COLUMNS: Final = (
     "id", "title", "description", "status", "completed", "priority", "due_date", "is_overdue",
-    "tags", "owner_id", "assignee_id", "attachment_count", "created_at", "updated_at",
+    "tags", "owner_id", "assignee_id", "project_id", "attachment_count", "created_at", "updated_at",
     "completed_at", "version",
 )  # fmt: skip
 
@@ -113,6 +113,10 @@ def _parameters(name: str, count: int) -> list[BindParameter[Any]]:
 
 def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
+    if shape.project == "none":
+        conditions.append(Task.project_id.is_(None))
+    elif shape.project == "id":
+        conditions.append(Task.project_id == PROJECT_ID)
     if shape.scope == "owned":
         conditions.append(Task.owner_id == USER_ID)
     elif shape.scope == "assigned":
@@ -239,29 +243,25 @@ def list_statements(shape: ListShape) -> ListStatements:
     """The page and total statements for one shape of list request.
 
     The page is one statement that also returns the filtered total. Each part of the visible set
-    (visibility.visible_halves) is read in list order and cut at `reach` (offset + limit + 1)
-    rows, so with the default order the owner's and the assignee's index each yield a few rows
-    instead of the user's whole set being fetched and sorted; the parts are then merged and cut
-    again. Rows carry the item columns, `total`, and `rank` when ordered by relevance. Searches
-    take `_search_statements`.
+    (visibility.visible_parts) is read in list order and cut at `reach` (offset + limit + 1)
+    rows, so with the default order the owner's, the assignee's and each project's index yield a
+    few rows instead of the user's whole set being fetched and sorted; the parts are then merged
+    and cut again. Rows carry the item columns, `total`, and `rank` when ordered by relevance.
+    Searches take `_search_statements`.
     """
     parts = [_Part(key, _expression(key)) for key in shape.order]
     conditions = filter_conditions(shape)
     sort_keys = [part.expression.label(f"sort_{i}") for i, part in enumerate(parts)]
     if shape.search == "query":
         return _search_statements(shape, parts, conditions, sort_keys)
-    branches = []
-    for half in visible_halves(USER_ID):
-        branch = select(*_ITEM_COLUMNS.values(), *sort_keys).where(half, *conditions)
-        if shape.after_nulls is not None:
-            branch = branch.where(_keyset(parts, shape))
-        branches.append(branch.order_by(*_order_by(parts)).limit(bindparam("reach")))
+    visible = visible_parts(USER_ID, shape.project)
+    branches = [_branch(part, shape, parts, conditions, sort_keys) for part in visible]
     merged = union_all(*branches).subquery("visible_page")
     # One count per part: each an index(-only) scan, where a count over visible_to's OR would
     # be a bitmap heap scan of the user's whole visible set.
     counts = [
-        select(func.count()).select_from(Task).where(half, *conditions).scalar_subquery()
-        for half in visible_halves(USER_ID)
+        select(func.count()).select_from(Task).where(part.condition, *conditions).scalar_subquery()
+        for part in visible
     ]
     total: ColumnElement[int] = counts[0]
     for count in counts[1:]:
@@ -276,6 +276,36 @@ def list_statements(shape: ListShape) -> ListStatements:
         .offset(bindparam("page_offset"))
     )
     return ListStatements(page=CompiledQuery.of(page), total=CompiledQuery.of(select(total)))
+
+
+def _branch(
+    part: VisiblePart,
+    shape: ListShape,
+    parts: Sequence[_Part],
+    conditions: Sequence[ColumnElement[bool]],
+    sort_keys: Sequence[ColumnElement[Any]],
+) -> Select[Any]:
+    """One visible part's first `reach` rows in list order. A part read project by project is
+    a LATERAL subquery per project id: each project's index gives its rows in order, where one
+    scan of `project_id IN (...)` would read and sort every task of every project. Except with
+    a tags filter: the GIN index finds the few matching rows of all the projects at once (a
+    BitmapAnd with the projects' index), and a generic plan of the LATERAL form scanned the GIN
+    index again for every project (1.4 s instead of 30 ms for a member of 50 projects)."""
+    condition = part.condition
+    driver = None
+    if part.per_project is not None and not shape.tags:
+        driver = part.per_project.subquery("member_project")
+        within = () if part.within is None else (part.within,)
+        condition = and_(Task.project_id == driver.c.project_id, *within)
+    branch = select(*_ITEM_COLUMNS.values(), *sort_keys).where(condition, *conditions)
+    if shape.after_nulls is not None:
+        branch = branch.where(_keyset(parts, shape))
+    branch = branch.order_by(*_order_by(parts)).limit(bindparam("reach"))
+    if driver is None:
+        return branch
+    per_project = branch.lateral("project_page")
+    columns = [per_project.c[str(c.key)] for c in branch.selected_columns]
+    return select(*columns).select_from(driver.join(per_project, true()))
 
 
 def _search_statements(

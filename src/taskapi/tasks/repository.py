@@ -5,15 +5,18 @@ GET /tasks, step 4 of 5: `list_page` runs a plan's statements.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.models import Task, User
+from taskapi.kit.db import CompiledQuery
+from taskapi.models import ProjectMember, Task, User
 from taskapi.tasks import queries
 from taskapi.tasks.list_plan import ListPlan
+from taskapi.tasks.stats_cache import mark_stats_stale
 
 
 async def get_visible(
@@ -63,3 +66,61 @@ async def list_page(session: AsyncSession, plan: ListPlan) -> tuple[list[Any], i
 
 async def user_exists(session: AsyncSession, user_id: int) -> bool:
     return await session.get(User, user_id) is not None
+
+
+async def project_member_ids(session: AsyncSession, project_ids: Iterable[int | None]) -> list[int]:
+    """Every member of these projects (whose stats a change of their tasks moves)."""
+    rows = await session.scalars(
+        select(ProjectMember.user_id)
+        .where(ProjectMember.project_id.in_([p for p in project_ids if p is not None]))
+        .distinct()
+    )
+    return list(rows.all())
+
+
+async def unassign_in_project(session: AsyncSession, project_id: int, user_id: int) -> list[int]:
+    """The project's tasks assigned to `user_id` (who is leaving it) lose their assignee: a new
+    version each. Returns their ids."""
+    ids = list(
+        (
+            await session.scalars(
+                update(Task)
+                .where(Task.project_id == project_id, Task.assignee_id == user_id)
+                .values(assignee_id=None, version=Task.version + 1, updated_at=func.now())
+                .returning(Task.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+    )
+    if ids:
+        # Who sees these tasks: the project's members (and the leaver, for this transaction).
+        mark_stats_stale(session, user_id, *await project_member_ids(session, [project_id]))
+    return ids
+
+
+async def reassign_owner_in_project(
+    session: AsyncSession, project_id: int, from_user_id: int, to_user_id: int
+) -> list[int]:
+    """The project's tasks owned by `from_user_id` (whose account goes) become `to_user_id`'s:
+    a new version each. A project task's counts are the project's, so no stats move."""
+    rows = await session.scalars(
+        update(Task)
+        .where(Task.project_id == project_id, Task.owner_id == from_user_id)
+        .values(owner_id=to_user_id, version=Task.version + 1, updated_at=func.now())
+        .returning(Task.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(rows.all())
+
+
+# A read of its own (no transaction is begun for it, as for the list it guards).
+_IS_MEMBER = CompiledQuery.of(
+    select(ProjectMember.user_id).where(
+        ProjectMember.user_id == bindparam("user_id"),
+        ProjectMember.project_id == bindparam("project_id"),
+    )
+)
+
+
+async def is_member(session: AsyncSession, user_id: int, project_id: int) -> bool:
+    return bool(await _IS_MEMBER.fetch(session, {"user_id": user_id, "project_id": project_id}))

@@ -3,14 +3,16 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
+from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
+from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
-from taskapi.tasks import service
+from taskapi.tasks import bulk, service, trash
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import TaskId, VisibleTaskForUpdate
 from taskapi.tasks.list_params import TaskListParams
@@ -56,7 +58,7 @@ def _task_response(response: Response, task: Task) -> TaskOut:
 @router.get(
     "",
     response_model=TaskPage,
-    responses=problem_responses(422),
+    responses=problem_responses(404, 422),
     summary="List the tasks you can see",
     openapi_extra={"parameters": QUERY_PARAMETERS},
 )
@@ -65,16 +67,17 @@ async def list_tasks(
     session: DbSession,
     params: Annotated[TaskListParams, Depends(read_list_params)],
     request: Request,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Tasks you own or are assigned. Filters combine with AND. Paginate with `limit` plus either
     `offset` or `cursor` (the `next_cursor` of the previous page: keyset pagination, stable while
     tasks are added). A `Link: <...>; rel="next"` header points at the next page."""
     codec = services_of(request.app).cursor_codec
     page = await service.list_tasks(session, user, params, codec)
-    response = Response(TASK_PAGE_JSON.dump_json(page), media_type="application/json")
+    headers = {}
     if page["next_cursor"] is not None:
-        response.headers["Link"] = f'<{_next_page_url(request, page["next_cursor"])}>; rel="next"'
-    return response
+        headers["Link"] = f'<{_next_page_url(request, page["next_cursor"])}>; rel="next"'
+    return await conditional_json(request, if_none_match, TASK_PAGE_JSON.dump_json(page), headers)
 
 
 def _next_page_url(request: Request, cursor: str) -> str:
@@ -94,15 +97,28 @@ async def get_stats_cache(request: Request) -> StatsCache:
     return services_of(request.app).get(STATS_CACHE)
 
 
-@router.get("/stats", response_model=TaskStats, summary="Statistics over the tasks you can see")
+@router.get(
+    "/stats",
+    response_model=TaskStats,
+    responses=problem_responses(404, 422),
+    summary="Statistics over the tasks you can see",
+)
 async def task_stats(
     user: CurrentUser,
     session: DbSession,
     cache: Annotated[StatsCache, Depends(get_stats_cache)],
+    request: Request,
+    if_none_match: IfNoneMatch = None,
+    project_id: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="Only this project's tasks (you must be a member)"),
+    ] = None,
 ) -> Response:
-    """Counts over every task you own or are assigned. Cached per user and invalidated by every
-    change, so it is never stale after a write."""
-    return Response(await service.stats_json(session, cache, user), media_type="application/json")
+    """Counts over every task you can see: your personal tasks (owned or assigned) and those of
+    your projects. Cached per user and invalidated by every change, so it is never stale after a
+    write."""
+    payload = await service.stats_json(session, cache, user, project_id)
+    return await conditional_json(request, if_none_match, payload)
 
 
 @router.patch(
@@ -114,7 +130,7 @@ async def task_stats(
 async def bulk_update(data: BulkUpdateIn, user: CurrentUser, session: DbSession) -> BulkResult:
     """Applies `updates` to each task on its own (at most 500 ids); one failure never undoes the
     others. Ids you can't see fail with `task_not_found`."""
-    return await service.bulk_update(session, user, data.task_ids, data.updates)
+    return await bulk.bulk_update(session, user, data.task_ids, data.updates)
 
 
 @router.post(
@@ -125,13 +141,13 @@ async def bulk_update(data: BulkUpdateIn, user: CurrentUser, session: DbSession)
 )
 async def bulk_status(data: BulkStatusIn, user: CurrentUser, session: DbSession) -> BulkResult:
     """Each task follows the workflow on its own; invalid transitions fail per item."""
-    return await service.bulk_status(session, user, data.task_ids, data.target_status)
+    return await bulk.bulk_status(session, user, data.task_ids, data.target_status)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(422),
+    responses=problem_responses(403, 404, 409, 422),
     summary="Create a task",
 )
 async def create_task(
@@ -195,14 +211,16 @@ async def replace_task(
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(403, 404, 412, 422),
-    summary="Delete a task",
+    responses=problem_responses(403, 404, 409, 412, 422),
+    summary="Move a task to the trash",
 )
 async def delete_task(
     task: VisibleTaskForUpdate, user: CurrentUser, session: DbSession, if_match: IfMatchDep
 ) -> None:
-    """Owner only; an assignee gets 403."""
-    await service.delete_task(session, user, task, if_match)
+    """Into the trash: absent from every list, search, stats and get from now on, kept with its
+    files for `TRASH_RETENTION_DAYS` (restore with `POST /tasks/{id}/restore`). The owner of a
+    personal task (its assignee gets 403), an editor or admin of a project task."""
+    await trash.trash_task(session, user, task, if_match)
 
 
 @router.post("/{task_id}/transition", responses=_WRITE, summary="Change a task's status")

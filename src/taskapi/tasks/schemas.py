@@ -67,6 +67,7 @@ def _json_number(value: object) -> object:
 JsonId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_number)]
 JsonBool = Annotated[bool, Strict()]
 UserId = JsonId
+ProjectId = JsonId
 
 
 # What a tag may not hold, as a regex class body read alike by Python and by JSON Schema's
@@ -147,9 +148,7 @@ def _status_from(status: TaskStatus | None, completed: bool | None) -> TaskStatu
     return status or implied
 
 
-class TaskCreate(BaseModel):
-    """A new task. Fields other than `title` are optional; unknown fields are ignored."""
-
+class _TaskFields(BaseModel):
     model_config = ConfigDict(json_schema_extra=STATUS_AGREES_WITH_COMPLETED)
 
     title: Title
@@ -162,7 +161,7 @@ class TaskCreate(BaseModel):
     assignee_id: UserId | None = None
 
     @model_validator(mode="after")
-    def _resolve_status(self) -> TaskCreate:
+    def _resolve_status(self) -> _TaskFields:
         self.status = _status_from(self.status, self.completed) or TaskStatus.TODO
         return self
 
@@ -171,8 +170,19 @@ class TaskCreate(BaseModel):
         return self.status or TaskStatus.TODO
 
 
-class TaskReplace(TaskCreate):
-    """PUT: a full replacement; omitted fields take their defaults."""
+class TaskCreate(_TaskFields):
+    """A new task. Fields other than `title` are optional; unknown fields are ignored."""
+
+    project_id: ProjectId | None = Field(
+        default=None,
+        description="The project it belongs to (you must be its editor or admin); "
+        "null or omitted: a personal task",
+    )
+
+
+class TaskReplace(_TaskFields):
+    """PUT: a full replacement; omitted fields take their defaults. The project is not replaced
+    (a PUT never moves a task by omission): move a task with PATCH `project_id`."""
 
 
 _NOT_NULLABLE = ("title", "status", "completed", "priority", "tags")
@@ -193,6 +203,11 @@ class TaskPatch(BaseModel):
     due_date: IsoDate | None = None
     tags: Tags | SkipJsonSchema[None] = None
     assignee_id: UserId | None = None
+    project_id: ProjectId | None = Field(
+        default=None,
+        description="Move the task to this project (editor or admin there, and of the project "
+        "it leaves); null makes it a personal task of yours",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TaskPatch:
@@ -232,6 +247,7 @@ class TaskOut(BaseModel):
     tags: list[str]
     owner_id: int
     assignee_id: int | None
+    project_id: int | None = Field(description="The task's project; null for a personal task")
     attachment_count: int
     created_at: datetime
     updated_at: datetime
@@ -272,6 +288,7 @@ class TaskItemRow(TypedDict):
     tags: list[str]
     owner_id: int
     assignee_id: int | None
+    project_id: int | None
     attachment_count: int
     created_at: datetime
     updated_at: datetime

@@ -15,17 +15,17 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskapi.kit.errors import (
-    AppError,
-    Forbidden,
     TagNotFound,
     TaskNotFound,
     UnknownAssignee,
     ValidationFailed,
 )
 from taskapi.kit.pagination import CursorCodec
+from taskapi.kit.project_errors import ProjectNotFound
 from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
-from taskapi.tasks import files, repository, stat_counts
+from taskapi.tasks import access, audit, files, repository, stat_counts
+from taskapi.tasks.access import Membership
 from taskapi.tasks.conditional import IfMatch
 from taskapi.tasks.list_page import build_page
 from taskapi.tasks.list_params import TaskListParams
@@ -33,8 +33,6 @@ from taskapi.tasks.list_plan import plan_list
 from taskapi.tasks.overdue import today
 from taskapi.tasks.schemas import (
     MAX_TAGS,
-    BulkItemResult,
-    BulkResult,
     TaskCreate,
     TaskItemRow,
     TaskPageRows,
@@ -44,22 +42,18 @@ from taskapi.tasks.schemas import (
     normalize_tag,
 )
 from taskapi.tasks.stats_cache import StatsCache, mark_stats_stale
+from taskapi.tasks.visibility import ProjectFilter
 from taskapi.tasks.workflow import check_transition
 
 # Fields anyone who sees a task may set; assignment is the owner's alone.
-_FIELD_COLUMNS = ("title", "description", "priority", "due_date", "tags")
+FIELD_COLUMNS = ("title", "description", "priority", "due_date", "tags")
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def ensure_owner(task: Task, user: User, action: str) -> None:
-    if task.owner_id != user.id:
-        raise Forbidden(f"Only the task's owner may {action}.")
-
-
-async def _check_assignee(session: AsyncSession, assignee_id: int | None) -> None:
+async def check_assignee_exists(session: AsyncSession, assignee_id: int | None) -> None:
     if assignee_id is not None and not await repository.user_exists(session, assignee_id):
         raise UnknownAssignee(
             errors=[{"loc": ["body", "assignee_id"], "msg": "no such user", "type": "unknown_user"}]
@@ -67,18 +61,35 @@ async def _check_assignee(session: AsyncSession, assignee_id: int | None) -> Non
 
 
 def plan_changes(
-    task: Task, user: User, changes: dict[str, Any], now: datetime, *, explicit_status: bool = False
+    task: Task,
+    user: User,
+    changes: dict[str, Any],
+    now: datetime,
+    members: dict[int, Membership],
+    *,
+    explicit_status: bool = False,
 ) -> dict[str, Any]:
-    """The column values that would change, or an error (403, 409) — without touching `task`."""
+    """The column values that would change, or an error (403, 404, 409) — without touching
+    `task`. `members`: the caller's memberships of the task's project and of a target one."""
     planned: dict[str, Any] = {}
+    source = members.get(task.project_id) if task.project_id is not None else None
+    access.check_edit(task, source)
+    if "project_id" in changes and changes["project_id"] != task.project_id:
+        access.check_manage(task, user, source, "move it")
+        target = changes["project_id"]
+        if target is not None:
+            access.check_target(members.get(target))
+        else:
+            planned["owner_id"] = user.id  # a project task taken out becomes the mover's own
+        planned["project_id"] = target
     if "assignee_id" in changes and changes["assignee_id"] != task.assignee_id:
-        ensure_owner(task, user, "assign it")
+        access.check_manage(task, user, source, "assign it")
         planned["assignee_id"] = changes["assignee_id"]
     if "status" in changes and (explicit_status or changes["status"] != task.status):
         check_transition(task.status, changes["status"])
         planned["status"] = changes["status"]
         planned["completed_at"] = now if changes["status"] == TaskStatus.DONE else None
-    for name in _FIELD_COLUMNS:
+    for name in FIELD_COLUMNS:
         if name in changes and changes[name] != getattr(task, name):
             planned[name] = changes[name]
     return planned
@@ -90,12 +101,20 @@ async def _apply_planned(
     if not planned:
         return task
     if "assignee_id" in planned:
-        await _check_assignee(session, planned["assignee_id"])
-    mark_stats_stale(session, task.owner_id, task.assignee_id, planned.get("assignee_id"))
+        await check_assignee_exists(session, planned["assignee_id"])
+    if "assignee_id" in planned or "project_id" in planned:
+        await access.check_assignee_is_member(
+            session,
+            planned.get("project_id", task.project_id),
+            planned.get("assignee_id", task.assignee_id),
+        )
+    await stats_change(session, [task], planned)
+    before = audit.before_values(task, planned)
     for name, value in planned.items():
         setattr(task, name, value)
     task.updated_at = now
     await session.flush()  # bumps `version` (version_id_col) and reads the row back
+    await audit.task_changed(session, user, task, before, planned)
     if "assignee_id" in planned:
         await notifications.task_assigned(session, user, [task])
     else:
@@ -103,23 +122,46 @@ async def _apply_planned(
     return task
 
 
+async def stats_change(
+    session: AsyncSession, tasks: Iterable[Task], planned: dict[str, Any] | None = None
+) -> None:
+    """Whose cached stats a change of `tasks` (to `planned`) makes stale: the viewers of a
+    personal task, the members of a project's, before and after."""
+    users: set[int | None] = set()
+    projects: set[int | None] = set()
+    for task in tasks:
+        for values in (task.__dict__, planned or {}):
+            users.update(values.get(name) for name in ("owner_id", "assignee_id"))
+            projects.add(values.get("project_id"))
+    projects.discard(None)
+    members = await repository.project_member_ids(session, projects) if projects else []
+    mark_stats_stale(session, *users, *members)
+
+
 async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Task:
-    await _check_assignee(session, data.assignee_id)
+    await check_assignee_exists(session, data.assignee_id)
+    if data.project_id is not None:
+        await access.hold_target(session, data.project_id)
+        members = await access.memberships(session, user.id, [data.project_id])
+        access.check_target(members.get(data.project_id))
+        await access.check_assignee_is_member(session, data.project_id, data.assignee_id)
     status = data.resolved_status
     task = Task(
         owner_id=user.id,
         assignee_id=data.assignee_id,
+        project_id=data.project_id,
         title=data.title,
         description=data.description,
         status=status,
         priority=data.priority,
         due_date=data.due_date,
         tags=data.tags,
-        completed_at=_now() if status == TaskStatus.DONE else None,
+        completed_at=utc_now() if status == TaskStatus.DONE else None,
     )
     session.add(task)
     await session.flush()
-    mark_stats_stale(session, task.owner_id, task.assignee_id)
+    await stats_change(session, [task])
+    await audit.task_created(session, user, task)
     await notifications.task_assigned(session, user, [task])
     return task
 
@@ -134,8 +176,14 @@ async def _change(
     explicit_status: bool = False,
 ) -> Task:
     if_match.check(task.version)
-    now = _now()
-    planned = plan_changes(task, user, changes, now, explicit_status=explicit_status)
+    now = utc_now()
+    if changes.get("project_id") != task.project_id:
+        # (a task already there is locked, as a deletion of that project would lock it: no hold)
+        await access.hold_target(session, changes.get("project_id"))
+    members = await access.memberships(
+        session, user.id, [task.project_id, changes.get("project_id")]
+    )
+    planned = plan_changes(task, user, changes, now, members, explicit_status=explicit_status)
     return await _apply_planned(session, user, task, planned, now)
 
 
@@ -163,7 +211,8 @@ async def transition_task(
 async def assign_task(
     session: AsyncSession, user: User, task: Task, assignee_id: int | None, if_match: IfMatch
 ) -> Task:
-    ensure_owner(task, user, "assign it")
+    if task.project_id is None:  # the owner's alone, even to assign it to its assignee again
+        access.check_manage(task, user, None, "assign it")
     return await _change(session, user, task, {"assignee_id": assignee_id}, if_match)
 
 
@@ -193,115 +242,12 @@ async def remove_tag(
     )
 
 
-async def delete_task(session: AsyncSession, user: User, task: Task, if_match: IfMatch) -> None:
-    ensure_owner(task, user, "delete it")
-    if_match.check(task.version)
-    if task.attachment_count:
-        await files.release_files(session, Task.id == task.id)
-    await session.execute(delete(Task).where(Task.id == task.id))
-    mark_stats_stale(session, task.owner_id, task.assignee_id)
-
-
-# --- bulk ----------------------------------------------------------------------------------------
-
-
-def _unique(ids: Iterable[int]) -> list[int]:
-    return list(dict.fromkeys(ids))
-
-
-async def _bulk_apply(
-    session: AsyncSession,
-    user: User,
-    ids: list[int],
-    changes: dict[str, Any],
-    *,
-    explicit_status: bool,
-) -> BulkResult:
-    """Plan every item, then write each group of identical changes with one UPDATE.
-
-    A bounded number of statements whatever the number of ids: one locking SELECT, at most two
-    UPDATEs (items whose status changes, and items whose status stays), one notification INSERT
-    per kind.
-    """
-    ids = _unique(ids)
-    if changes.get("assignee_id") is not None:
-        await _check_assignee(session, changes["assignee_id"])
-    tasks = {t.id: t for t in await repository.get_visible_many(session, user.id, ids)}
-    now = _now()
-    results: dict[int, BulkItemResult] = {}
-    groups: dict[bool, list[int]] = {True: [], False: []}
-    reassigned: set[int] = set()  # ids whose assignee really changes: they get task_assigned
-    group_values: dict[bool, dict[str, Any]] = {}
-    for task_id in ids:
-        task = tasks.get(task_id)
-        if task is None:
-            results[task_id] = BulkItemResult(
-                task_id=task_id, success=False, error="task_not_found"
-            )
-            continue
-        try:
-            planned = plan_changes(task, user, changes, now, explicit_status=explicit_status)
-        except AppError as error:
-            results[task_id] = BulkItemResult(
-                task_id=task_id, success=False, error=error.code, previous_status=task.status
-            )
-            continue
-        status_changes = "status" in planned
-        # The status pair reports a change of status, so an item whose status stays has none.
-        results[task_id] = BulkItemResult(
-            task_id=task_id,
-            success=True,
-            previous_status=task.status if status_changes else None,
-            new_status=planned.get("status"),
-        )
-        if planned:
-            groups[status_changes].append(task_id)
-            if "assignee_id" in planned:
-                reassigned.add(task_id)
-            # Every item of a group gets the same values: all requested fields (harmless where a
-            # field already had that value) plus, in the status group, status and completed_at.
-            values = {k: v for k, v in changes.items() if k in (*_FIELD_COLUMNS, "assignee_id")}
-            if status_changes:
-                values["status"] = planned["status"]
-                values["completed_at"] = planned["completed_at"]
-            group_values[status_changes] = values
-    changed_ids = groups[True] + groups[False]
-    mark_stats_stale(
-        session,
-        changes.get("assignee_id"),
-        *(tasks[i].owner_id for i in changed_ids),
-        *(tasks[i].assignee_id for i in changed_ids),
-    )
-    updated: list[Task] = []
-    for status_changes, group_ids in groups.items():
-        if group_ids:
-            updated.extend(
-                await repository.update_many(session, group_ids, group_values[status_changes], now)
-            )
-    if updated:
-        # As for a single task: a new assignee is told of the assignment; a task whose assignee
-        # stays the same (even if `assignee_id` was sent) is an update.
-        await notifications.task_assigned(session, user, [t for t in updated if t.id in reassigned])
-        await notifications.task_updated(
-            session, user, [t for t in updated if t.id not in reassigned]
-        )
-    ordered = [results[task_id] for task_id in ids]
-    successful = sum(1 for item in ordered if item.success)
-    return BulkResult(
-        total=len(ordered), successful=successful, failed=len(ordered) - successful, results=ordered
-    )
-
-
-async def bulk_update(
-    session: AsyncSession, user: User, task_ids: list[int], data: TaskPatch
-) -> BulkResult:
-    return await _bulk_apply(session, user, task_ids, data.changes(), explicit_status=False)
-
-
-async def bulk_status(
-    session: AsyncSession, user: User, task_ids: list[int], target: TaskStatus
-) -> BulkResult:
-    return await _bulk_apply(session, user, task_ids, {"status": target}, explicit_status=True)
+async def delete_tasks(session: AsyncSession, which: Any, *, any_files: bool = True) -> None:
+    """Delete the tasks `which` selects, their files' objects through the durable job queue.
+    (Whose stats go stale is the caller's to say.)"""
+    if any_files:
+        await files.release_files(session, which)
+    await session.execute(delete(Task).where(which))
 
 
 # --- list and stats ------------------------------------------------------------------------------
@@ -319,9 +265,14 @@ async def get_task_item(session: AsyncSession, user: User, task_id: int) -> Task
 async def list_tasks(
     session: AsyncSession, user: User, params: TaskListParams, cursors: CursorCodec
 ) -> TaskPageRows:
-    """GET /tasks: parameters -> plan -> statements run -> page (one module per step)."""
+    """GET /tasks: parameters -> plan -> statements run -> page (one module per step).
+
+    `project_id=` of a project the caller is not in is a 404; only an empty page needs asking
+    (the statements only ever return rows of the caller's own projects)."""
     plan = plan_list(params, user.id, today(), cursors)
     rows, total = await repository.list_page(session, plan)
+    if not rows and isinstance(params.project_id, int):
+        await _member_or_404(session, user, params.project_id)
     return build_page(plan, rows, total, cursors)
 
 
@@ -332,8 +283,19 @@ def _percentage(part: int, whole: int) -> float:
     return float((Decimal(part * 100) / Decimal(whole)).quantize(Decimal("0.1"), ROUND_HALF_UP))
 
 
-async def stats_json(session: AsyncSession, cache: StatsCache, user: User) -> bytes:
-    """The caller's stats as JSON, from the cache when it holds the current generation."""
+async def _member_or_404(session: AsyncSession, user: User, project_id: int) -> None:
+    if not await repository.is_member(session, user.id, project_id):
+        raise ProjectNotFound()
+
+
+async def stats_json(
+    session: AsyncSession, cache: StatsCache, user: User, project_id: int | None = None
+) -> bytes:
+    """The caller's stats as JSON, from the cache when it holds the current generation. One
+    project's stats (a member's) are read straight from the counts: a few rows."""
+    if project_id is not None:
+        await _member_or_404(session, user, project_id)
+        return (await task_stats(session, user, "id", project_id)).model_dump_json().encode()
     cached = await cache.get(user.id)
     if cached.payload is not None:
         return cached.payload
@@ -343,12 +305,20 @@ async def stats_json(session: AsyncSession, cache: StatsCache, user: User) -> by
     return payload
 
 
-async def task_stats(session: AsyncSession, user: User) -> TaskStats:
-    """From the counts the `tasks` triggers keep (one indexed read of a few dozen rows, however
-    many tasks the user sees); folds them when enough writes have piled up since the last fold."""
-    counts = await stat_counts.read(session, user.id, today())
+async def task_stats(
+    session: AsyncSession,
+    user: User,
+    project: ProjectFilter = None,
+    project_id: int | None = None,
+) -> TaskStats:
+    """From the counts the `tasks` triggers keep (one indexed read of a few dozen rows per
+    subject, however many tasks the user sees); folds them when enough writes have piled up
+    since the last fold."""
+    counts = await stat_counts.read(session, user.id, today(), project, project_id)
     if counts.unfolded >= stat_counts.READ_FOLD_THRESHOLD:
-        await stat_counts.fold(session, user.id)
+        await stat_counts.fold_for_reader(
+            session, user.id, at_least=stat_counts.READ_FOLD_THRESHOLD // 4
+        )
     total = sum(counts.by_status.values())
     completed = counts.by_status[TaskStatus.DONE.value]
     return TaskStats(

@@ -8,7 +8,7 @@ from pydantic import AfterValidator
 from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
 from taskapi.auth.schemas import UserOut
 from taskapi.kit.db import DbSession
-from taskapi.kit.openapi import problem_responses
+from taskapi.kit.openapi import NUL, problem_responses
 from taskapi.kit.services import services_of
 from taskapi.kit.validation import reject_nul
 from taskapi.users import service
@@ -32,9 +32,16 @@ async def update_me(
     return UserOut.model_validate(await service.update_me(session, hashing, principal, data))
 
 
-@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, summary="Delete your account")
+@router.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(409),
+    summary="Delete your account",
+)
 async def delete_me(user: CurrentUser, session: DbSession) -> None:
-    """Deletes the account and everything it owns."""
+    """Deletes the account and everything it owns. A project you are the only member of is
+    deleted; in any other your tasks pass to its earliest-added admin, and if you are its last
+    admin the deletion is refused (409 `last_admin`: promote another admin first)."""
     await service.delete_me(session, user)
 
 
@@ -44,7 +51,12 @@ async def search_users(
     session: DbSession,
     search: Annotated[
         str,
-        Query(min_length=1, max_length=50, description="Username prefix"),
+        Query(
+            min_length=1,
+            max_length=50,
+            description="Username prefix",
+            json_schema_extra={"pattern": f"^[^{NUL}]*$"},
+        ),
         AfterValidator(reject_nul),
     ],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

@@ -12,8 +12,9 @@ from taskapi.auth.service import Principal, raise_for_duplicate, utcnow
 from taskapi.kit.errors import EmailTaken, InvalidCurrentPassword
 from taskapi.kit.security import PasswordHashing
 from taskapi.models import Task, User
+from taskapi.projects import service as projects
+from taskapi.tasks import audit, stat_counts
 from taskapi.tasks import files as task_files
-from taskapi.tasks import stat_counts
 from taskapi.tasks.stats_cache import mark_stats_stale
 from taskapi.users.schemas import UserSearchPage, UserSummary, UserUpdate
 
@@ -52,7 +53,10 @@ async def update_me(
 
 async def delete_me(session: AsyncSession, user: User) -> None:
     """Delete the account; its tasks and logins go with it (ON DELETE CASCADE), and tasks it was
-    assigned lose their assignee (ON DELETE SET NULL)."""
+    assigned lose their assignee (ON DELETE SET NULL). Its projects first: one it is alone in is
+    deleted, in any other its tasks pass to an admin (409 `last_admin` if it is the last one)."""
+    await projects.leave_all_projects(session, user)
+    await audit.before_account_deletion(session, user)
     # Assignees of the tasks that disappear with the account see their stats change.
     assignees = await session.scalars(
         select(Task.assignee_id).where(Task.owner_id == user.id, Task.assignee_id.is_not(None))
@@ -61,7 +65,7 @@ async def delete_me(session: AsyncSession, user: User) -> None:
     # The account's files go with its tasks; their objects are deleted by a durable job.
     await task_files.release_files(session, Task.owner_id == user.id)
     await session.execute(delete(User).where(User.id == user.id))
-    await stat_counts.forget(session, user.id)
+    await stat_counts.forget(session, "user_id", user.id)
     mark_principal_stale(session, user.id)
 
 
