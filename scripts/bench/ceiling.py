@@ -49,33 +49,35 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud", "type", "sid"]
 CLOSED_STATUSES = frozenset({"done", "cancelled"})
 
 # The page (one row more than shown, to know whether a next page exists) and the visible total.
-# Personal tasks (project_id IS NULL, the partial indexes' predicate): `owner_id <> $1` on the
-# assignee side keeps a self-assigned task from appearing twice. Project tasks: per membership,
-# the project's first rows in order. The totals are uncorrelated subqueries, computed once; an
-# empty first page means a total of 0.
+# Live personal tasks (`project_id IS NULL AND deleted_at IS NULL`, the partial indexes'
+# predicate): `owner_id <> $1` on the assignee side keeps a self-assigned task from appearing
+# twice. Project tasks: per membership, the project's first rows in order. The totals are
+# uncorrelated subqueries, computed once; an empty first page means a total of 0.
 COLUMNS = """id, title, description, status, priority, due_date, tags, owner_id, assignee_id,
             project_id, attachment_count, created_at, updated_at, completed_at, version"""
 PAGE_SQL = """
 SELECT page.*,
-       (SELECT count(*) FROM tasks WHERE owner_id = $1 AND project_id IS NULL)
+       (SELECT count(*) FROM tasks
+        WHERE owner_id = $1 AND project_id IS NULL AND deleted_at IS NULL)
        + (SELECT count(*) FROM tasks
-          WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL)
+          WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL AND deleted_at IS NULL)
        + (SELECT count(*) FROM project_members AS m JOIN tasks AS t ON t.project_id = m.project_id
-          WHERE m.user_id = $1) AS total
+          WHERE m.user_id = $1 AND t.deleted_at IS NULL) AS total
 FROM (
     (SELECT COLUMNS
-     FROM tasks WHERE owner_id = $1 AND project_id IS NULL
+     FROM tasks WHERE owner_id = $1 AND project_id IS NULL AND deleted_at IS NULL
      ORDER BY created_at DESC, id DESC LIMIT $2)
     UNION ALL
     (SELECT COLUMNS
-     FROM tasks WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL
+     FROM tasks
+     WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL AND deleted_at IS NULL
      ORDER BY created_at DESC, id DESC LIMIT $2)
     UNION ALL
     (SELECT project_page.*
      FROM project_members AS m
      CROSS JOIN LATERAL (
          SELECT COLUMNS
-         FROM tasks WHERE project_id = m.project_id
+         FROM tasks WHERE project_id = m.project_id AND deleted_at IS NULL
          ORDER BY created_at DESC, id DESC LIMIT $2
      ) AS project_page
      WHERE m.user_id = $1)
@@ -85,9 +87,9 @@ LIMIT $2
 """
 # One project's page, when the caller is a member ($1 user, $2 project): no rows otherwise.
 PROJECT_PAGE_SQL = """
-SELECT COLUMNS, (SELECT count(*) FROM tasks WHERE project_id = $2) AS total
+SELECT COLUMNS, (SELECT count(*) FROM tasks WHERE project_id = $2 AND deleted_at IS NULL) AS total
 FROM tasks
-WHERE project_id = $2
+WHERE project_id = $2 AND deleted_at IS NULL
   AND EXISTS (SELECT FROM project_members WHERE user_id = $1 AND project_id = $2)
 ORDER BY created_at DESC, id DESC
 LIMIT $3
