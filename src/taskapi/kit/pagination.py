@@ -12,7 +12,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Final
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, Field, model_validator
+from starlette.requests import Request
 
 from taskapi.kit.errors import ValidationFailed
 
@@ -69,3 +73,46 @@ class CursorCodec:
             raise InvalidCursor("This cursor belongs to a different query (filters or sort).")
         values: list[Any] = data["v"]
         return values
+
+
+def next_link(request: Request, cursor: str) -> str:
+    """The `Link` header value of the next page: this request's URL with `cursor` in place of
+    `offset` and of any previous cursor. Built from the already parsed query rather than by
+    Starlette's URL editing, which parses the query twice more and rebuilds the URL each time."""
+    kept = [
+        (key, value)
+        for key, value in request.query_params.multi_items()
+        if key not in ("offset", "cursor")
+    ]
+    kept.append(("cursor", cursor))
+    return f'<{str(request.url).partition("?")[0]}?{urlencode(kept)}>; rel="next"'
+
+
+MAX_PAGE_LIMIT: Final = 100
+MAX_PAGE_OFFSET: Final = 10_000_000
+
+
+class PageParams(BaseModel):
+    """`limit` plus either `offset` or `cursor`: the paging parameters of the keyset-paginated
+    lists (a list adds its filters in a subclass)."""
+
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE_LIMIT)] = 20
+    offset: Annotated[
+        int | None,
+        Field(ge=0, le=MAX_PAGE_OFFSET, description="Rows to skip; not together with `cursor`"),
+    ] = None
+    cursor: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="The `next_cursor` of the previous page (keyset); not together with "
+            "`offset`",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _one_way_to_page(self) -> PageParams:
+        if self.offset is not None and self.cursor is not None:
+            raise ValueError("use either offset or cursor, not both")
+        return self

@@ -4,7 +4,6 @@ dependencies (taskapi.projects.dependencies)."""
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
@@ -12,6 +11,7 @@ from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.projects import service
 from taskapi.projects.dependencies import (
@@ -79,12 +79,7 @@ async def list_projects(
     page = await service.list_projects(session, user, params, codec)
     headers = {}
     if page.next_cursor is not None:
-        kept = [
-            (k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "cursor")
-        ]
-        kept.append(("cursor", page.next_cursor))
-        url = f"{str(request.url).partition('?')[0]}?{urlencode(kept)}"
-        headers["Link"] = f'<{url}>; rel="next"'
+        headers["Link"] = next_link(request, page.next_cursor)
     return await conditional_json(request, if_none_match, page.model_dump_json().encode(), headers)
 
 

@@ -16,13 +16,12 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from taskapi.kit.openapi import NUL, STRIPPED_BY_PYDANTIC, trimmed_text_pattern
+from taskapi.kit.pagination import PageParams
 from taskapi.kit.validation import reject_nul
 from taskapi.models import Project, ProjectRole
 from taskapi.tasks.schemas import Description, JsonBool
 
 MAX_NAME_LENGTH: Final = 100
-MAX_LIMIT: Final = 100
-MAX_OFFSET: Final = 10_000_000
 
 NAME_PATTERN: Final = trimmed_text_pattern(
     min_length=1, max_length=MAX_NAME_LENGTH, forbidden=NUL, trimmed=STRIPPED_BY_PYDANTIC
@@ -105,30 +104,10 @@ class ProjectPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
 
-class ProjectListParams(BaseModel):
+class ProjectListParams(PageParams):
     archived: bool | None = Field(
         default=None, description="true: only archived projects; false: only active ones"
     )
-    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 20
-    offset: Annotated[
-        int | None,
-        Field(ge=0, le=MAX_OFFSET, description="Rows to skip; not together with `cursor`"),
-    ] = None
-    cursor: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=2048,
-            description="The `next_cursor` of the previous page (keyset); not together with "
-            "`offset`",
-        ),
-    ] = None
-
-    @model_validator(mode="after")
-    def _check(self) -> ProjectListParams:
-        if self.offset is not None and self.cursor is not None:
-            raise ValueError("use either offset or cursor, not both")
-        return self
 
 
 class MemberIn(BaseModel):

@@ -6,7 +6,6 @@ now: 404 otherwise); the events themselves are the event log's (taskapi.events).
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -15,6 +14,7 @@ from taskapi.events import service as events
 from taskapi.events.schemas import ActivityPage, ActivityParams, activity_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.tasks.dependencies import VisibleTask
 
@@ -41,8 +41,5 @@ async def task_activity(
     page = await events.activity(session, user.id, task.id, params, codec)
     response = Response(activity_json(page), media_type="application/json")
     if page.next_cursor is not None:
-        kept = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-        kept.append(("cursor", page.next_cursor))
-        url = f"{str(request.url).partition('?')[0]}?{urlencode(kept)}"
-        response.headers["Link"] = f'<{url}>; rel="next"'
+        response.headers["Link"] = next_link(request, page.next_cursor)
     return response

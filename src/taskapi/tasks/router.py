@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 
@@ -9,6 +8,7 @@ from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
@@ -76,21 +76,8 @@ async def list_tasks(
     page = await service.list_tasks(session, user, params, codec)
     headers = {}
     if page["next_cursor"] is not None:
-        headers["Link"] = f'<{_next_page_url(request, page["next_cursor"])}>; rel="next"'
+        headers["Link"] = next_link(request, page["next_cursor"])
     return await conditional_json(request, if_none_match, TASK_PAGE_JSON.dump_json(page), headers)
-
-
-def _next_page_url(request: Request, cursor: str) -> str:
-    """This request's URL with `cursor` in place of `offset` and of any previous cursor. Built
-    from the already parsed query rather than by Starlette's URL editing, which parses the query
-    twice more and rebuilds the URL each time."""
-    kept = [
-        (key, value)
-        for key, value in request.query_params.multi_items()
-        if key not in ("offset", "cursor")
-    ]
-    kept.append(("cursor", cursor))
-    return f"{str(request.url).partition('?')[0]}?{urlencode(kept)}"
 
 
 async def get_stats_cache(request: Request) -> StatsCache:

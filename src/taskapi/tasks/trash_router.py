@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response, status
 
@@ -12,6 +11,7 @@ from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
+from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.tasks import trash
 from taskapi.tasks.conditional import etag_for
@@ -55,11 +55,7 @@ async def list_trash(
     )
     headers = {}
     if page.next_cursor is not None:
-        kept = [
-            (k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "cursor")
-        ]
-        kept.append(("cursor", page.next_cursor))
-        headers["Link"] = f'<{str(request.url).partition("?")[0]}?{urlencode(kept)}>; rel="next"'
+        headers["Link"] = next_link(request, page.next_cursor)
     return await conditional_json(request, if_none_match, page.model_dump_json().encode(), headers)
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
-from taskapi.tasks.list_params import MAX_LIMIT, MAX_OFFSET
+from taskapi.kit.pagination import PageParams
 from taskapi.tasks.schemas import TaskOut
 
 
@@ -26,24 +25,5 @@ class TrashPage(BaseModel):
     next_cursor: str | None
 
 
-class TrashListParams(BaseModel):
-    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 20
-    offset: Annotated[
-        int | None,
-        Field(ge=0, le=MAX_OFFSET, description="Rows to skip; not together with `cursor`"),
-    ] = None
-    cursor: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=2048,
-            description="The `next_cursor` of the previous page (keyset); not together with "
-            "`offset`",
-        ),
-    ] = None
-
-    @model_validator(mode="after")
-    def _check(self) -> TrashListParams:
-        if self.offset is not None and self.cursor is not None:
-            raise ValueError("use either offset or cursor, not both")
-        return self
+class TrashListParams(PageParams):
+    """The trash pages like the other lists; it has no filters."""
