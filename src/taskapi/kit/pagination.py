@@ -75,6 +75,19 @@ class CursorCodec:
         return values
 
 
+# The OpenAPI `responses` entry documenting the header `next_link` builds.
+NEXT_PAGE_LINK: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "headers": {
+            "Link": {
+                "description": 'The next page: `<url>; rel="next"`',
+                "schema": {"type": "string"},
+            }
+        }
+    }
+}
+
+
 def next_link(request: Request, cursor: str) -> str:
     """The `Link` header value of the next page: this request's URL with `cursor` in place of
     `offset` and of any previous cursor. Built from the already parsed query rather than by

@@ -11,7 +11,7 @@ from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
-from taskapi.kit.pagination import next_link
+from taskapi.kit.pagination import NEXT_PAGE_LINK, next_link
 from taskapi.kit.services import services_of
 from taskapi.projects import service
 from taskapi.projects.dependencies import (
@@ -52,17 +52,7 @@ def _project_response(response: Response, access: service.ProjectAccess) -> Proj
 @router.get(
     "",
     response_model=ProjectPage,
-    responses={
-        200: {
-            "headers": {
-                "Link": {
-                    "description": 'The next page: `<url>; rel="next"`',
-                    "schema": {"type": "string"},
-                }
-            }
-        },
-        **problem_responses(422),
-    },
+    responses={**NEXT_PAGE_LINK, **problem_responses(422)},
     summary="List the projects you are a member of",
 )
 async def list_projects(

@@ -61,12 +61,11 @@ async def trash_task(session: AsyncSession, user: User, task: Task, if_match: If
     await audit.task_deleted(session, user, task)
 
 
-async def _trashed_for_update(session: AsyncSession, user: User, task_id: int) -> Task:
-    task = await session.scalar(
+async def _trashed_for_update(session: AsyncSession, user: User, task_id: int) -> Task | None:
+    """The task, locked, if it is in the caller's trash."""
+    task: Task | None = await session.scalar(
         select(Task).where(Task.id == task_id, _restorable_by(user.id)).with_for_update()
     )
-    if task is None:
-        raise TaskNotFound("No task with this id is in your trash.")
     return task
 
 
@@ -74,6 +73,8 @@ async def restore_task(session: AsyncSession, user: User, task_id: int) -> Task:
     """POST /tasks/{id}/restore: back as it was, files included. A project task whose assignee
     has left the project meanwhile comes back unassigned (an assignee must be a member)."""
     task = await _trashed_for_update(session, user, task_id)
+    if task is None:
+        raise TaskNotFound("No task with this id is in your trash.")
     members = await access.memberships(session, user.id, [task.project_id])
     access.check_edit(task, members.get(task.project_id or 0))  # an archived project: 409
     if await access.non_members(session, [(task.project_id, task.assignee_id)]):
@@ -89,9 +90,7 @@ async def restore_task(session: AsyncSession, user: User, task_id: int) -> Task:
 async def force_delete_task(session: AsyncSession, user: User, task_id: int) -> None:
     """DELETE /tasks/{id}/force: gone for good at once, from the trash or not; its stored
     objects are deleted by the durable job queue."""
-    task = await session.scalar(
-        select(Task).where(Task.id == task_id, _restorable_by(user.id)).with_for_update()
-    )
+    task = await _trashed_for_update(session, user, task_id)
     if task is None:
         task = await repository.get_visible(session, user.id, task_id, for_update=True)
         if task is None:

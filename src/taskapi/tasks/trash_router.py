@@ -11,7 +11,7 @@ from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
-from taskapi.kit.pagination import next_link
+from taskapi.kit.pagination import NEXT_PAGE_LINK, next_link
 from taskapi.kit.services import services_of
 from taskapi.tasks import trash
 from taskapi.tasks.conditional import etag_for
@@ -26,17 +26,7 @@ router = APIRouter(tags=["trash"], responses=problem_responses(401, 429))
 @router.get(
     "/trash",
     response_model=TrashPage,
-    responses={
-        200: {
-            "headers": {
-                "Link": {
-                    "description": 'The next page: `<url>; rel="next"`',
-                    "schema": {"type": "string"},
-                }
-            }
-        },
-        **problem_responses(422),
-    },
+    responses={**NEXT_PAGE_LINK, **problem_responses(422)},
     summary="List the tasks you may restore",
 )
 async def list_trash(
