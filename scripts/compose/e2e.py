@@ -2,7 +2,8 @@
 
 Run by scripts/compose/run.sh once the engine runs and the images exist: compose up; ready →
 register → login → create → list → upload to the S3 service → download byte-identical → stats →
-the worker (not the API) deletes a removed file's object from S3; the image checked (non-root, no
+the worker (not the API) deletes a removed file's object from S3; delete keeps the
+object while the task is in the trash, force delete removes it; the image checked (non-root, no
 compilers, its own health check, local storage ready); `down -v`, and nothing of the project left.
 """
 
@@ -96,9 +97,24 @@ def journey(checks: Checks, api: Api) -> None:
         json.dumps({key: stats[key] for key in ("total", "completed", "by_tag")}),
     )
     worker_deletes_objects(checks, api, token, uploaded["small.txt"], new_keys)
+    trash_keeps_then_force_deletes(checks, api, token, task, new_keys)
+
+
+def trash_keeps_then_force_deletes(
+    checks: Checks, api: Api, token: str, task: dict[str, Any], keys: set[str]
+) -> None:
+    step("delete moves to the trash, files kept; force delete removes them from S3")
     api.expect("DELETE", f"/api/v1/tasks/{task['id']}", 204, token)
-    wait_for("the deleted task's last object gone from S3", lambda: not (s3_keys() & new_keys), 60)
-    checks.ok("deleting the task removes its remaining object from S3 too")
+    time.sleep(3)  # give a (wrongly) queued object deletion the time to run
+    kept = s3_keys() & keys
+    checks.expect(len(kept) == 1, "a task in the trash keeps its object in S3", str(kept))
+    trash = api.expect("GET", "/api/v1/trash", 200, token)
+    checks.expect(
+        [item["id"] for item in trash["items"]] == [task["id"]], "the task is listed in the trash"
+    )
+    api.expect("DELETE", f"/api/v1/tasks/{task['id']}/force", 204, token)
+    wait_for("the force-deleted task's last object gone from S3", lambda: not (s3_keys() & keys), 60)
+    checks.ok("force delete removes the task's remaining object from S3 too")
 
 
 def worker_deletes_objects(
