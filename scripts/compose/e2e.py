@@ -113,7 +113,9 @@ def trash_keeps_then_force_deletes(
         [item["id"] for item in trash["items"]] == [task["id"]], "the task is listed in the trash"
     )
     api.expect("DELETE", f"/api/v1/tasks/{task['id']}/force", 204, token)
-    wait_for("the force-deleted task's last object gone from S3", lambda: not (s3_keys() & keys), 60)
+    wait_for(
+        "the force-deleted task's last object gone from S3", lambda: not (s3_keys() & keys), 60
+    )
     checks.ok("force delete removes the task's remaining object from S3 too")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     Computed,
     Date,
     DateTime,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     func,
     text,
@@ -164,6 +167,19 @@ class Task(Base):
             for prefix, column, where in _SORTED_PARTS
             for name, key in (("priority", "priority"), ("title", text("lower(title)")))
         ),
+        # sort=-priority,title (most important first, then by name) and, read backwards,
+        # priority,-title: mixed directions no index above serves in order (migration 0012).
+        *(
+            Index(
+                f"ix_tasks_{prefix}_priority_desc_title",
+                column,
+                text("priority DESC"),
+                text("lower(title)"),
+                "id",
+                postgresql_where=text(where),
+            )
+            for prefix, column, where in _SORTED_PARTS
+        ),
         # The trash: what a user may restore, newest first; what the purge job removes.
         Index(
             "ix_tasks_trash_personal",
@@ -184,8 +200,26 @@ class Task(Base):
             "deleted_at",
             postgresql_where=text("deleted_at IS NOT NULL"),
         ),
-        Index("ix_tasks_tags", "tags", postgresql_using="gin"),
-        Index("ix_tasks_search_vector", "search_vector", postgresql_using="gin"),
+        # Tags filters and searches, per visible part (btree_gin; migration 0011): each part's
+        # scan reads its own matches, not every match in the table.
+        *(
+            Index(
+                f"ix_tasks_{prefix}_text",
+                column,
+                "tags",
+                "search_vector",
+                postgresql_using="gin",
+                postgresql_where=text(where),
+            )
+            for prefix, column, where in (
+                *_SORTED_PARTS,
+                (
+                    "personal_assignee",
+                    "assignee_id",
+                    "assignee_id IS NOT NULL AND project_id IS NULL AND deleted_at IS NULL",
+                ),
+            )
+        ),
     )
 
     @property
@@ -195,6 +229,18 @@ class Task(Base):
     # version_id_col: every UPDATE bumps `version` and carries `WHERE version = <loaded>`, so a
     # write based on a stale read can never silently overwrite a newer one.
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
+
+
+# Every word (lexeme) a task's search vector has held, kept by a trigger on `tasks` (migration
+# 0011), so the SQL function `task_search_expand` can turn a search's prefix into the words it
+# stands for. No key: duplicates are possible (two writers adding one new word at once) and
+# harmless; a unique index would make such writers wait on each other.
+TASK_SEARCH_LEXEMES: Final = Table(
+    "task_search_lexemes",
+    Base.metadata,
+    Column("lexeme", Text(collation="C"), nullable=False),
+    Index("ix_task_search_lexemes_lexeme", "lexeme"),
+)
 
 
 class TaskStatDelta(Base):
