@@ -172,16 +172,26 @@ async def feed_page(
 
 
 # A task's events the reader got, newest first (`before`: the position of the last one shown).
+# The page's positions first, from the index alone, then its rows: PostgreSQL underestimates the
+# join to the recipients (it multiplies the selectivities of `xid` and `event_id`, which go
+# together), and with the wide rows in the same select it read all of a task's events and
+# sorted them (2,000 events: 17-34 ms, a parallel worker included); with positions only it reads
+# the page in index order (0.2 ms).
 _ACTIVITY: Final = text(
     """
+WITH page AS MATERIALIZED (
+    SELECT e.xid, e.id
+    FROM events e
+    JOIN event_recipients r ON r.user_id = :user_id AND r.xid = e.xid AND r.event_id = e.id
+    WHERE e.task_id = :task_id
+      AND (e.xid, e.id) < (CAST(:before_xid AS xid8), :before_id)
+    ORDER BY e.xid DESC, e.id DESC
+    LIMIT :limit
+)
 SELECT e.id, e.type, e.occurred_at, e.actor_id, e.task_id, e.project_id, e.changes, e.task,
        e.xid::text AS xid
-FROM events e
-JOIN event_recipients r ON r.user_id = :user_id AND r.xid = e.xid AND r.event_id = e.id
-WHERE e.task_id = :task_id
-  AND (e.xid, e.id) < (CAST(:before_xid AS xid8), :before_id)
-ORDER BY e.xid DESC, e.id DESC
-LIMIT :limit
+FROM page JOIN events e ON e.id = page.id
+ORDER BY page.xid DESC, page.id DESC
 """
 )
 
