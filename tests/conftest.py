@@ -236,6 +236,20 @@ async def live_client(live_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield ac
 
 
+@pytest.fixture
+async def busy_app(migrated_databases: None) -> AsyncIterator[FastAPI]:
+    # Writers, followers and held transactions at once: more connections than the tests' 10.
+    async with cloned_app(database_pool_size=20, database_max_overflow=10) as application:
+        yield application
+
+
+@pytest.fixture
+async def busy_client(busy_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=busy_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
 # --- users -------------------------------------------------------------------------------------
 
 _counter = itertools.count(1)
