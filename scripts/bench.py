@@ -9,15 +9,16 @@ Once per worker count (default 1, then 2):
 1. A fresh database. A template is migrated and seeded once per run with SQL (1,000 users sharing
    one password, hashed once by the API's own PasswordHashing; the user `bench` owns 10,000 tasks
    and is assigned 500 more; every other user owns 20; `bench_projects` has a copy of `bench`'s
-   tasks and is a member of 3 projects, one of 5,000 tasks shared by 20 users), then vacuumed and
-   analysed. Each worker
-   count gets its own clone of it, its own storage directory and its own Redis key prefix.
+   tasks and is a member of 3 projects, one of 5,000 tasks shared by 20 users; 20,000 events in
+   1,000 transactions, every fourth about one of 1,000 of `bench`'s tasks), then vacuumed and
+   analysed. Each worker count gets its own clone of it, its own storage directory and its own
+   Redis key prefix.
 2. `taskapi serve --workers N` from the working tree, configured as in production (JSON access
    log, into a log file), rate limits on with buckets no run can empty; beside it the bare
    ceiling app (scripts/bench/ceiling.py: Starlette + asyncpg + orjson) and, for one scenario,
    a second API server with STATS_CACHE_TTL_SECONDS=0 for the stats cache miss.
 3. Every scenario is checked with one request first (the expected success status; the ceiling's
-   body must equal the API's list), warmed up, then driven by wrk on loopback: one thread (the
+   body must equal the API's), warmed up, then driven by wrk on loopback: one thread (the
    generator shares the two cores with the servers and PostgreSQL), fixed connections, fixed
    duration, replaying prepared requests (scripts/bench/requests.lua). Reads run before writes, so
    they see the seeded data. Patch and transition give each task its own cycle of requests (there
@@ -36,12 +37,18 @@ byte for byte; the first must keep its ratio within 10% of the list's. `list wit
 page costs (the query and the hash still run; no body goes out). `--only KEYS` measures
 just some scenarios (and the ceilings they need), for trying one out.
 
+The change feed (issue 18): `feed page` is GET /events?since=<cursor>&limit=100 from a fixed
+cursor (right after `bench`'s 2,000th of 5,000 events), so every request reads the same full
+page (has_more); its ceiling runs the API's own statements (taskapi.events.repository.HORIZON
+and FEED) and cursor code, and must answer the same body (next_cursor compared as the position
+it encodes, should it ever carry the time).
+
 Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
 `errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario
 with errors (or a failed check) did not measure what it claims: it is listed at the end and the
 exit status is 1. `vs ceiling` is the scenario's req/s as a share of its paired ceiling run's
 (`ceiling req/s`: same run, connections, duration and worker count, a few seconds apart) and, for
-the list, its p99 as a multiple of that run's p99.
+the lists and the feed, its p99 as a multiple of that run's p99.
 Figures vary by about 25% between runs of a shared 2-core machine, more when anything else runs
 (the report says how busy the CPU was between phases): compare within one run. The goals are
 PASS/FAIL per worker count; missing one does not change the exit status.
@@ -56,6 +63,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import re
 import secrets
 import shutil
@@ -76,7 +84,9 @@ import httpx
 import redis
 from sqlalchemy.engine import make_url
 
+from taskapi.events.service import FEED_FINGERPRINT
 from taskapi.kit.config import Settings
+from taskapi.kit.pagination import CursorCodec, InvalidCursor
 from taskapi.kit.security import PasswordHashing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +115,21 @@ TEAM_PROJECT_MEMBERS = 20
 SMALL_PROJECTS = (("Mobile app", 8), ("Operations", 8))  # (name, members)
 SMALL_PROJECT_TASKS = 1000
 SEARCH_TERM = "invoice"  # one of 30 task objects: a few hundred of the bench user's tasks
+# The change feed (issue 18): EVENTS events, FEED_BATCH per transaction (so positions span many
+# transaction ids, as when the API writes them a change at a time); every FEED_SHARE-th is about
+# one of FEED_TASKS of the bench user's tasks (its feed: EVENTS / FEED_SHARE events, about 5 per
+# task, so the feed's check for superseded events has work), the others about other users'
+# personal tasks. The feed scenario reads the FEED_PAGE events after the bench user's
+# FEED_START-th. (With the bench user's events nearly the whole log, PostgreSQL reads the feed
+# with a hash join and a sort of everything after the cursor, ~40 ms a page instead of ~1 ms:
+# docs/performance.md; a quarter is the share scripts/perf_events.py gives its user, 30%.)
+EVENTS = 20_000
+FEED_SHARE = 4
+FEED_TASKS = 1000
+FEED_BATCH = 20
+FEED_START = 2000
+FEED_PAGE = 100
+FEED_SPACING_S = 8  # between two events' occurred_at: 20,000 span ~44 h, within the retention
 FILTER = "status=in_progress&priority=high"
 
 # Pools of the bench user's tasks, disjoint, so no write scenario sees another's changes; each
@@ -122,6 +147,7 @@ DOWNLOAD_BYTES = 1024 * 1024
 
 # One signing key per run; production refuses to start without a strong one.
 SECRET_KEY = secrets.token_urlsafe(48)
+CURSORS = CursorCodec(SECRET_KEY)  # the API's cursors: the feed's fixed `since`, its next_cursor
 HUGE = str(10**9)  # rate-limit buckets no run can empty (the limiter still runs on every request)
 WRK_TIMEOUT_S = 10  # a response slower than this counts as a timeout error
 LOGIN_MIN_SECONDS = 5  # 32 connections at ~20-100 logins/s: each login waits 0.3-1.6 s
@@ -139,7 +165,11 @@ READ_SCENARIOS = ("filtered", "search", "get", "stats-hit", "stats-miss", "downl
 # Issue 17: the list with three projects within 10% of the list's ratio (1 - this share).
 PROJECTS_LIST_DRIFT = 0.10
 # Each extra list scenario and the ceiling run it is paired with.
-PAIRED_CEILINGS = {"list-projects": "ceiling-projects", "project": "ceiling-project"}
+PAIRED_CEILINGS = {
+    "list-projects": "ceiling-projects",
+    "project": "ceiling-project",
+    "feed": "ceiling-feed",
+}
 
 
 class BenchError(RuntimeError):
@@ -219,7 +249,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--only",
         type=lambda text: frozenset(part.strip() for part in text.split(",") if part.strip()),
         help="measure only these scenarios, a comma list of keys (e.g. list,list-projects,"
-        "project; the ceilings they are compared with always run): for trying one scenario",
+        "project,feed; the ceilings they are compared with always run): for trying one scenario",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown here")
     parser.add_argument(
@@ -569,7 +599,92 @@ async def _seed_projects(conn: asyncpg.Connection, password_hash: str) -> None:
         offset += tasks
 
 
-async def _seed(app_url: str, password_hash: str) -> tuple[int, int]:
+# The change feed's events, one batch per transaction, each about a task ($1), written as the
+# API writes it (ids from the identity, the task as GET /tasks/{id} shows it, with the event's
+# version; the recipients are the task's viewers, from `task_viewers` as the API's own INSERT
+# resolves them). A task's first event is its
+# `task.created`, the next ones `task.updated` with a change; occurred_at is spread over the last
+# two days (a feed cursor carries its events' age, refused past the retention period).
+SEED_EVENTS_SQL = """
+WITH picked AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id, p.task_id, p.version,
+           p.changes, p.n
+    FROM unnest($1::bigint[], $2::int[], $3::text[]) WITH ORDINALITY AS p(task_id, version,
+                                                                          changes, n)
+    ORDER BY p.n
+), inserted AS (
+    INSERT INTO events (id, type, occurred_at, actor_id, task_id, project_id, changes, task,
+                        task_version, ends_copy)
+    SELECT i.id, CASE WHEN i.version = 1 THEN 'task.created' ELSE 'task.updated' END,
+           now() - make_interval(secs => ($4::int - $5::int - i.n) * $6::int),
+           t.owner_id, t.id, t.project_id, CAST(i.changes AS jsonb),
+           jsonb_build_object(
+               'id', t.id, 'title', t.title, 'description', t.description, 'status', t.status,
+               'completed', t.status = 'done', 'priority', t.priority, 'due_date', t.due_date,
+               'is_overdue', coalesce(t.due_date < current_date
+                                      AND t.status IN ('todo', 'in_progress'), false),
+               'tags', t.tags, 'owner_id', t.owner_id, 'assignee_id', t.assignee_id,
+               'project_id', t.project_id, 'attachment_count', t.attachment_count,
+               'created_at', t.created_at, 'updated_at', t.updated_at,
+               'completed_at', t.completed_at, 'version', i.version),
+           i.version, 0
+    FROM picked i JOIN tasks t ON t.id = i.task_id
+    ORDER BY i.id
+)
+INSERT INTO event_recipients (user_id, xid, event_id)
+SELECT v.user_id, pg_current_xact_id(), i.id
+FROM picked i JOIN tasks t ON t.id = i.task_id CROSS JOIN LATERAL task_viewers(t) AS v(user_id)
+"""
+FEED_CHANGES = (
+    '{"status": ["todo", "in_progress"]}',
+    '{"priority": ["medium", "high"]}',
+    '{"title": ["Draft the plan", "Draft the plan for Q3"]}',
+    '{"tags": [["backend"], ["backend", "customer"]]}',
+    '{"due_date": [null, "2026-12-24"]}',
+)
+
+
+async def _seed_events(conn: asyncpg.Connection) -> None:
+    """EVENTS events, every FEED_SHARE-th about one of FEED_TASKS of the bench user's visible
+    tasks (evenly spaced by id: owned and assigned ones, open and closed), the rest about other
+    users' personal tasks, each task drawn at random (a fixed seed)."""
+    visible = [
+        row["id"]
+        for row in await conn.fetch(
+            "SELECT id FROM tasks WHERE owner_id = 1 OR assignee_id = 1 ORDER BY id"
+        )
+    ]
+    others = [
+        row["id"]
+        for row in await conn.fetch(
+            "SELECT id FROM tasks WHERE owner_id <> 1 AND assignee_id IS DISTINCT FROM 1 "
+            "AND project_id IS NULL ORDER BY id"
+        )
+    ]
+    step = max(1, len(visible) // FEED_TASKS)
+    feed_tasks = visible[::step][:FEED_TASKS]
+    rng = random.Random(18)  # noqa: S311 - a repeatable draw, not a secret
+    versions: dict[int, int] = {}  # each task's events so far: the next one's version
+    for start in range(0, EVENTS, FEED_BATCH):
+        picks = [
+            rng.choice(feed_tasks if n % FEED_SHARE == 0 else others)
+            for n in range(start, min(start + FEED_BATCH, EVENTS))
+        ]
+        batch_versions = []
+        for task_id in picks:
+            versions[task_id] = versions.get(task_id, 0) + 1
+            batch_versions.append(versions[task_id])
+        changes = [
+            None if version == 1 else FEED_CHANGES[version % len(FEED_CHANGES)]
+            for version in batch_versions
+        ]
+        async with conn.transaction():
+            await conn.execute(
+                SEED_EVENTS_SQL, picks, batch_versions, changes, EVENTS, start, FEED_SPACING_S
+            )
+
+
+async def _seed(app_url: str, password_hash: str) -> tuple[int, int, int]:
     conn = await asyncpg.connect(asyncpg_dsn(app_url))
     try:
         async with conn.transaction():
@@ -581,12 +696,14 @@ async def _seed(app_url: str, password_hash: str) -> tuple[int, int]:
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))"
             )
+        await _seed_events(conn)
         # Index-only scans need the visibility map; a live database's autovacuum would have
         # done this long ago.
         await conn.execute("VACUUM ANALYZE")
         users = await conn.fetchval("SELECT count(*) FROM users")
         tasks = await conn.fetchval("SELECT count(*) FROM tasks")
-        return int(users), int(tasks)
+        events = await conn.fetchval("SELECT count(*) FROM events")
+        return int(users), int(tasks), int(events)
     finally:
         await conn.close()
 
@@ -648,10 +765,10 @@ def build_template(env: Mapping[str, str]) -> str:
     finally:
         hashing.close()
     started = time.monotonic()
-    users, tasks = asyncio.run(_seed(app_url, password_hash))
+    users, tasks, events = asyncio.run(_seed(app_url, password_hash))
     print(
-        f"seeded {users:,} users and {tasks:,} tasks in {time.monotonic() - started:.1f} s "
-        f"(template database {TEMPLATE_DATABASE})",
+        f"seeded {users:,} users, {tasks:,} tasks and {events:,} events in "
+        f"{time.monotonic() - started:.1f} s (template database {TEMPLATE_DATABASE})",
         flush=True,
     )
     return version
@@ -682,6 +799,8 @@ class Fixtures:
     done: list[int]
     cancelled: list[int]
     team_project_id: int  # the project of TEAM_PROJECT_TASKS tasks the heavy user is in
+    feed_since: str  # a feed cursor right after the bench user's FEED_START-th event
+    feed_events: int  # the events in the bench user's feed
 
 
 async def _fixtures(app_url: str) -> Fixtures:
@@ -697,6 +816,26 @@ async def _fixtures(app_url: str) -> Fixtures:
         ]
         team_project_id = await conn.fetchval(
             "SELECT id FROM projects WHERE name = $1", TEAM_PROJECT
+        )
+        feed_events = await conn.fetchval(
+            "SELECT count(*) FROM event_recipients WHERE user_id = $1", user_id
+        )
+        # The cursor the API would have handed out after that event: its position and age.
+        start = await conn.fetchrow(
+            "SELECT r.xid::text AS xid, r.event_id, e.occurred_at FROM event_recipients r "
+            "JOIN events e ON e.id = r.event_id WHERE r.user_id = $1 "
+            "ORDER BY r.xid, r.event_id OFFSET $2 LIMIT 1",
+            user_id,
+            FEED_START - 1,
+        )
+        if start is None or feed_events < FEED_START + FEED_PAGE + 1:
+            raise BenchError(
+                f"the bench user's feed has {feed_events} events; the feed scenario needs "
+                f"{FEED_START + FEED_PAGE + 1}"
+            )
+        feed_since = CURSORS.encode(
+            [int(start["xid"]), start["event_id"], int(start["occurred_at"].timestamp())],
+            FEED_FINGERPRINT,
         )
         by_status: dict[str, list[int]] = {}
         for row in await conn.fetch(
@@ -714,6 +853,8 @@ async def _fixtures(app_url: str) -> Fixtures:
         done=by_status.get("done", []),
         cancelled=by_status.get("cancelled", []),
         team_project_id=int(team_project_id),
+        feed_since=feed_since,
+        feed_events=int(feed_events),
     )
 
 
@@ -991,6 +1132,10 @@ def build_scenarios(
 
     first_page = single("GET", f"{API}/tasks")
     project_page = single("GET", f"{API}/tasks?project_id={fixtures.team_project_id}")
+    feed_page = single("GET", f"{API}/events?since={fixtures.feed_since}&limit={FEED_PAGE}")
+    feed_detail = (
+        f"{FEED_PAGE} events after the {FEED_START:,}th of {fixtures.feed_events:,}, fixed cursor"
+    )
     stats = single("GET", f"{API}/tasks/stats")
     team = f"{TEAM_PROJECT_TASKS:,} tasks, {TEAM_PROJECT_MEMBERS} members"
     scenarios = [
@@ -1000,6 +1145,8 @@ def build_scenarios(
                  200, target="ceiling", detail=f"as {PROJECTS_USER}"),
         Scenario("ceiling-project", "ceiling (project list)", project_page, projects_auth, 200,
                  target="ceiling", detail=f"one project: {team}"),
+        Scenario("ceiling-feed", "ceiling (feed page)", feed_page, auth, 200, target="ceiling",
+                 detail="the API's HORIZON and FEED statements"),
         Scenario("list", "list", first_page, auth, 200, detail="first page of 20"),
         Scenario("list-304", "list with If-None-Match (304)", first_page,
                  {**auth, "If-None-Match": list_etag}, 304,
@@ -1008,6 +1155,7 @@ def build_scenarios(
                  detail=f"first page of 20 as {PROJECTS_USER}: {BENCH_USER}'s tasks + 3 projects"),
         Scenario("project", "project list", project_page, projects_auth, 200,
                  detail=f"project_id=, first page of 20; {team}"),
+        Scenario("feed", "feed page", feed_page, auth, 200, detail=feed_detail),
         Scenario("filtered", "filtered list", single("GET", f"{API}/tasks?{FILTER}"), auth, 200,
                  detail=FILTER),
         Scenario("search", "search", single("GET", f"{API}/tasks?search={SEARCH_TERM}"), auth,
@@ -1197,6 +1345,29 @@ def first_difference(api: object, ceiling: object, where: str = "body") -> str |
     return None if api == ceiling else f"{where}: API {api!r:.200}, ceiling {ceiling!r:.200}"
 
 
+def feed_problem(response: httpx.Response) -> str | None:
+    """Why a feed scenario's page is not the full page of FEED_PAGE it should be, or None."""
+    body = response.json()
+    items = body.get("items")
+    if not isinstance(items, list) or len(items) != FEED_PAGE or body.get("has_more") is not True:
+        count = len(items) if isinstance(items, list) else "no"
+        has_more = body.get("has_more")
+        return f"the feed page has {count} events (has_more {has_more}), not {FEED_PAGE} and more"
+    return None
+
+
+def comparable(body: object) -> object:
+    """A body as API and ceiling must agree on it: a feed page's next_cursor as the position it
+    encodes (xid, event id), since its third value is a time (now, on the last page)."""
+    if isinstance(body, dict) and isinstance(body.get("next_cursor"), str) and "has_more" in body:
+        try:
+            values = CURSORS.decode(body["next_cursor"], FEED_FINGERPRINT)
+        except InvalidCursor:
+            return body
+        return {**body, "next_cursor": values[:2]}
+    return body
+
+
 def _short(response: httpx.Response) -> str:
     return f"{response.status_code} {response.text[:200]}"
 
@@ -1232,15 +1403,19 @@ class PhaseRunner:
             body = response.json()
             if "total" in body and "items" in body:
                 outcome.notes.append(f"total {body['total']:,}")
+        if request.path.startswith(f"{API}/events") and (problem := feed_problem(response)):
+            outcome.broken = problem
+            return False
         if scenario.target == "ceiling":
             api = httpx.get(
                 self.urls["api"] + request.path, headers=dict(scenario.headers), timeout=30
             )
             if api.status_code != 200:
-                outcome.broken = f"the API's list failed: {_short(api)}"
+                outcome.broken = f"the API's answer failed: {_short(api)}"
                 return False
-            if difference := first_difference(api.json(), response.json()):
-                outcome.broken = f"the ceiling's body differs from the API's list: {difference}"
+            api_body, ceiling_body = comparable(api.json()), comparable(response.json())
+            if difference := first_difference(api_body, ceiling_body):
+                outcome.broken = f"the ceiling's body differs from the API's: {difference}"
                 return False
             same_bytes = api.content == response.content
             outcome.notes.append("body = API's" + (" (byte for byte)" if same_bytes else ""))
@@ -1442,8 +1617,8 @@ class PhaseRunner:
         scenarios: Mapping[str, Scenario],
     ) -> None:
         # Reads first: they see the seeded data set, unchanged by the writes below.
-        reads = ("list", "list-304", "list-projects", "project", "filtered", "search", "get",
-                 "stats-hit", "download")  # fmt: skip
+        reads = ("list", "list-304", "list-projects", "project", "feed", "filtered", "search",
+                 "get", "stats-hit", "download")  # fmt: skip
         for key in reads:
             if self.wanted(key):
                 self.measure(scenarios[key], paired=True)
@@ -1629,16 +1804,17 @@ def _times(value: float, base: float | None) -> str:
 
 SCENARIO_ORDER = (
     "ceiling", "list", "list-304", "ceiling-projects", "list-projects", "ceiling-project",
-    "project",
+    "project", "ceiling-feed", "feed",
     "filtered", "search", "get", "stats-hit", "stats-miss", "download",
     "login", "create", "patch", "transition", "upload",
 )  # fmt: skip
 NOT_RELATIVE = frozenset(
-    {"ceiling", "ceiling-projects", "ceiling-project", "login"}
+    {"ceiling", "ceiling-projects", "ceiling-project", "ceiling-feed", "login"}
 )  # no ratio to the ceiling: it is the ceiling / no list
 
 
-LISTS = frozenset({"list", "list-projects", "project"})  # p99 compared with the ceiling's too
+# p99 compared with the ceiling's too
+LISTS = frozenset({"list", "list-projects", "project", "feed"})
 
 
 def scenario_table(phase: Phase, options: Options) -> Table:
@@ -1676,9 +1852,10 @@ def scenario_table(phase: Phase, options: Options) -> Table:
         rows,
         align="lrrrrrrrrl",
         notes=["ceiling req/s: the ceiling measured again just before this scenario (same "
-               "connections and duration; for the list with 3 projects and the project list, "
-               "the ceiling answering that same page); vs ceiling: the scenario's req/s as a "
-               "share of that run's, and for the lists their p99 as a multiple of that run's.",
+               "connections and duration; for the list with 3 projects, the project list and the "
+               "feed page, the ceiling answering that same page); vs ceiling: the scenario's "
+               "req/s as a share of that run's, and for the lists and the feed their p99 as a "
+               "multiple of that run's.",
                "errors: connect/read/write errors, timeouts and responses >= 400; "
                "* = errors in the warm-up too.",
                log_note, background_note(phase)],

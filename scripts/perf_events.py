@@ -127,7 +127,7 @@ def statement(
     """The statement the application runs for a feed or activity page, and its arguments."""
     if path == "/api/v1/events":
         xid, event_id, _ = cursors.decode(params["since"], FEED_FINGERPRINT)
-        query = CompiledQuery.of(repository._FEED)  # the module's own statement
+        query = CompiledQuery.of(repository.FEED)  # the module's own statement
         values = {"after_xid": xid, "after_id": event_id, "horizon": horizon}
         values |= {"user_id": user_id, "limit": int(params.get("limit", DEFAULT_FEED_LIMIT)) + 1}
         return query.sql, query.arguments(values)

@@ -1,4 +1,5 @@
-"""The benchmark's yardstick: the least a Python server can do to answer GET /api/v1/tasks.
+"""The benchmark's yardstick: the least a Python server can do to answer GET /api/v1/tasks
+and a page of GET /api/v1/events.
 
     .venv/bin/python -m uvicorn ceiling:app --app-dir scripts/bench --loop uvloop --http httptools \
         --no-access-log --workers N          # with the same environment as `taskapi serve`
@@ -8,7 +9,8 @@ It checks the bearer token exactly as the API does (PyJWT, HS256, the same key, 
 and required claims, `type` = access) and answers the first page of the caller's list with the
 same body as the API (`make bench` compares the two before measuring): the 20 most recently
 created tasks the caller sees, newest first with ties broken by id, the visible `total`, `limit`,
-`offset` and a `next_cursor` signed the way the API signs it. It answers two requests:
+`offset` and a `next_cursor` signed the way the API signs it; and a page of the change feed.
+It answers three requests:
 
 * `GET /api/v1/tasks`: every visible task. The SQL is the best we know for that result, in one
   round trip: the personal tasks the caller owns, the personal tasks they are assigned, and the
@@ -17,9 +19,17 @@ created tasks the caller sees, newest first with ties broken by id, the visible 
   of every project), merged; the total counted from the same indexes.
 * `GET /api/v1/tasks?project_id=<id>`: one project's tasks, for a member (404 otherwise): one
   index scan in list order, its count, and the membership as a one-time filter.
+* `GET /api/v1/events?since=<cursor>&limit=<n>`: a page of the change feed. Unlike the lists,
+  the SQL here is the API's own (taskapi.events.repository.HORIZON and FEED, imported, not
+  copied), on one pooled connection: the horizon, then the page below it (two round trips, the
+  second needs the first's answer, as in the API). The cursor is decoded and encoded by the API's
+  CursorCodec with its fingerprint, checked against the retention period; the body is the API's
+  (absent fields left out, `task` and `changes` as stored), byte for byte. So its ratio measures
+  what the API adds around the same statements: framework, session, validation, serialisation.
 
-So a ratio to this app measures everything the API adds, its choice of queries included. It is
-not part of the service, and it answers nothing but those requests.
+So a ratio to this app measures everything the API adds, its choice of queries included (for
+the feed, only what it adds around the same queries). It is not part of the service, and it
+answers nothing but those requests.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -39,8 +49,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from taskapi.events import repository as events_repository
+from taskapi.events.schemas import DEFAULT_FEED_LIMIT, MAX_FEED_LIMIT
+from taskapi.events.service import FEED_FINGERPRINT
 from taskapi.kit.config import get_settings
-from taskapi.kit.pagination import CursorCodec
+from taskapi.kit.db import CompiledQuery
+from taskapi.kit.pagination import CursorCodec, InvalidCursor
 from taskapi.tasks.list_params import TaskListParams
 
 PAGE_SIZE = 20
@@ -98,6 +112,10 @@ LIMIT $3
 PAGE_SQL = PAGE_SQL.replace("COLUMNS", COLUMNS)
 PROJECT_PAGE_SQL = PROJECT_PAGE_SQL.replace("COLUMNS", COLUMNS)
 IS_MEMBER_SQL = "SELECT EXISTS (SELECT FROM project_members WHERE user_id = $1 AND project_id = $2)"
+# The change feed: the API's statements themselves, FEED compiled by the API's own CompiledQuery
+# (SQLAlchemy's `:name` parameters as asyncpg's `$n`, and the order to pass them in).
+HORIZON_SQL = events_repository.HORIZON
+FEED_QUERY = CompiledQuery.of(events_repository.FEED)
 
 _settings = get_settings()
 SIGNING_KEY = _settings.signing_key
@@ -110,10 +128,21 @@ DSN = _settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1
 # computed once here by the API's own code so that the two cannot drift apart).
 CURSORS = CursorCodec(SIGNING_KEY)
 DEFAULT_LIST_FINGERPRINT = TaskListParams().fingerprint
+RETENTION = timedelta(days=_settings.event_retention_days)
 
 NOT_FOUND = Response(
     orjson.dumps({"status": 404, "code": "project_not_found"}),
     status_code=404,
+    media_type="application/problem+json",
+)
+INVALID = Response(
+    orjson.dumps({"status": 422, "code": "invalid_cursor"}),
+    status_code=422,
+    media_type="application/problem+json",
+)
+CURSOR_EXPIRED = Response(
+    orjson.dumps({"status": 410, "code": "cursor_expired"}),
+    status_code=410,
     media_type="application/problem+json",
 )
 UNAUTHORIZED = Response(
@@ -212,16 +241,104 @@ async def list_tasks(request: Request) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
+def feed_cursor(xid: int, event_id: int, issued: datetime) -> str:
+    """A feed position as the API encodes it (taskapi.events.service: xid, event id, the age)."""
+    return CURSORS.encode([xid, event_id, int(issued.timestamp())], FEED_FINGERPRINT)
+
+
+def feed_position(since: str) -> tuple[int, int, int]:
+    """(xid, event id, issued) of a `since` cursor; InvalidCursor as the API refuses it."""
+    values = CURSORS.decode(since, FEED_FINGERPRINT)
+    if len(values) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in values
+    ):
+        raise InvalidCursor()
+    return values[0], values[1], values[2]
+
+
+def event_json(row: asyncpg.Record) -> dict[str, Any]:
+    """An event as the API writes it: EventOut's fields in order, the absent (None) ones left
+    out (the route's response_model_exclude_none)."""
+    event = {
+        "id": row["id"],
+        "type": row["type"],
+        "occurred_at": row["occurred_at"],
+        "actor_id": row["actor_id"],
+        "task_id": row["task_id"],
+        "project_id": row["project_id"],
+        "changes": row["changes"],
+        "task": row["task"],
+    }
+    return {name: value for name, value in event.items() if value is not None}
+
+
+async def feed(request: Request) -> Response:
+    user_id = user_id_from(request)
+    if user_id is None:
+        return UNAUTHORIZED
+    query = request.query_params
+    since = query.get("since")
+    try:
+        limit = int(query.get("limit", DEFAULT_FEED_LIMIT))
+        position = feed_position(since) if since is not None else None
+    except (ValueError, InvalidCursor):
+        return INVALID
+    if not 1 <= limit <= MAX_FEED_LIMIT:
+        return INVALID
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        horizon_row = await conn.fetchrow(HORIZON_SQL)
+        horizon, now = int(horizon_row["horizon"]), horizon_row["now"]
+        if position is None:
+            body = {"items": [], "next_cursor": feed_cursor(horizon, 0, now), "has_more": False}
+            return Response(orjson.dumps(body), media_type="application/json")
+        after_xid, after_id, issued = position
+        if issued < (now - RETENTION).timestamp():
+            return CURSOR_EXPIRED
+        arguments = {
+            "user_id": user_id,
+            "after_xid": after_xid,
+            "after_id": after_id,
+            "horizon": horizon,
+            "limit": limit + 1,
+        }
+        rows = await conn.fetch(FEED_QUERY.sql, *FEED_QUERY.arguments(arguments))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if has_more:
+        last = rows[-1]
+        next_cursor = feed_cursor(int(last["xid"]), last["id"], last["occurred_at"])
+    else:
+        next_cursor = feed_cursor(*max((after_xid, after_id), (horizon, 0)), now)
+    body = {"items": [event_json(row) for row in rows], "next_cursor": next_cursor,
+            "has_more": has_more}  # fmt: skip
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb as the API's SQLAlchemy dialect reads it: decoded (here by orjson)."""
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    app.state.pool = await asyncpg.create_pool(DSN, min_size=1, max_size=POOL_SIZE)
+    app.state.pool = await asyncpg.create_pool(
+        DSN, min_size=1, max_size=POOL_SIZE, init=init_connection
+    )
     try:
         yield
     finally:
         await app.state.pool.close()
 
 
-app = Starlette(routes=[Route("/api/v1/tasks", list_tasks)], lifespan=lifespan)
+app = Starlette(
+    routes=[Route("/api/v1/tasks", list_tasks), Route("/api/v1/events", feed)], lifespan=lifespan
+)
 
 if __name__ == "__main__":  # a convenience for trying it by hand; `make bench` runs uvicorn itself
     import uvicorn

@@ -117,8 +117,9 @@ async def insert_project_access_lost(
     await session.execute(_NOTIFY)
 
 
-# The horizon: the oldest transaction still running, the reader's own left out.
-_HORIZON: Final = """
+# The horizon: the oldest transaction still running, the reader's own left out. Public, as FEED:
+# `make bench`'s ceiling app (scripts/bench/ceiling.py) runs these two statements as they are.
+HORIZON: Final = """
     SELECT coalesce(
         (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
         pg_snapshot_xmax(pg_current_snapshot())
@@ -131,7 +132,7 @@ _HORIZON: Final = """
 # so a change can sit after the change that overwrote it; served after a list that already
 # shows the newer state, it would resurrect a deleted or lost task (docs/sync.md, "stale
 # events"). Such an event never changes a copy kept by the version rule anyway.
-_FEED: Final = text(
+FEED: Final = text(
     """
 SELECT e.id, e.type, e.occurred_at, e.actor_id, e.task_id, e.project_id, e.changes, e.task,
        r.xid::text AS xid
@@ -151,7 +152,7 @@ LIMIT :limit
 
 
 async def horizon(session: AsyncSession) -> tuple[int, datetime]:
-    row = (await session.execute(text(_HORIZON))).one()
+    row = (await session.execute(text(HORIZON))).one()
     return int(row.horizon), row.now
 
 
@@ -159,7 +160,7 @@ async def feed_page(
     session: AsyncSession, user_id: int, after: tuple[int, int], below: int, limit: int
 ) -> list[Any]:
     result = await session.execute(
-        _FEED,
+        FEED,
         {
             "user_id": user_id,
             "after_xid": int(after[0]),
