@@ -135,7 +135,7 @@ def statement(
     before = repository.MAX_POSITION
     if "cursor" in params:
         before = tuple(cursors.decode(params["cursor"], f"activity:{task_id}"))
-    query = CompiledQuery.of(repository._ACTIVITY)
+    query = CompiledQuery.of(repository.ACTIVITY)
     values = {"user_id": user_id, "task_id": task_id, "before_xid": before[0]}
     values |= {"before_id": before[1], "limit": DEFAULT_ACTIVITY_LIMIT + 1}
     return query.sql, query.arguments(values)
