@@ -43,7 +43,7 @@ from taskapi.ops.docs import install_docs
 from taskapi.ops.router import router as ops_router
 from taskapi.projects.router import router as projects_router
 from taskapi.storage import STORAGE
-from taskapi.storage.s3 import create_storage
+from taskapi.storage.factory import create_storage
 from taskapi.tasks.activity import router as task_activity_router
 from taskapi.tasks.router import router as tasks_router
 from taskapi.tasks.stats_cache import STATS_CACHE, StatsCache

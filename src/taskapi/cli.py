@@ -179,7 +179,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     or Ctrl-C; the job in hand is finished first. Any number of workers can run at once."""
     from taskapi.jobs.worker import Worker
     from taskapi.kit.db import create_engine, create_sessionmaker
-    from taskapi.storage.s3 import create_storage
+    from taskapi.storage.factory import create_storage
     from taskapi.wiring import JOBS
 
     async def run() -> None:

@@ -33,7 +33,7 @@ from taskapi.models import Attachment, Notification, NotificationKind, Task, Tas
 from taskapi.models import TaskStatus as S
 from taskapi.seed_projects import ProjectsReport, seed_projects
 from taskapi.storage import Storage
-from taskapi.storage.s3 import create_storage
+from taskapi.storage.factory import create_storage
 from taskapi.tasks.stats_cache import StatsCache
 
 EMAIL_DOMAIN = "example.com"

@@ -9,6 +9,11 @@ stream when uvicorn starts its shutdown (SIGTERM), so a drain never waits on idl
 A stream holds no database connection and no queue while idle: it keeps its cursor and waits
 on the process's `EventWaker`; woken, it reads the feed from its cursor through
 `service.feed_positions`, so it is exactly as exact as GET /events.
+
+An idle stream costs what its connection and its response's tasks hold, so it holds as few as
+it can: it waits in its generator on one event with one timer, which writes the heartbeat too
+(sse-starlette's ping task is off), and the server's shutdown reaches it through that same
+event (`EventWaker.stopping`), so no stream runs a task of its own to watch for either.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -44,8 +48,8 @@ STREAM_RETRY_AFTER_SECONDS = 30
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "An endless `text/event-stream`: per event `id: <cursor after it>`, "
-        "`event: <type>`, `data: <the event as GET /events items>`; a comment line every "
-        "15 s.",
+        "`event: <type>`, `data: <the event as GET /events items>`; a comment line after "
+        "15 s without events.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
@@ -64,6 +68,10 @@ class _EventStream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._waker.close_stream(self._user_id)
+
+
+# Written while a stream is idle, so that proxies and clients keep the connection open.
+_HEARTBEAT = ServerSentEvent(comment="keep-alive")
 
 
 def _events(page: EventPage, positions: list[str]) -> list[ServerSentEvent]:
@@ -95,31 +103,33 @@ async def _follow(
     page: EventPage,
     positions: list[str],
     changed: asyncio.Event,
-    shutdown: anyio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
     """`changed` was taken before `page` was read: a change committed during that read has set
     it, so nothing waits for a change it missed. Returns (the response then ends properly, with
-    its last chunk) when the server shuts down."""
+    its last chunk) when the server shuts down, which sets `changed` too (a stream opened after
+    it has been woken sees `waker.closed` instead)."""
+    heartbeat = services.settings.event_stream_heartbeat_seconds
     while True:
         for event in _events(page, positions):
             yield event
         since = page.next_cursor
         if not page.has_more:
-            await _either(changed, shutdown)
-        if shutdown.is_set() or waker.closed:
+            while not waker.closed and not await _set_within(changed, heartbeat):
+                yield _HEARTBEAT
+        if waker.closed:
             return
         changed = waker.signal()
         async with waker.reads:
             page, positions = await _read(services, user_id, since)
 
 
-async def _either(changed: asyncio.Event, shutdown: anyio.Event) -> None:
-    waits = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(shutdown.wait())]
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 @router.get(
@@ -149,9 +159,10 @@ async def stream_events(
     """The events GET /events serves, as Server-Sent Events, as they are committed: `id:` is
     the feed cursor right after the event, `event:` its type, `data:` the event as GET /events
     shows it. Reconnecting with `Last-Event-ID` (browsers do) or `?since=` resumes exactly
-    where the stream was cut: nothing skipped, nothing twice. A comment line is sent every
-    15 s. At most `EVENT_STREAMS_PER_USER` open streams per user on a server process (429
-    beyond). A cursor past the retention answers 410 `cursor_expired`. See docs/sync.md."""
+    where the stream was cut: nothing skipped, nothing twice. A comment line is sent after
+    15 s without events. At most `EVENT_STREAMS_PER_USER` open streams per user on a server
+    process (429 beyond). A cursor past the retention answers 410 `cursor_expired`. See
+    docs/sync.md."""
     services = services_of(request.app)
     waker = services.get(EVENT_WAKER)
     try:
@@ -169,17 +180,16 @@ async def stream_events(
     except BaseException:
         waker.close_stream(user.id)
         raise
-    # Set by sse-starlette when uvicorn starts shutting down (SIGTERM): the stream then ends
-    # with a proper last chunk (clients reconnect elsewhere with Last-Event-ID), well within
-    # uvicorn's graceful-shutdown timeout.
-    shutdown = anyio.Event()
     return _EventStream(
         waker,
         user.id,
-        content=_follow(services, waker, user.id, page, positions, changed, shutdown),
-        ping=services.settings.event_stream_heartbeat_seconds,
-        ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
+        content=_follow(services, waker, user.id, page, positions, changed),
+        # The heartbeat is written by _follow while the stream is idle.
+        ping=0,
         send_timeout=SEND_TIMEOUT_SECONDS,
-        shutdown_event=shutdown,
+        # Set by sse-starlette when uvicorn starts shutting down (SIGTERM): every stream then
+        # ends with a proper last chunk (clients reconnect elsewhere with Last-Event-ID), well
+        # within uvicorn's graceful-shutdown timeout.
+        shutdown_event=waker.stopping,
         shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )

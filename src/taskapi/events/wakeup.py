@@ -16,7 +16,10 @@ feed from its own cursor. So:
   committed event, it is read every `HELD_BACK_POLL_SECONDS` instead of every tick;
 * memory per stream is bounded: a stream holds no queue, only its cursor and the current
   `asyncio.Event` (replaced each time the frontier moves, so a woken stream that reads while
-  the next change lands is woken again, never lost).
+  the next change lands is woken again, never lost);
+* an idle stream waits on that one event and nothing else: the server's shutdown reaches it
+  through the same event (`stopping`, set by sse-starlette, makes the waker wake every stream),
+  so no stream needs a task of its own to watch for it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 from collections import Counter
 from typing import Any, Final
 
+import anyio
 import asyncpg
 from sqlalchemy.engine import make_url
 
@@ -73,7 +77,12 @@ class EventWaker:
         self._frontier: tuple[str, int] | None = None
         self._connection: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping_task: asyncio.Task[None] | None = None
         self._closed = False
+        # Handed to every stream's response as its `shutdown_event`: sse-starlette sets it when
+        # uvicorn starts shutting down, and the waker then wakes every stream, which ends. One
+        # event and one waiting task for the process, instead of one pair per stream.
+        self.stopping = anyio.Event()
         self._open: Counter[int] = Counter()
         # Streams woken together read the feed a few at a time: a thousand of them must not
         # all wait on (and time out of) the connection pool at once.
@@ -83,7 +92,8 @@ class EventWaker:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """The server is stopping: a woken stream ends instead of reading on."""
+        return self._closed or self.stopping.is_set()
 
     def signal(self) -> asyncio.Event:
         """Take it *before* reading the feed, wait on it after: set once the log may have
@@ -104,19 +114,27 @@ class EventWaker:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="taskapi-event-waker")
+        self._stopping_task = asyncio.create_task(
+            self._wake_when_stopping(), name="taskapi-event-waker-stopping"
+        )
 
     async def stop(self) -> None:
         self._closed = True
         self._wake()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._stopping_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._disconnect()
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    async def _wake_when_stopping(self) -> None:
+        await self.stopping.wait()
+        self._wake()
 
     def _notified(self, *_args: Any) -> None:
         self._poke.set()

@@ -25,8 +25,6 @@ from taskapi.storage.base import (
     content_disposition,
     single_chunk,
 )
-from taskapi.storage.hot_cache import HotObjectCache
-from taskapi.storage.local import LocalStorage
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
 PRESIGNED_URL_SECONDS = 300
@@ -210,16 +208,3 @@ class S3Storage(Storage):
             ExpiresIn=PRESIGNED_URL_SECONDS,
         )
         return url
-
-
-async def create_storage(settings: Settings) -> Storage:
-    backend: Storage
-    if settings.storage_backend == "s3":
-        s3 = S3Storage(settings)
-        await s3.start()
-        backend = s3
-    else:
-        backend = LocalStorage(settings.storage_dir)
-    if settings.storage_cache_bytes > 0:
-        return HotObjectCache(backend, settings.storage_cache_bytes)
-    return backend
