@@ -4,6 +4,8 @@ feed and activity"), served by a real uvicorn on a socket over a database with r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -192,6 +194,41 @@ async def test_idle_streams_get_a_comment_line_as_heartbeat(http: httpx.AsyncCli
 
     await asyncio.wait_for(read(), ARRIVAL_TIMEOUT)
     assert comments[:2] == ["keep-alive", "keep-alive"]
+
+
+async def test_a_stream_woken_by_other_users_commits_still_gets_its_heartbeat(
+    http: httpx.AsyncClient,
+) -> None:
+    """Other users' tasks are created every 0.1 s, each commit waking every stream of the
+    process, none of them an event for this reader: the reader still gets a comment line
+    every heartbeat (0.3 s here), or a proxy would close its idle connection."""
+    reader, writer = await register_and_login(http), await register_and_login(http)
+    comments: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def read() -> None:
+        async with http.stream("GET", STREAM, headers=reader.headers) as response:
+            assert response.status_code == 200
+            async for message in messages(response):
+                assert message.event is None  # nothing of the writer's reaches the reader
+                comments.extend(loop.time() for _ in message.comments)
+                if len(comments) >= 4:
+                    return
+
+    async def write() -> None:
+        for i in range(200):
+            await create_tasks(http, writer, [f"not yours {i}"])
+            await asyncio.sleep(0.1)
+
+    writing = asyncio.create_task(write())
+    try:
+        await asyncio.wait_for(read(), ARRIVAL_TIMEOUT)
+    finally:
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+    gaps = [later - earlier for earlier, later in itertools.pairwise(comments)]
+    assert max(gaps) < 1.0, gaps
 
 
 async def test_streams_over_the_cap_per_user_are_refused_with_429(

@@ -109,13 +109,21 @@ async def _follow(
     its last chunk) when the server shuts down, which sets `changed` too (a stream opened after
     it has been woken sees `waker.closed` instead)."""
     heartbeat = services.settings.event_stream_heartbeat_seconds
+    clock = asyncio.get_running_loop().time
+    # The heartbeat counts from the stream's last write, not from its last wake-up: on a busy
+    # server a stream is woken by everyone's commits, and may get none of them for minutes.
+    written = clock()
     while True:
         for event in _events(page, positions):
             yield event
+            written = clock()
         since = page.next_cursor
         if not page.has_more:
-            while not waker.closed and not await _set_within(changed, heartbeat):
+            while not waker.closed and not await _set_within(
+                changed, written + heartbeat - clock()
+            ):
                 yield _HEARTBEAT
+                written = clock()
         if waker.closed:
             return
         changed = waker.signal()
