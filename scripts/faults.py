@@ -335,6 +335,8 @@ class Outcome:
     end: float
     requests: int
     ok: int
+    ok_before_fault: int  # 2xx answers that ended before the fault was injected
+    failed_before_fault: int  # anything else that did (there should be none)
     documented: int
     unexpected_5xx: int
     other: int
@@ -392,6 +394,10 @@ def analyse(
         end=records[-1].end if records else 0.0,
         requests=len(records),
         ok=sum(ok),
+        ok_before_fault=sum(
+            1 for r, good in zip(records, ok, strict=True) if good and r.end < fault_at
+        ),
+        failed_before_fault=sum(1 for r in failed if r.end < fault_at),
         documented=sum(docs),
         unexpected_5xx=unexpected,
         other=other,

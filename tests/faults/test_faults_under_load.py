@@ -56,8 +56,11 @@ def test_pg_stop_and_s3_cut_under_load_give_only_documented_503s_and_recover(
         assert outcome["recovery"] < 2.0, (name, outcome["recovery"])
         # The fault really bit: clients saw the documented 503 ...
         assert outcome["documented"] > 0, (name, outcome)
-        # ... and work went on around it.
-        assert outcome["ok"] > outcome["documented"], (name, outcome)
+        # ... and work went on around it: every answer before the fault was a 2xx (the recovery
+        # above is a run of them after it). Not a ratio of successes to 503s: a 503 is answered
+        # faster than a page, so that ratio measured the machine's speed (it failed on a slow day).
+        assert outcome["ok_before_fault"] > 0, (name, outcome)
+        assert outcome["failed_before_fault"] == 0, (name, outcome)
     pg, s3 = outcomes["pg-stop"], outcomes["s3-cut"]
     assert {key.split()[2] for key in pg["failures"]} == {"database_unavailable"}, pg["failures"]
     assert {key.split()[0] for key in s3["failures"]} <= {"upload", "download"}, s3["failures"]
