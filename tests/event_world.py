@@ -83,10 +83,36 @@ class Follower:
     served: list[int] = field(default_factory=list)
     lost: int = 0
 
+    # Per task: (event id, type, version) of every event served, for a failure's report.
+    history: dict[int, list[tuple[int, str, Any]]] = field(default_factory=dict)
+
     def apply(self, event: dict[str, Any]) -> None:
         self.served.append(event["id"])
         self.lost += event["type"] == "task.access_lost"
+        task_id = event.get("task_id")
+        if task_id is not None:
+            version = (event.get("task") or {}).get("version")
+            self.history.setdefault(task_id, []).append((event["id"], event["type"], version))
         self.copy.apply(event)
+
+    def difference(self, truth: dict[int, dict[str, Any]]) -> list[str]:
+        """Each task on which the copy and the server differ, with the events served for it."""
+        lines = []
+        for task_id in sorted(set(self.copy.tasks) | set(truth)):
+            mine, theirs = self.copy.tasks.get(task_id), truth.get(task_id)
+            if mine == theirs:
+                continue
+            fields = sorted(
+                name
+                for name in set(mine or {}) | set(theirs or {})
+                if (mine or {}).get(name) != (theirs or {}).get(name)
+            )
+            lines.append(
+                f"task {task_id}: copy v{(mine or {}).get('version')} server "
+                f"v{(theirs or {}).get('version')} differ in {fields}; served "
+                f"{self.history.get(task_id, [])}"
+            )
+        return lines
 
 
 # How a follower keeps its copy: called with the world, the follower and a delay before it
@@ -229,7 +255,11 @@ async def followers_end_with_the_servers_view(
     for follower in followers:
         assert len(follower.served) == len(set(follower.served)), "an event served twice"
         truth = {t["id"]: t for t in await list_all(world.client, follower.user)}
-        assert follower.copy.tasks == truth, (follower.user.id, world.statuses)
+        assert follower.copy.tasks == truth, (
+            follower.user.id,
+            follower.difference(truth),
+            world.statuses,
+        )
     # The schedule did what it says: deletes, restores, moves and a lost access all happened.
     done = {k.rsplit(" ", 1)[0] for k, n in world.statuses.items() if k.endswith((" 200", " 204"))}
     assert {"DELETE {id}", "POST restore", "PATCH {id}", "POST assign"} <= done, world.statuses
