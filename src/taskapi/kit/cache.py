@@ -13,8 +13,13 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from taskapi.kit.config import Settings
+from taskapi.kit.metrics import REDIS_CALLS
 
 logger = logging.getLogger("taskapi.cache")
+# Bound once: every guarded call counts one.
+_CALLS_OK = REDIS_CALLS.labels("ok")
+_CALLS_FAILED = REDIS_CALLS.labels("failed")
+_CALLS_SKIPPED = REDIS_CALLS.labels("skipped")
 _T = TypeVar("_T")
 
 
@@ -55,12 +60,15 @@ class RedisGuard:
     async def run(self, call: Callable[[redis.Redis], Awaitable[_T]]) -> tuple[bool, _T | None]:
         """(True, result) on success; (False, None) when Redis is down or the call failed."""
         if not self.available:
+            _CALLS_SKIPPED.inc()
             return False, None
         try:
             result = await call(self.client)
         except (RedisError, OSError, TimeoutError) as error:
+            _CALLS_FAILED.inc()
             self._mark_down(error)
             return False, None
+        _CALLS_OK.inc()
         if self._down:
             self._down = False
             logger.warning("redis is back")

@@ -68,6 +68,12 @@ STORAGE_CACHE_MISSES = Counter(
 RATE_LIMITED = Counter(
     "taskapi_rate_limited", "Requests refused with 429 by the rate limiter.", ["policy"]
 )
+REDIS_CALLS = Counter(
+    "taskapi_redis_calls",
+    "Redis calls by outcome: ok; failed (an error or a timeout, which opens the circuit breaker "
+    "for the cool-down); skipped (the breaker was open, the caller fell back without waiting).",
+    ["outcome"],
+)
 JOBS = Counter("taskapi_jobs", "Background jobs run, by kind and outcome.", ["kind", "outcome"])
 # Queue depth is a fact about the shared database, not about a process: the latest reading wins.
 JOBS_QUEUED = Gauge(
