@@ -252,7 +252,7 @@ class OutboundTransport(httpx.AsyncBaseTransport):
             extensions=request.extensions,
         )
         with _httpx_exceptions():
-            # The stream variant: the body stays unread until the caller asks for it.
+            # Returns once the head is in: the body is read only as the caller iterates it.
             response = await self._pool.handle_async_request(core_request)
         return httpx.Response(
             status_code=response.status,
