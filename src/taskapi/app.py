@@ -49,6 +49,8 @@ from taskapi.tasks.router import router as tasks_router
 from taskapi.tasks.stats_cache import STATS_CACHE, StatsCache
 from taskapi.tasks.trash_router import router as trash_router
 from taskapi.users.router import router as users_router
+from taskapi.webhooks.dispatcher import WebhookDispatcher
+from taskapi.webhooks.router import router as webhooks_router
 from taskapi.wiring import JOBS, connect_domains
 
 API_PREFIX = "/api/v1"
@@ -65,6 +67,7 @@ API_ROUTERS: Final = (
     events_router,
     event_stream_router,
     task_activity_router,
+    webhooks_router,
 )
 
 DESCRIPTION = """
@@ -113,17 +116,21 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     await event_waker.start()
     services.provide(EVENT_WAKER, event_waker)
     stop_worker = asyncio.Event()
-    worker_task: asyncio.Task[None] | None = None
+    worker_tasks: list[asyncio.Task[None]] = []
     if settings.worker_embedded:
         worker = Worker(services.sessionmaker, storage, settings, JOBS)
-        worker_task = asyncio.create_task(worker.run(stop_worker), name="taskapi-worker")
+        dispatcher = WebhookDispatcher(services.sessionmaker, settings, wake=event_waker.signal)
+        worker_tasks = [
+            asyncio.create_task(worker.run(stop_worker), name="taskapi-worker"),
+            asyncio.create_task(dispatcher.run(stop_worker), name="taskapi-webhooks"),
+        ]
     try:
         yield services
     finally:
         stop_worker.set()
+        # The job in hand and the deliveries in flight are finished first.
+        await asyncio.gather(*worker_tasks)
         await event_waker.stop()
-        if worker_task is not None:
-            await worker_task  # finishes the job in hand
         await storage.close()
         hashing.close()
         await redis_client.aclose()

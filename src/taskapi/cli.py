@@ -175,23 +175,34 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Run background jobs (object deletion, orphan sweep, due-soon notifications) until SIGTERM
-    or Ctrl-C; the job in hand is finished first. Any number of workers can run at once."""
+    """Run background jobs (object deletion, orphan sweep, due-soon notifications) and webhook
+    deliveries until SIGTERM or Ctrl-C; the job in hand and the deliveries in flight are
+    finished first. Any number of workers can run at once."""
+    from taskapi.events.wakeup import EventWaker
     from taskapi.jobs.worker import Worker
     from taskapi.kit.db import create_engine, create_sessionmaker
     from taskapi.storage.factory import create_storage
+    from taskapi.webhooks.dispatcher import WebhookDispatcher
     from taskapi.wiring import JOBS
 
     async def run() -> None:
         engine = create_engine(settings)
         storage = await create_storage(settings)
+        # New events wake the webhook dispatcher (as they wake event streams in the API).
+        waker = EventWaker(settings)
+        await waker.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        sessionmaker = create_sessionmaker(engine)
         try:
-            await Worker(create_sessionmaker(engine), storage, settings, JOBS).run(stop)
+            await asyncio.gather(
+                Worker(sessionmaker, storage, settings, JOBS).run(stop),
+                WebhookDispatcher(sessionmaker, settings, wake=waker.signal).run(stop),
+            )
         finally:
+            await waker.stop()
             await storage.close()
             await engine.dispose()
 

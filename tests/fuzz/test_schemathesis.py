@@ -202,7 +202,9 @@ async def fuzz_database(migrated_databases: None) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 def fuzz_app(fuzz_database: str) -> Iterator[FastAPI]:
-    application = create_app(make_settings(fuzz_database))
+    # Private addresses allowed: whether a webhook URL's host is public is not something a schema
+    # can state (test_request_forgery checks that policy); everything else about it is.
+    application = create_app(make_settings(fuzz_database, webhook_allow_private_networks=True))
     yield application
     # Schemathesis started the app's lifespan on first use; end it before the database goes.
     shutdown_lifespans()

@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     trash_retention_days: int = Field(default=30, ge=1)
     # How often the worker deletes for good what has outlived the trash's retention.
     trash_purge_interval_seconds: int = Field(default=3600, ge=1)
+    # Webhooks: a delivery is a success on a 2xx within this many seconds (API.md: 10 s).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Deliveries in flight per worker process, and per webhook within them: a slow receiver
+    # holds at most its own share, never the others'.
+    webhook_max_in_flight: int = Field(default=64, ge=1)
+    webhook_max_in_flight_per_endpoint: int = Field(default=8, ge=1)
+    # Loopback, private, link-local, CGNAT and metadata addresses are refused as webhook
+    # destinations unless this is on (local development against a receiver on this machine).
+    webhook_allow_private_networks: bool = False
 
     rate_limit_enabled: bool = True
     # Generous for real clients (a burst of 300, then 20/s); the per-IP login bucket is ten times

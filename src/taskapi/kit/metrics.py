@@ -74,6 +74,22 @@ REDIS_CALLS = Counter(
     "for the cool-down); skipped (the breaker was open, the caller fell back without waiting).",
     ["outcome"],
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "taskapi_webhook_attempts",
+    "Webhook delivery attempts by outcome: delivered, retry (failed, tried again later), failed "
+    "(failed for good after 24 h of retries).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "taskapi_webhook_attempt_duration_seconds",
+    "Time from connecting to a webhook receiver to its answer (or the failure).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_DELIVERY_LAG = Histogram(
+    "taskapi_webhook_delivery_lag_seconds",
+    "From an event's commit to its successful delivery (first attempts only).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 JOBS = Counter("taskapi_jobs", "Background jobs run, by kind and outcome.", ["kind", "outcome"])
 # Queue depth is a fact about the shared database, not about a process: the latest reading wins.
 JOBS_QUEUED = Gauge(

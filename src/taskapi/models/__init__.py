@@ -20,6 +20,7 @@ from taskapi.models.events import Event, EventRecipient
 from taskapi.models.infra import IdempotencyKey, Job, Notification
 from taskapi.models.projects import Project, ProjectMember
 from taskapi.models.tasks import Attachment, Task, TaskStatDelta
+from taskapi.models.webhooks import Webhook, WebhookDelivery, WebhookFanout
 
 __all__ = [
     "SEARCH_CONFIG",
@@ -40,5 +41,8 @@ __all__ = [
     "TaskStatDelta",
     "TaskStatus",
     "User",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookFanout",
     "enum_values",
 ]

@@ -25,6 +25,7 @@ class NotificationKind(enum.StrEnum):
     TASK_UPDATED = "task_updated"
     TASK_DUE_SOON = "task_due_soon"
     PROJECT_SHARED = "project_shared"
+    WEBHOOK_DISABLED = "webhook_disabled"
 
 
 class ProjectRole(enum.StrEnum):
