@@ -140,7 +140,10 @@ class EventWaker:
         self._poke.set()
 
     async def _run(self) -> None:
-        while True:
+        # Ends on `_closed` as well as on cancellation: Python 3.11's `asyncio.wait_for` can
+        # swallow a cancellation that lands as its awaitable completes (a notification arriving
+        # during `stop()`), and the task would then poll forever, hanging the shutdown.
+        while not self._closed:
             self._poke.clear()
             try:
                 if self._connection is None or self._connection.is_closed():
@@ -160,7 +163,8 @@ class EventWaker:
                 held_back = False
             wait = min(self._poll, HELD_BACK_POLL_SECONDS) if held_back else self._poll
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._poke.wait()
 
     async def _connect(self) -> None:
         url = make_url(self._settings.database_url)
