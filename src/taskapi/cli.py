@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from taskapi.kit.cli_args import non_negative, positive
 from taskapi.kit.config import Settings, SettingsError, get_settings
 from taskapi.kit.logs import configure_logging
 
@@ -175,9 +176,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Run background jobs (object deletion, orphan sweep, due-soon notifications) and webhook
-    deliveries until SIGTERM or Ctrl-C; the job in hand and the deliveries in flight are
-    finished first. Any number of workers can run at once."""
+    """Run background jobs (file deletion, sweeps, notifications) and webhook deliveries until
+    SIGTERM or Ctrl-C, finishing what is in hand first. Any number can run at once."""
     from taskapi.events.wakeup import EventWaker
     from taskapi.jobs.worker import Worker
     from taskapi.kit.db import create_engine, create_sessionmaker
@@ -208,20 +208,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -329,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_wait_for_schema.__doc__,
     )
     wait_for_schema.add_argument(
-        "--timeout", type=_non_negative, default=600, metavar="S", help="give up after S seconds"
+        "--timeout", type=non_negative, default=600, metavar="S", help="give up after S seconds"
     )
     wait_for_schema.set_defaults(handler=cmd_wait_for_schema)
 
@@ -359,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_seed.__doc__,
     )
     seed.add_argument(
-        "--users", type=_positive, default=10, metavar="N", help="users user1..N (default: 10)"
+        "--users", type=positive, default=10, metavar="N", help="users user1..N (default: 10)"
     )
     seed.add_argument(
         "--tasks-per-user",
-        type=_non_negative,
+        type=non_negative,
         default=20,
         metavar="M",
         help="tasks each new user owns (default: 20)",
@@ -376,12 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed.add_argument(
         "--attachments",
-        type=_non_negative,
+        type=non_negative,
         default=2,
         metavar="K",
         help="small files per new user, each on a different task (default: 2)",
     )
     seed.set_defaults(handler=cmd_seed)
+    from taskapi.webhooks.cli import register  # its schemas: imported only when parsing
+
+    register(commands)
     return parser
 
 

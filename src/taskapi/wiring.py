@@ -20,6 +20,7 @@ from taskapi.kit import idempotency
 from taskapi.notifications import jobs as notification_jobs
 from taskapi.tasks import files as task_files
 from taskapi.tasks import jobs as task_jobs
+from taskapi.webhooks import jobs as webhook_jobs
 
 EXPIRE_IDEMPOTENCY_KEYS = "expire_idempotency_keys"
 
@@ -39,6 +40,7 @@ JOBS: Final = JobRegistry(
         task_jobs.FOLD_TASK_STATS: task_jobs.fold_task_stats,
         task_jobs.PURGE_TRASH: task_jobs.purge_trash,
         event_jobs.PURGE_EVENTS: event_jobs.purge_events,
+        webhook_jobs.PURGE_PINGS: webhook_jobs.purge_pings,
     },
     periodic=(
         Periodic(attachment_jobs.SWEEP_ORPHANS, lambda s: s.orphan_sweep_interval_seconds),
@@ -47,6 +49,7 @@ JOBS: Final = JobRegistry(
         Periodic(task_jobs.FOLD_TASK_STATS, lambda s: s.stats_fold_interval_seconds),
         Periodic(task_jobs.PURGE_TRASH, lambda s: s.trash_purge_interval_seconds),
         Periodic(event_jobs.PURGE_EVENTS, lambda s: s.event_purge_interval_seconds),
+        Periodic(webhook_jobs.PURGE_PINGS, lambda s: s.event_purge_interval_seconds),
     ),
 )
 

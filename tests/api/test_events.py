@@ -329,6 +329,15 @@ NO_EVENT = {
     "lists it; its first member_added is the second member's",
     ("POST", "/api/v1/notifications/read-all"): "notifications are not in the feed",
     ("POST", "/api/v1/notifications/{notification_id}/read"): "notifications are not in the feed",
+    # Webhooks read the feed; a subscription is the reader's own configuration, not a change
+    # to anything in it (no webhook.* types in the contract).
+    ("POST", "/api/v1/webhooks"): "a subscription to the feed",
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): "a subscription to the feed",
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): "a subscription to the feed",
+    ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"): "a subscription to the feed",
+    ("POST", "/api/v1/webhooks/{webhook_id}/ping"): "a test delivery, not a change",
+    ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): "a delivery "
+    "sent again, not a change",
 }
 
 

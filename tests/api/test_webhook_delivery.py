@@ -8,6 +8,7 @@ test's own (real commits): retries and deactivation are tested without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +18,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from sqlalchemy import text
 
+from taskapi.events.jobs import purge_events
+from taskapi.jobs.registry import JobContext
 from taskapi.kit.outbound import outbound_client
 from taskapi.kit.services import services_of
+from taskapi.storage import STORAGE
 from taskapi.webhooks.dispatcher import WebhookDispatcher
+from taskapi.webhooks.jobs import purge_pings
 from tests.conftest import UserHandle, cloned_app, register_and_login
 from tests.task_helpers import TASKS, task_url
 from tests.webhook_receiver import Receiver, free_port, serving
@@ -54,9 +61,29 @@ class Env:
     dispatcher: WebhookDispatcher
     outbound: httpx.AsyncClient
 
+    async def fanned_out(self) -> None:
+        """Until every event committed so far has its deliveries. The log is read below the
+        horizon, the oldest transaction running in the whole cluster: while another test holds
+        one open, the fan-out waits for it, as a feed reader would."""
+        async with asyncio.timeout(20):
+            while True:
+                await self.dispatcher.fan_out()
+                async with services_of(self.app).sessionmaker() as session:
+                    behind = await session.scalar(
+                        text(
+                            "SELECT EXISTS (SELECT 1 FROM events e, webhook_fanout f "
+                            "WHERE (e.xid, e.id) > (f.after_xid, f.after_id))"
+                        )
+                    )
+                if not behind:
+                    return
+                await asyncio.sleep(0.02)
+
     async def deliver(self) -> int:
-        """Dispatcher rounds until one starts nothing (a task's next event goes in the round
-        after its previous one was delivered); how many attempts were made."""
+        """Once the fan-out has caught up, dispatcher rounds until one starts nothing (a task's
+        next event goes in the round after its previous one was delivered); how many attempts
+        were made."""
+        await self.fanned_out()
         started = 0
         while round_started := await self.dispatcher.run_once(self.outbound):
             started += round_started
@@ -145,8 +172,18 @@ async def test_events_arrive_signed_in_order_once_each(env: Env) -> None:
         assert shown["last_delivery_at"] is not None
 
 
+def attempts_metric() -> dict[str, float]:
+    """taskapi_webhook_attempts_total by outcome, as /ops/metrics would show it."""
+    return {
+        outcome: REGISTRY.get_sample_value("taskapi_webhook_attempts_total", {"outcome": outcome})
+        or 0.0
+        for outcome in ("delivered", "retry", "failed")
+    }
+
+
 async def test_a_500_is_retried_after_the_backoff_and_delivered_once(env: Env) -> None:
     alice = await register_and_login(env.client)
+    before = attempts_metric()
     statuses = iter([500, 200])
 
     async def answer(n: int, received: Any) -> int:
@@ -174,6 +211,8 @@ async def test_a_500_is_retried_after_the_backoff_and_delivered_once(env: Env) -
         assert len(receiver.received) == 2
         assert receiver.received[0].webhook_id == receiver.received[1].webhook_id
         assert receiver.received[0].body == receiver.received[1].body
+    after = attempts_metric()
+    assert {k: after[k] - before[k] for k in after} == {"delivered": 1, "retry": 1, "failed": 0}
 
 
 async def test_a_receiver_down_for_hours_gets_everything_once_it_is_up(env: Env) -> None:
@@ -418,3 +457,37 @@ async def test_ping_is_signed_and_logged(env: Env) -> None:
         assert again.status_code == 202
         await env.deliver()
         assert [r.webhook_id for r in receiver.received] == [received.webhook_id] * 2
+
+
+async def test_the_delivery_log_is_kept_as_long_as_the_event_log(env: Env) -> None:
+    alice = await register_and_login(env.client)
+    async with serving(Receiver(free_port())) as receiver:
+        webhook = await env.subscribe(alice, receiver, ["task.created"])
+        old = await create_task(env, alice, title="old")
+        new = await create_task(env, alice, title="new")
+        pinged = await env.client.post(f"{WEBHOOKS}/{webhook['id']}/ping", headers=alice.headers)
+        await env.client.post(f"{WEBHOOKS}/{webhook['id']}/ping", headers=alice.headers)
+        await env.deliver()
+    assert len(await env.deliveries(alice, webhook["id"])) == 4
+    services = services_of(env.app)
+    async with services.sessionmaker() as session:
+        await session.execute(
+            text("UPDATE events SET occurred_at = now() - interval '9 days' WHERE task_id = :t"),
+            {"t": old["id"]},
+        )
+        await session.execute(
+            text(
+                "UPDATE webhook_deliveries SET created_at = now() - interval '8 days' WHERE id = :d"
+            ),
+            {"d": pinged.json()["delivery_id"]},
+        )
+        await session.commit()
+    ctx = JobContext(services.sessionmaker, services.get(STORAGE), services.settings)
+    await purge_events(ctx, {})
+    await purge_pings(ctx, {})
+    left = await env.deliveries(alice, webhook["id"])
+    assert sorted((d["event_type"], d["event_id"] is None) for d in left) == [
+        ("ping", True),
+        ("task.created", False),
+    ]
+    assert new["id"] in {r.event.get("task_id") for r in receiver.received}

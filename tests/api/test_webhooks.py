@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import text
 
 from taskapi.kit.services import services_of
-from tests.conftest import UserHandle, register_and_login
+from taskapi.models import User
+from taskapi.webhooks import service
+from taskapi.webhooks.schemas import WebhookCreate
+from tests.conftest import MAIN_DB, UserHandle, make_settings, register_and_login
 from tests.task_helpers import assert_problem
 
 WEBHOOKS = "/api/v1/webhooks"
@@ -260,3 +263,24 @@ async def test_the_list_is_conditional(client: httpx.AsyncClient) -> None:
     )
     assert changed.status_code == 200
     assert changed.json()["total"] == 2
+
+
+@pytest.mark.parametrize(
+    ("environment", "accepted"), [("production", False), ("development", True), ("test", True)]
+)
+async def test_plain_http_only_outside_production(
+    db_session: Any, environment: str, accepted: bool
+) -> None:
+    settings = make_settings(MAIN_DB, environment=environment)
+    user = User(username=f"u{environment}", email=f"{environment}@example.com", password_hash="x")
+    db_session.add(user)
+    await db_session.flush()
+    data = WebhookCreate(url="http://hooks.example.com/in", events=["*"])
+    if accepted:
+        webhook, _ = await service.create_webhook(db_session, user, data, settings)
+        assert webhook.url == data.url
+    else:
+        with pytest.raises(service.InvalidWebhookUrl, match="https"):
+            await service.create_webhook(db_session, user, data, settings)
+    https = WebhookCreate(url="https://hooks.example.com/in", events=["*"])
+    assert (await service.create_webhook(db_session, user, https, settings))[0].id

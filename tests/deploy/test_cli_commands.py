@@ -1,6 +1,6 @@
-"""`taskapi create-user` and `taskapi seed` as an operator runs them: subprocesses against a cloned
-database, their results checked through the API (in-process, on the same database and storage)
-and, for counts, SQL."""
+"""`taskapi create-user`, `taskapi seed` and `taskapi webhooks` as an operator runs them:
+subprocesses against a cloned database, their results checked through the API (in-process, on
+the same database and storage) and, for counts, SQL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ import httpx
 import pytest
 
 from taskapi.app import create_app
-from tests.conftest import TEMPLATE_DB, admin_execute, database_url, make_settings
+from tests.conftest import (
+    TEMPLATE_DB,
+    admin_execute,
+    database_url,
+    make_settings,
+    register_and_login,
+)
 from tests.deploy.test_cli_and_socket import (
     CLI_TIMEOUT,
     TASKAPI,
@@ -389,3 +395,61 @@ async def test_help_explains_create_user_and_seed(deployment: Deployment) -> Non
     bad = await deployment.run("seed", "--users", "0")
     assert bad.returncode != 0
     assert "at least 1" in bad.stderr
+
+
+WEBHOOKS = "/api/v1/webhooks"
+
+
+async def test_the_operator_lists_and_redelivers_from_the_command_line(
+    deployment: Deployment,
+) -> None:
+    async with deployment.api() as client:
+        alice = await register_and_login(client)
+        created = await client.post(
+            WEBHOOKS,
+            json={"url": "https://hooks.example.com/in", "events": ["*"]},
+            headers=alice.headers,
+        )
+        webhook_id = created.json()["id"]
+        pings = [
+            (await client.post(f"{WEBHOOKS}/{webhook_id}/ping", headers=alice.headers)).json()
+            for _ in range(2)
+        ]
+    failed_id, pending_id = (p["delivery_id"] for p in pings)
+    await deployment.fetchval(
+        "UPDATE webhook_deliveries SET status = 2, attempts = 11, last_error = 'HTTP 503' "
+        "WHERE id = $1",
+        failed_id,
+    )
+
+    listed = await deployment.run("webhooks", "deliveries", "--status", "failed")
+    assert listed.returncode == 0, listed.stderr
+    [header, row] = listed.stdout.splitlines()
+    assert header.split("\t")[:4] == ["id", "webhook", "event", "status"]
+    assert row.split("\t") == [
+        str(failed_id),
+        str(webhook_id),
+        "ping",
+        "failed",
+        "11",
+        "HTTP 503",
+        "",
+        "https://hooks.example.com/in",
+    ]
+    everything = await deployment.run("webhooks", "deliveries", "--webhook", str(webhook_id))
+    assert [line.split("\t")[0] for line in everything.stdout.splitlines()[1:]] == [
+        str(pending_id),
+        str(failed_id),
+    ]
+
+    again = await deployment.run("webhooks", "redeliver", "--all-failed")
+    assert (again.returncode, again.stdout.strip()) == (0, "queued 1 deliveries again")
+    statuses = await deployment.fetch("SELECT id, status FROM webhook_deliveries ORDER BY id")
+    assert [tuple(r) for r in statuses] == [(failed_id, 0), (pending_id, 0)]
+
+    unknown = await deployment.run("webhooks", "redeliver", "999999")
+    assert unknown.returncode == 1
+    assert "no such delivery: 999999" in unknown.stderr
+    nothing = await deployment.run("webhooks", "redeliver")
+    assert nothing.returncode == 1
+    assert "give delivery ids or --all-failed" in nothing.stderr

@@ -207,6 +207,9 @@ class World:
     notification_id: int  # alice's
     project_id: int  # alice's, carol a member, holding one task of alice's
     project_task: dict[str, Any]
+    webhook_id: int  # alice's, with one delivery (a ping)
+    delivery_id: int
+    bob_webhook_id: int
     extra: dict[str, Any] = field(default_factory=dict)
 
     def path_values(self) -> dict[str, Any]:
@@ -217,6 +220,8 @@ class World:
             "tag": "secret-tag",
             "project_id": self.project_id,
             "user_id": self.carol.id,
+            "webhook_id": self.webhook_id,
+            "delivery_id": self.delivery_id,
         }
 
 
@@ -254,6 +259,17 @@ async def world(client: httpx.AsyncClient, make_user, make_task) -> World:
     project_task = await make_task(
         alice, title=f"{secret} project task", project_id=project_id, assignee_id=carol.id
     )
+    webhooks = []
+    for owner in (alice, bob):
+        made = await client.post(
+            f"{API}/webhooks",
+            json={"url": f"https://hooks.example.com/{owner.id}", "events": ["*"]},
+            headers=owner.headers,
+        )
+        assert made.status_code == 201, made.text
+        webhooks.append(made.json()["id"])
+    ping = await client.post(f"{API}/webhooks/{webhooks[0]}/ping", headers=alice.headers)
+    assert ping.status_code == 202, ping.text
     return World(
         alice=alice,
         bob=bob,
@@ -266,6 +282,9 @@ async def world(client: httpx.AsyncClient, make_user, make_task) -> World:
         notification_id=notes[0]["id"],
         project_id=project_id,
         project_task=project_task,
+        webhook_id=webhooks[0],
+        delivery_id=ping.json()["delivery_id"],
+        bob_webhook_id=webhooks[1],
     )
 
 
@@ -288,6 +307,13 @@ async def victim_state(
         "projects": await rows_of(db, "projects", "id = :p", p=w.project_id),
         "members": await rows_of(
             db, "project_members", "project_id = :p", order="t.user_id", p=w.project_id
+        ),
+        "webhooks": await rows_of(db, "webhooks", "owner_id = ANY(:ids)", ids=ids),
+        "deliveries": await rows_of(
+            db,
+            "webhook_deliveries",
+            "webhook_id IN (SELECT id FROM webhooks WHERE owner_id = ANY(:ids))",
+            ids=ids,
         ),
     }
     h = w.alice.headers
@@ -324,6 +350,9 @@ def idor_probes(w: World) -> list[Probe]:
     p = "/api/v1/projects/{project_id}"
     project_only: tuple[tuple[str, str], ...] = (("path", "project_id"),)
     with_member = (("path", "project_id"), ("path", "user_id"))
+    wh = "/api/v1/webhooks/{webhook_id}"
+    wnf = "404:webhook_not_found"
+    evil = "https://evil.example.com/in"
     return [
         Probe("GET", t, path_only, nf),
         Probe("PATCH", t, with_assignee, nf, json=take_over),
@@ -444,6 +473,37 @@ def idor_probes(w: World) -> list[Probe]:
             json={
                 "task_ids": [a_task, a_plain, w.bob_task["id"]],
                 "updates": {"project_id": w.project_id},
+            },
+        ),
+        # Alice's webhook, by any of its paths; her delivery through bob's own webhook.
+        *(
+            Probe(method, wh + suffix, (("path", "webhook_id"),), wnf, json=body)
+            for method, suffix, body in (
+                ("GET", "", None),
+                ("PATCH", "", {"url": evil, "active": True}),
+                ("DELETE", "", None),
+                ("POST", "/rotate-secret", None),
+                ("POST", "/ping", None),
+                ("GET", "/deliveries", None),
+                ("POST", "/deliveries/{delivery_id}/redeliver", None),
+            )
+        ),
+        Probe(
+            "POST",
+            wh + "/deliveries/{delivery_id}/redeliver",
+            (("path", "delivery_id"),),
+            "404:delivery_not_found",
+            path={"webhook_id": w.bob_webhook_id},
+        ),
+        Probe(
+            "POST",
+            "/api/v1/webhooks",
+            (("body", "project_id"),),
+            "404:project_not_found",
+            json={
+                "url": "https://evil.example.com/in",
+                "events": ["*"],
+                "project_id": w.project_id,
             },
         ),
         # Naming alice as the assignee of bob's own new task is allowed (that is what assignment

@@ -41,6 +41,7 @@ from taskapi.kit.services import services_of
 from taskapi.notifications.jobs import DUE_SOON
 from taskapi.storage import STORAGE, new_object_key
 from taskapi.tasks.jobs import FOLD_TASK_STATS, PURGE_TRASH
+from taskapi.webhooks.jobs import PURGE_PINGS
 from taskapi.wiring import EXPIRE_IDEMPOTENCY_KEYS, JOBS
 from tests.conftest import (
     TEMPLATE_DB,
@@ -58,7 +59,15 @@ TASKS = "/api/v1/tasks"
 FILES = "/api/v1/files"
 TINY = 0.001  # seconds: lets "now" move past a run_at that is exactly now
 PERIODIC = sorted(
-    [DUE_SOON, EXPIRE_IDEMPOTENCY_KEYS, FOLD_TASK_STATS, SWEEP_ORPHANS, PURGE_EVENTS, PURGE_TRASH]
+    [
+        DUE_SOON,
+        EXPIRE_IDEMPOTENCY_KEYS,
+        FOLD_TASK_STATS,
+        SWEEP_ORPHANS,
+        PURGE_EVENTS,
+        PURGE_TRASH,
+        PURGE_PINGS,
+    ]
 )
 
 

@@ -87,7 +87,7 @@ WEBHOOK_ATTEMPT_DURATION = Histogram(
 )
 WEBHOOK_DELIVERY_LAG = Histogram(
     "taskapi_webhook_delivery_lag_seconds",
-    "From an event's commit to its successful delivery (first attempts only).",
+    "From an event's transaction to its successful delivery (first attempts only).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 JOBS = Counter("taskapi_jobs", "Background jobs run, by kind and outcome.", ["kind", "outcome"])

@@ -62,6 +62,9 @@ class WebhookDispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy: Counter[int] = Counter()
         self._freed = asyncio.Event()
+        # Outcomes are written a few at a time: a batch of deliveries answering together must
+        # not take every pooled connection from the API (and time out waiting for one).
+        self._recording = asyncio.Semaphore(max(1, settings.database_pool_size // 4))
         self.delivered = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -194,9 +197,9 @@ class WebhookDispatcher:
         return result
 
     async def _record(self, outgoing: Outgoing, result: OutboundResult) -> None:
-        now = self._clock()
         ok = result.error is None and result.status is not None and 200 <= result.status < 300
-        async with self._sessionmaker() as session:
+        async with self._recording, self._sessionmaker() as session:
+            now = self._clock()
             if ok:
                 assert result.status is not None
                 await queue.record_success(

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskapi.kit.config import Settings
 from taskapi.models import NotificationKind
 from taskapi.notifications import service as notifications
-from taskapi.webhooks import repository, signing
+from taskapi.webhooks import delivery_queries, repository, signing
 from taskapi.webhooks.schemas import PING
 
 # Retries: exponential from 5 s (x4 each time, capped at 6 h), each delay jittered by +-20% so
@@ -93,15 +93,17 @@ async def claim(
     # Longer than an attempt can take, so a delivery in flight is never sent twice at once;
     # short enough that a crashed worker's deliveries go out again within seconds.
     lease_until = now + timedelta(seconds=2 * settings.webhook_timeout_seconds + 1)
-    rows = await repository.claim(
+    rows = await delivery_queries.claim(
         session, now, lease_until, limit, settings.webhook_max_in_flight_per_endpoint, busy
     )
     if not rows:
         return []
-    events = await repository.events_by_id(
+    events = await delivery_queries.events_by_id(
         session, [row["event_id"] for row in rows if row["event_id"] is not None]
     )
-    targets = await repository.targets_by_id(session, list({row["webhook_id"] for row in rows}))
+    targets = await delivery_queries.targets_by_id(
+        session, list({row["webhook_id"] for row in rows})
+    )
     claimed = []
     for row in rows:
         target = targets[row["webhook_id"]]
@@ -143,7 +145,7 @@ def retry_at(attempts: int, first_attempt_at: datetime, now: datetime) -> dateti
 async def record_success(
     session: AsyncSession, outgoing: Outgoing, status: int, duration_ms: int, now: datetime
 ) -> None:
-    await repository.mark_delivered(session, outgoing.delivery_id, status, duration_ms, now)
+    await delivery_queries.mark_delivered(session, outgoing.delivery_id, status, duration_ms, now)
 
 
 async def record_failure(
@@ -158,7 +160,7 @@ async def record_failure(
     """Schedule the retry (or fail the delivery for good); after 3 days of nothing but failures
     deactivate the webhook and tell its owner. Returns whether it will be retried."""
     retry = retry_at(outgoing.attempts, outgoing.first_attempt_at, now)
-    webhook = await repository.mark_failed(
+    webhook = await delivery_queries.mark_failed(
         session,
         outgoing.delivery_id,
         status=status,
@@ -174,7 +176,7 @@ async def record_failure(
     ):
         since = webhook["failing_since"].isoformat(timespec="seconds")
         reason = f"every delivery has failed since {since} (last: {error[:200]})"
-        if await repository.deactivate(session, webhook["id"], reason):
+        if await delivery_queries.deactivate(session, webhook["id"], reason):
             await notifications.notify(
                 session,
                 [
@@ -193,3 +195,8 @@ async def record_failure(
 async def fan_out(session: AsyncSession, now: datetime) -> tuple[int, int] | None:
     """One batch of the log into deliveries; None if another process is doing it."""
     return await repository.fan_out(session, now, FAN_OUT_BATCH)
+
+
+async def purge_pings(session: AsyncSession, older_than: datetime) -> int:
+    """Delete ping deliveries made before `older_than`; how many."""
+    return await delivery_queries.purge_pings(session, older_than)

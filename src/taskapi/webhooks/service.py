@@ -224,3 +224,24 @@ async def list_deliveries(
     if len(rows) > params.limit:
         next_cursor = codec.encode([items[-1].id], DELIVERIES_FINGERPRINT)
     return DeliveryPage(items=items, limit=params.limit, next_cursor=next_cursor)
+
+
+async def operator_deliveries(
+    session: AsyncSession, webhook_id: int | None, status: DeliveryStatus | None, limit: int
+) -> list[Any]:
+    """Every webhook's deliveries, newest first (`taskapi webhooks deliveries`)."""
+    return await repository.operator_deliveries(
+        session, webhook_id, None if status is None else int(status), limit
+    )
+
+
+async def operator_redeliver(
+    session: AsyncSession,
+    ids: list[int],
+    all_failed: bool,
+    webhook_id: int | None,
+    now: datetime,
+) -> list[int]:
+    """Queue the given deliveries (and, with `all_failed`, every failed one of an active
+    webhook) again now (`taskapi webhooks redeliver`); the ids queued."""
+    return await repository.operator_redeliver(session, ids, all_failed, webhook_id, now)
