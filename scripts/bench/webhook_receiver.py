@@ -1,10 +1,11 @@
 """The webhook benchmark's receiver (scripts/bench/webhooks.py starts it): as little as a server
 can do to take a delivery, so that what is measured is the worker.
 
-    .venv/bin/python -m uvicorn webhook_receiver:app --app-dir scripts/bench --loop uvloop \
-        --http httptools --no-access-log --log-level warning
+    .venv/bin/python scripts/bench/webhook_receiver.py PORT [PORT ...]
 
-A bare ASGI app, no framework, in a process of its own (its CPU is not the worker's):
+A bare ASGI app, no framework, under uvicorn (uvloop, httptools, no access log) in a process of
+its own (its CPU is not the worker's), listening on every port given on 127.0.0.1: webhooks on
+different ports are different origins to the worker, as different receivers are.
 
 * `POST /hook/<anything>`: reads the body, notes the wall-clock time of arrival (time.time(), the
   clock the benchmark stamps commits with, one clock for every process of the machine), the
@@ -17,10 +18,15 @@ A bare ASGI app, no framework, in a process of its own (its CPU is not the worke
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import uvicorn
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -58,3 +64,19 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         await _answer(send, 204)
     else:
         await _answer(send, 404)
+
+
+def main(ports: list[int]) -> None:
+    sockets = []
+    for port in ports:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sockets.append(sock)
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off",
+                            access_log=False, log_level="warning")  # fmt: skip
+    asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+
+
+if __name__ == "__main__":
+    main([int(port) for port in sys.argv[1:]])

@@ -103,12 +103,12 @@ class Bench:
         self,
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
-        receiver_url: str,
+        receivers: list[str],
         worker: Process,
     ) -> None:
         self.sessions, self.settings = sessions, settings
-        self.receiver_url = receiver_url
-        self.receiver = httpx.AsyncClient(base_url=receiver_url, timeout=10)
+        self.receivers = receivers  # the same receiver on several ports: one origin each
+        self.receiver = httpx.AsyncClient(base_url=receivers[0], timeout=10)
         self.worker = worker
         self.users = 0
 
@@ -123,7 +123,7 @@ class Bench:
             await session.flush()
             ids = []
             for n in range(endpoints):
-                url = f"{self.receiver_url}/hook/{name}-{n}"
+                url = f"{self.receivers[n % len(self.receivers)]}/hook/{name}-{n}"
                 data = WebhookCreate(url=url, events=["*"])
                 hook, _ = await webhooks.create_webhook(session, user, data, self.settings)
                 await webhooks.ping(session, hook, tasks.utc_now())

@@ -8,13 +8,14 @@ receiver (goal: at least 300/s), and the time from an event's commit to its arri
 On a database of its own (created and migrated with `taskapi migrate`, dropped at the end):
 
 * a receiver in a process of its own (scripts/bench/webhook_receiver.py under uvicorn: answers
-  200 and notes each arrival's time), so its CPU is not the worker's;
+  200 and notes each arrival's time), so its CPU is not the worker's, listening on one port per
+  webhook of the largest scenario: each webhook is an origin of its own, as receivers are;
 * ONE worker, the real `taskapi worker` (ENVIRONMENT=development for plain http,
   WEBHOOK_ALLOW_PRIVATE_NETWORKS=true for loopback; every other setting its default: 64
   deliveries in flight, 8 per webhook);
-* each scenario has a user of its own whose webhooks (subscribed to "*", made by the API's own
-  `create_webhook`, each on its own path of the receiver) are pinged first: the worker is up
-  and its connections are open before anything is timed.
+* each scenario has a user of its own whose webhooks (subscribed to "*", made by the API's
+  own `create_webhook`, each on its own port and path of the receiver) are pinged first: the
+  worker is up and its connections are open before anything is timed.
 
 Throughput, once per `--endpoints` count K: one transaction records `--deliveries` / K
 `task.created` events (tasks inserted with SQL, each event the task's snapshot, written by the
@@ -163,7 +164,7 @@ def worker_env(url: str, workdir: Path) -> dict[str, str]:
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def measure(options: Options, url: str, receiver_url: str, worker: Process) -> list[Row]:
+async def measure(options: Options, url: str, receivers: list[str], worker: Process) -> list[Row]:
     settings = Settings(
         database_url=url,
         secret_key=SECRET_KEY,
@@ -171,7 +172,7 @@ async def measure(options: Options, url: str, receiver_url: str, worker: Process
         webhook_allow_private_networks=True,
     )
     engine = create_engine(settings)
-    bench = Bench(create_sessionmaker(engine), settings, receiver_url, worker)
+    bench = Bench(create_sessionmaker(engine), settings, receivers, worker)
     rows = []
     try:
         for endpoints in options.endpoints:
@@ -212,40 +213,20 @@ def run(options: Options, workdir: Path) -> list[Row]:
     )
     if migrate.returncode != 0:
         raise BenchError(f"taskapi migrate failed:\n{(migrate.stdout + migrate.stderr)[-3000:]}")
-    port = free_port()
-    receiver = Process(
-        [
-            str(BIN / "python"),
-            "-m",
-            "uvicorn",
-            "webhook_receiver:app",
-            "--app-dir",
-            str(HERE),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env,
-        workdir / "receiver.log",
-    )
+    # One port per webhook of the largest scenario: each its own origin, as receivers are.
+    ports = [free_port() for _ in range(max(options.endpoints))]
+    command = [str(BIN / "python"), str(HERE / "webhook_receiver.py"), *map(str, ports)]
+    receiver = Process(command, env, workdir / "receiver.log")
     worker = None
     try:
-        receiver_url = f"http://127.0.0.1:{port}"
-        wait_for_receiver(receiver, receiver_url)
+        receivers = [f"http://127.0.0.1:{port}" for port in ports]
+        wait_for_receiver(receiver, receivers[0])
         worker = Process([str(BIN / "taskapi"), "worker"], env, workdir / "worker.log")
         print(
-            f"taskapi worker (pid {worker.popen.pid}, log {worker.log}); receiver on {port}",
+            f"taskapi worker (pid {worker.popen.pid}, log {worker.log}); receiver on {ports}",
             flush=True,
         )
-        return asyncio.run(measure(options, url, receiver_url, worker))
+        return asyncio.run(measure(options, url, receivers, worker))
     finally:
         for process in (worker, receiver):
             if process is not None:
