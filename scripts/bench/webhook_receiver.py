@@ -18,7 +18,6 @@ different ports are different origins to the worker, as different receivers are.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sys
@@ -69,13 +68,16 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 def main(ports: list[int]) -> None:
     sockets = []
     for port in ports:
-        sock = socket.socket()
+        # IPPROTO_TCP, not the default 0: asyncio's loop sets TCP_NODELAY on accepted connections
+        # only for sockets that say so, and without it every answer (head and body written
+        # apart) waited ~40 ms for a delayed ACK: 180 answers/s on 8 connections, not 1,300.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sockets.append(sock)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off",
                             access_log=False, log_level="warning")  # fmt: skip
-    asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    uvicorn.Server(config).run(sockets=sockets)  # run(): on the loop the config names
 
 
 if __name__ == "__main__":
