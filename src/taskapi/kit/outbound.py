@@ -10,7 +10,7 @@ made, not only where the URL is saved:
   (`address_refusal`; both rules live in taskapi.kit.addresses), and connects to the very
   address it checked, so a second DNS answer (rebinding) is never used; TLS still verifies
   the original hostname;
-* `outbound_client` never follows redirects and ignores proxy settings from the environment;
+* `outbound_client` never follows redirects, ignores the environment's proxies, keeps no cookies;
 * `post_bounded` reads at most a few KiB of any answer and never raises for network failures.
 """
 
@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpcore
 import httpx
@@ -289,6 +290,9 @@ def outbound_client(
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,
+        # No cookies: a receiver's Set-Cookie would stay in the process for good (one jar for all
+        # receivers, growing with each new name) and go back with every later delivery to it.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         # identity: a compressed answer would be inflated before the body bound applies.
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
