@@ -43,6 +43,12 @@ page (has_more); its ceiling runs the API's own statements (taskapi.events.repos
 and FEED) and cursor code, and must answer the same body (next_cursor compared as the position
 it encodes, should it ever carry the time).
 
+Webhooks (issue 19): `webhooks` (last, after the worker counts) runs scripts/bench/webhooks.py,
+whose docstring has the details: one `taskapi worker` delivering to a receiver on loopback in a
+process of its own, on a database of its own; deliveries/s from a backlog (to 1 webhook, then
+6), and commit->arrival p50/p99 of events made one per transaction at 50/s (goal: every
+throughput run >= 300 deliveries/s). `--only webhooks` runs it alone (no template, no servers).
+
 Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
 `errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario
 with errors (or a failed check) did not measure what it claims: it is listed at the end and the
@@ -93,6 +99,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv this script runs in (make bench: .venv/bin)
 BENCH_DIR = ROOT / "scripts" / "bench"
 WRK_SCRIPT = BENCH_DIR / "requests.lua"
+WEBHOOKS_SCRIPT = BENCH_DIR / "webhooks.py"  # the `webhooks` scenario, a script of its own
 API = "/api/v1"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
 TEMPLATE_DATABASE = "taskapi_bench_seed"
@@ -190,6 +197,7 @@ class Options:
     markdown: Path | None
     keep: bool
     only: frozenset[str] | None = None  # measure just these scenarios (and their ceilings)
+    quick: bool = False
 
 
 def _worker_list(text: str) -> tuple[int, ...]:
@@ -249,7 +257,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--only",
         type=lambda text: frozenset(part.strip() for part in text.split(",") if part.strip()),
         help="measure only these scenarios, a comma list of keys (e.g. list,list-projects,"
-        "project,feed; the ceilings they are compared with always run): for trying one scenario",
+        "project,feed; the ceilings they are compared with always run; webhooks: the webhook "
+        "delivery run alone): for trying one scenario",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown here")
     parser.add_argument(
@@ -272,6 +281,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         markdown=args.markdown,
         keep=args.keep,
         only=args.only,
+        quick=args.quick,
     )
 
 
@@ -1949,11 +1959,22 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
 
 
 def build_report(
-    phases: Sequence[Phase], options: Options, machine: list[str], wall_s: float
+    phases: Sequence[Phase],
+    options: Options,
+    machine: list[str],
+    wall_s: float,
+    webhooks: WebhookRun | None = None,
 ) -> list[Table]:
     tables = [scenario_table(phase, options) for phase in phases]
-    tables.append(storm_table(phases, options))
+    if phases:
+        tables.append(storm_table(phases, options))
     goals = [row for phase in phases for row in goal_rows(phase)]
+    if webhooks is not None:
+        if webhooks.table is not None:
+            tables.append(webhooks.table)
+        measured, passed = webhooks.goal or (None, False)
+        goals.append(("1", f"webhook deliveries/s >= {WEBHOOK_GOAL} in every throughput run",
+                      measured or "not measured", "PASS" if passed else "FAIL"))  # fmt: skip
     busy = [str(p.workers) for p in phases if max(p.busy_before, p.busy_after) > BUSY_WARNING]
     goal_notes = (
         [f"WARNING: other processes used the CPU around the {'/'.join(busy)}-worker run(s): "
@@ -1976,8 +1997,10 @@ def build_report(
     return tables
 
 
-def invalid_measurements(phases: Sequence[Phase]) -> list[str]:
+def invalid_measurements(phases: Sequence[Phase], webhooks: WebhookRun | None) -> list[str]:
     problems = []
+    if webhooks is not None and webhooks.broken:
+        problems.append(f"webhooks: {webhooks.broken}")
     for phase in phases:
         for outcome in phase.outcomes.values():
             if found := outcome.problems():
@@ -1986,6 +2009,35 @@ def invalid_measurements(phases: Sequence[Phase]) -> list[str]:
         if phase.storm is not None and not phase.storm.ok and phase.storm.list_alone.ok:
             problems.append(f"{phase.workers} worker(s), login storm: errors or not measured")
     return problems
+
+
+# --- webhooks --------------------------------------------------------------------------------
+
+WEBHOOK_GOAL = 300  # deliveries/s by one worker (issue 19), as scripts/bench/webhooks.py has it
+
+
+@dataclass
+class WebhookRun:
+    table: Table | None = None
+    goal: tuple[str, bool] | None = None  # (what was measured, whether it meets the goal)
+    broken: str | None = None
+
+
+def run_webhooks(options: Options, workdir: Path) -> WebhookRun:
+    """scripts/bench/webhooks.py in a process of its own (its progress passes through), its
+    table read back from the JSON it writes."""
+    report = workdir / "webhooks.json"
+    command = [sys.executable, str(WEBHOOKS_SCRIPT), "--json", str(report)]
+    command += ["--quick"] if options.quick else []
+    command += ["--keep"] if options.keep else []
+    status = subprocess.run(command, cwd=ROOT, check=False).returncode  # noqa: S603 - our script
+    if status != 0 or not report.exists():
+        return WebhookRun(broken=f"scripts/bench/webhooks.py exited with status {status}")
+    data = json.loads(report.read_text())
+    table = Table(data["title"], tuple(data["header"]), [tuple(row) for row in data["rows"]],
+                  data["align"], notes=data["notes"])  # fmt: skip
+    goal = data.get("goal")
+    return WebhookRun(table, (goal["measured"], goal["passed"]) if goal else None)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -2003,14 +2055,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="taskapi-bench-"))
     wrk = Wrk(wrk_path, workdir)
     phases: list[Phase] = []
+    webhooks: WebhookRun | None = None
+    # `--only webhooks` alone: no template, no API servers.
+    serve = options.only is None or bool(options.only - {"webhooks"})
     failed = True
     try:
         base_env = server_env(1, "", workdir / "storage")
-        postgres_version = build_template(base_env)
+        postgres_version = build_template(base_env) if serve else asyncio.run(_admin([]))
         machine = describe_machine(wrk_path, postgres_version, redis_ver)
-        for workers in options.workers:
+        for workers in options.workers if serve else ():
             print(f"\n== {workers} worker(s) ==", flush=True)
             phases.append(PhaseRunner(workers, options, wrk, workdir).run())
+        if options.only is None or "webhooks" in options.only:
+            print("\n== webhook delivery (scripts/bench/webhooks.py) ==", flush=True)
+            webhooks = run_webhooks(options, workdir)
         failed = False
     except BenchError as error:
         print(f"\nbench: {error}", file=sys.stderr)
@@ -2025,7 +2083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         return 1
 
-    tables = build_report(phases, options, machine, time.monotonic() - started)
+    tables = build_report(phases, options, machine, time.monotonic() - started, webhooks)
     print()
     print("\n\n".join(table.text() for table in tables))
     if options.markdown is not None:
@@ -2038,7 +2096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             intro + "\n" + "\n\n".join(table.markdown() for table in tables) + "\n"
         )
         print(f"\nMarkdown report: {options.markdown}")
-    problems = invalid_measurements(phases)
+    problems = invalid_measurements(phases, webhooks)
     if problems:
         print("\nINVALID MEASUREMENTS (the figures above do not mean what they say):")
         print("\n".join(f"  - {problem}" for problem in problems))

@@ -19,8 +19,10 @@ from fastapi import FastAPI
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import ServiceUnavailable
 from taskapi.kit.logs import configure_logging
+from taskapi.kit.outbound import outbound_client, post_bounded
 from tests.conftest import TEST_SECRET, MakeUser, UserHandle
 from tests.deploy.test_cli_and_socket import cli_env, run_cli
+from tests.webhook_receiver import Receiver, free_port, serving
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -351,3 +353,20 @@ async def test_an_unknown_log_level_is_one_sentence(tmp_path: Any) -> None:
     assert "LOG_LEVEL" in message
     assert "chatty" in message
     assert "Traceback" not in result.stderr
+
+
+async def test_outbound_requests_stay_out_of_the_log_at_info(settings: Settings) -> None:
+    """httpx logs each request with its URL at INFO: a webhook's URL may carry the receiver's
+    token, and the deliveries table already records every attempt."""
+    info = settings.model_copy(update={"log_format": "json", "log_level": "INFO"})
+    for captured in _configured(info):
+        async with (
+            serving(Receiver(free_port())) as receiver,
+            outbound_client(allow_private_networks=True, timeout=2) as client,
+        ):
+            url = f"{receiver.url}?token=receiver-s3cr3t"
+            result = await post_bounded(client, url, content=b"{}", headers={})
+            assert result.status == 200
+        logging.getLogger("taskapi.test").info("after the delivery")
+        assert "receiver-s3cr3t" not in captured.text
+        assert [r["message"] for r in captured.records()] == ["after the delivery"]

@@ -1,4 +1,5 @@
-"""Which addresses a user-chosen URL may reach, and the save-time check of such a URL.
+"""Which addresses a user-chosen URL may reach, the save-time check of such a URL, and the
+resolvers that turn its host into addresses (taskapi.kit.outbound connects to what they return).
 
 `ipaddress.is_global` alone is not enough: before Python 3.12.4 it calls fec0::/10, ::/8 and
 6to4/NAT64 addresses embedding 127.0.0.1 global. So the ranges are named here, one by one, and
@@ -7,9 +8,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
+from typing import Protocol
 from urllib.parse import unquote
 
 import httpx
@@ -169,3 +172,20 @@ def check_url(url: str, *, require_https: bool, allow_private: bool) -> str | No
             return f"{parsed.host} is not a valid IPv6 address"
         return None
     return address_refusal(literal)
+
+
+class Resolver(Protocol):
+    """Turns a host into the IP addresses (as strings) a connection may go to."""
+
+    async def resolve(self, host: str, port: int) -> list[str]: ...
+
+
+class SystemResolver:
+    """The operating system's resolver, through the event loop (getaddrinfo in its executor),
+    so a slow DNS server never blocks the loop."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        return [str(info[4][0]) for info in infos]

@@ -210,3 +210,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     logging.getLogger("uvicorn.asgi").setLevel(max(level, logging.DEBUG))
     # Alembic announces each of its plugins at INFO; only the migrations it runs are news.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # httpx logs every request it sends at INFO, URL and all: a line per webhook delivery (the
+    # deliveries table is their record) and the receiver's URL, which may carry its token.
+    # At DEBUG, asked for explicitly, they show.
+    quiet = level > logging.DEBUG
+    logging.getLogger("httpx").setLevel(logging.WARNING if quiet else logging.NOTSET)

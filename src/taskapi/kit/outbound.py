@@ -10,7 +10,7 @@ made, not only where the URL is saved:
   (`address_refusal`; both rules live in taskapi.kit.addresses), and connects to the very
   address it checked, so a second DNS answer (rebinding) is never used; TLS still verifies
   the original hostname;
-* `outbound_client` never follows redirects and ignores proxy settings from the environment;
+* `outbound_client` never follows redirects, ignores the environment's proxies, keeps no cookies;
 * `post_bounded` reads at most a few KiB of any answer and never raises for network failures.
 """
 
@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpcore
 import httpx
 
-from taskapi.kit.addresses import address_refusal, check_url, host_literal
+from taskapi.kit.addresses import (
+    Resolver,
+    SystemResolver,
+    address_refusal,
+    check_url,
+    host_literal,
+)
+from taskapi.kit.outbound_pools import PerOriginTransport
 
 __all__ = [
     "ForbiddenDestination",
@@ -52,23 +58,6 @@ class ForbiddenDestination(httpcore.ConnectError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class Resolver(Protocol):
-    """Turns a host into the IP addresses (as strings) a connection may go to."""
-
-    async def resolve(self, host: str, port: int) -> list[str]: ...
-
-
-class SystemResolver:
-    """The operating system's resolver, through the event loop (getaddrinfo in its executor),
-    so a slow DNS server never blocks the loop."""
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
-        return [str(info[4][0]) for info in infos]
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -274,25 +263,36 @@ def outbound_client(
     ssl_context: ssl.SSLContext | None = None,
     connector: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncClient:
-    """The client for user-chosen URLs: guarded connections, redirects not followed (a 3xx is
-    an answer like any other), no proxies or .netrc from the environment.
+    """The client for user-chosen URLs: guarded connections, one pool per origin (see
+    taskapi.kit.outbound_pools), redirects not followed (a 3xx is an answer like any other), no
+    proxies or .netrc from the environment.
 
     `ssl_context` is for a private CA (httpx's default trust store otherwise); `connector` is
     what opens the connections to already-checked addresses (httpcore's AnyIO backend
     otherwise; tests pass one that records every connection attempt).
     """
-    transport = OutboundTransport(
-        allow_private_networks=allow_private_networks,
-        resolver=resolver,
-        ssl_context=ssl_context,
-        max_connections=max_connections,
-        connector=connector,
-    )
+    # One trust store for every origin (loading one costs milliseconds of CPU).
+    context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
+
+    def pool() -> OutboundTransport:
+        return OutboundTransport(
+            allow_private_networks=allow_private_networks,
+            resolver=resolver,
+            ssl_context=context,
+            max_connections=max_connections,
+            connector=connector,
+        )
+
+    # post_bounded ends an exchange by the read timeout: a pool unused for three has none.
+    transport = PerOriginTransport(pool, idle_seconds=max(60.0, 3 * timeout))
     return httpx.AsyncClient(
         transport=transport,
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,
+        # No cookies: a receiver's Set-Cookie would stay in the process for good (one jar for all
+        # receivers, growing with each new name) and go back with every later delivery to it.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         # identity: a compressed answer would be inflated before the body bound applies.
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -87,27 +88,37 @@ class WebhookDispatcher:
 
     async def _loop(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         poll = self._settings.job_poll_interval_seconds
+        # A round fans out only when the log may have grown: at the start, when woken, when
+        # another process held the cursor (it may have read its horizon before our events were
+        # visible), and at least once per poll interval (a lost wake-up; no waker: every
+        # round). Deliveries finishing wake the loop far more often (once each, under load):
+        # those rounds only claim, instead of taking the cursor's row lock in a transaction of
+        # their own hundreds of times a second for nothing.
+        pending, fanned_out_at = True, -poll
         while not stop.is_set():
             # Taken before reading, waited on after: a change landing meanwhile is not missed.
             grown = self._wake() if self._wake is not None else None
             self._freed.clear()
             try:
-                await self.fan_out()
+                if pending or grown is None or time.monotonic() - fanned_out_at >= poll:
+                    fanned_out_at = time.monotonic()
+                    _, caught_up = await self._fan_out_all()
+                    pending = not caught_up
                 started = await self.start_due(client)
             except Exception:
                 # The database is down or restarting: wait and try again, never die.
                 logger.exception("webhook dispatcher loop error")
-                started = 0
-            if started:
-                continue
-            waits = [stop.wait(), self._freed.wait()]
-            if grown is not None:
-                waits.append(grown.wait())
-            tasks = [asyncio.ensure_future(wait) for wait in waits]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait(tasks, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                task.cancel()
+                pending, started = True, 0
+            if not started:
+                waits = [stop.wait(), self._freed.wait()]
+                if grown is not None:
+                    waits.append(grown.wait())
+                tasks = [asyncio.ensure_future(wait) for wait in waits]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait(tasks, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    task.cancel()
+            pending = pending or (grown is not None and grown.is_set())
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """One round, finished: fan out, send what is due, wait for it (tests, the CLI)."""
@@ -119,17 +130,23 @@ class WebhookDispatcher:
 
     async def fan_out(self) -> int:
         """New events into deliveries, batch after batch until caught up; how many made."""
+        made, _ = await self._fan_out_all()
+        return made
+
+    async def _fan_out_all(self) -> tuple[int, bool]:
+        """(deliveries made, whether this process caught up: False if another one held the
+        cursor)."""
         made = 0
         while True:
             async with self._sessionmaker() as session:
                 result = await queue.fan_out(session, self._clock())
                 await session.commit()
             if result is None:
-                return made
+                return made, False
             events, deliveries = result
             made += deliveries
             if events < queue.FAN_OUT_BATCH:
-                return made
+                return made, True
 
     async def start_due(self, client: httpx.AsyncClient) -> int:
         """Claim due deliveries up to the free capacity and start sending them."""
