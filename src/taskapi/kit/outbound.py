@@ -217,7 +217,7 @@ class OutboundTransport(httpx.AsyncBaseTransport):
         backend = GuardedBackend(
             allow_private_networks=allow_private_networks, resolver=resolver, connector=connector
         )
-        self._pool = httpcore.AsyncConnectionPool(
+        self._connections = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context if ssl_context is not None else httpx.create_ssl_context(),
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
@@ -242,7 +242,7 @@ class OutboundTransport(httpx.AsyncBaseTransport):
         )
         with _httpx_exceptions():
             # Returns once the head is in: the body is read only as the caller iterates it.
-            response = await self._pool.handle_async_request(core_request)
+            response = await self._connections.handle_async_request(core_request)
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,
@@ -251,7 +251,7 @@ class OutboundTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._connections.aclose()
 
 
 def outbound_client(
