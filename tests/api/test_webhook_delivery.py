@@ -29,6 +29,7 @@ from taskapi.storage import STORAGE
 from taskapi.webhooks.dispatcher import WebhookDispatcher
 from taskapi.webhooks.jobs import purge_pings
 from tests.conftest import UserHandle, cloned_app, register_and_login
+from tests.event_helpers import settle
 from tests.task_helpers import TASKS, task_url
 from tests.webhook_receiver import Receiver, free_port, serving
 
@@ -143,6 +144,7 @@ async def test_events_arrive_signed_in_order_once_each(env: Env) -> None:
     alice = await register_and_login(env.client)
     async with serving(Receiver(free_port())) as receiver:
         webhook = await env.subscribe(alice, receiver, ["task.*"])
+        start = (await env.client.get("/api/v1/events", headers=alice.headers)).json()
         task = await create_task(env, alice, title="first")
         await patch_task(env, alice, task["id"], title="second")
         await patch_task(env, alice, task["id"], status="in_progress")
@@ -159,6 +161,9 @@ async def test_events_arrive_signed_in_order_once_each(env: Env) -> None:
         # Every one verified with the secret shown at creation; webhook-id is the event id.
         assert all(r.verified_by == [webhook["secret"]] for r in receiver.received)
         assert [r.webhook_id for r in receiver.received] == [str(e["id"]) for e in events]
+        # Each body is the event exactly as the feed serves it.
+        feed, _ = await settle(env.client, env.app, alice, start["next_cursor"])
+        assert events == feed
 
         log = await env.deliveries(alice, webhook["id"])
         assert [

@@ -23,12 +23,16 @@ class IfMatch:
 
     def check(self, version: int) -> None:
         """Raise 412 unless the header is absent, `*`, or lists the current strong tag."""
+        self.check_tag(etag_for(version))
+
+    def check_tag(self, etag: str) -> None:
+        """As `check`, for a resource whose tag is not its version alone."""
         if self.header is None:
             return
         tags = parse_tags(self.header)
         if "*" in tags:
             return
-        if etag_for(version) not in tags:  # weak tags (W/"...") never match strongly
+        if etag not in tags:  # weak tags (W/"...") never match strongly
             raise PreconditionFailed()
 
 

@@ -272,7 +272,7 @@ async def list_tasks(
     plan = plan_list(params, user.id, today(), cursors)
     rows, total = await repository.list_page(session, plan)
     if not rows and isinstance(params.project_id, int):
-        await _member_or_404(session, user, params.project_id)
+        await member_or_404(session, user, params.project_id)
     return build_page(plan, rows, total, cursors)
 
 
@@ -283,7 +283,8 @@ def _percentage(part: int, whole: int) -> float:
     return float((Decimal(part * 100) / Decimal(whole)).quantize(Decimal("0.1"), ROUND_HALF_UP))
 
 
-async def _member_or_404(session: AsyncSession, user: User, project_id: int) -> None:
+async def member_or_404(session: AsyncSession, user: User, project_id: int) -> None:
+    """404 `project_not_found` unless the user is a member of the project."""
     if not await repository.is_member(session, user.id, project_id):
         raise ProjectNotFound()
 
@@ -294,7 +295,7 @@ async def stats_json(
     """The caller's stats as JSON, from the cache when it holds the current generation. One
     project's stats (a member's) are read straight from the counts: a few rows."""
     if project_id is not None:
-        await _member_or_404(session, user, project_id)
+        await member_or_404(session, user, project_id)
         return (await task_stats(session, user, "id", project_id)).model_dump_json().encode()
     cached = await cache.get(user.id)
     if cached.payload is not None:

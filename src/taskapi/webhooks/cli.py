@@ -61,8 +61,8 @@ def cmd_redeliver(settings: Settings, args: argparse.Namespace) -> int:
     """Queue deliveries again now, with the same `webhook-id` and a fresh 24 hours of retries:
     the given ids, and with --all-failed every delivery that failed for good (of --webhook only,
     if given) whose webhook is active."""
+    from taskapi.jobs.queue import utcnow
     from taskapi.webhooks import service
-    from taskapi.webhooks.dispatcher import utcnow
 
     if not args.ids and not args.all_failed:
         print("taskapi: give delivery ids or --all-failed", file=sys.stderr)

@@ -16,11 +16,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from taskapi.jobs.queue import utcnow
 from taskapi.kit import metrics
 from taskapi.kit.config import Settings
 from taskapi.kit.outbound import OutboundResult, check_url, outbound_client, post_bounded
@@ -37,10 +38,6 @@ MAX_RESPONSE_BYTES = 4096
 _DELIVERED = metrics.WEBHOOK_ATTEMPTS.labels("delivered")
 _RETRY = metrics.WEBHOOK_ATTEMPTS.labels("retry")
 _FAILED = metrics.WEBHOOK_ATTEMPTS.labels("failed")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class WebhookDispatcher:

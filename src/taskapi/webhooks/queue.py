@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.events.schemas import EventOut
 from taskapi.kit.config import Settings
 from taskapi.models import NotificationKind
 from taskapi.notifications import service as notifications
@@ -49,17 +50,8 @@ class Outgoing:
 
 
 def event_body(row: Mapping[str, Any]) -> bytes:
-    """The event as GET /events shows it (absent optional fields left out)."""
-    document: dict[str, Any] = {
-        "id": row["id"],
-        "type": row["type"],
-        "occurred_at": row["occurred_at"].isoformat().replace("+00:00", "Z"),
-        "actor_id": row["actor_id"],
-    }
-    for name in ("task_id", "project_id", "changes", "task"):
-        if row[name] is not None:
-            document[name] = row[name]
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    """The event as GET /events shows it (its model; absent optional fields left out)."""
+    return EventOut.model_validate(dict(row)).model_dump_json(exclude_none=True).encode()
 
 
 def ping_body(webhook_id: int, delivery_id: int, created_at: datetime) -> bytes:

@@ -154,17 +154,6 @@ async def count_owned(session: AsyncSession, owner_id: int) -> int:
     return int(result.scalar_one())
 
 
-async def is_member(session: AsyncSession, user_id: int, project_id: int) -> bool:
-    result = await session.execute(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM project_members "
-            "WHERE project_id = :project_id AND user_id = :user_id)"
-        ),
-        {"project_id": project_id, "user_id": user_id},
-    )
-    return bool(result.scalar_one())
-
-
 # The operator's view (taskapi webhooks ...): every webhook's deliveries.
 _OPERATOR_DELIVERIES: Final = text(
     """

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
 from taskapi.auth.dependencies import CurrentUser
+from taskapi.jobs.queue import utcnow
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
@@ -15,7 +16,6 @@ from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Webhook
 from taskapi.webhooks import service
-from taskapi.webhooks.dispatcher import utcnow
 from taskapi.webhooks.schemas import (
     Accepted,
     DeliveryPage,

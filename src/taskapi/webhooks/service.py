@@ -10,13 +10,13 @@ from typing import Any, Final
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskapi.kit.conditional import parse_tags
 from taskapi.kit.config import Settings
-from taskapi.kit.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from taskapi.kit.errors import Conflict, NotFound, ValidationFailed
 from taskapi.kit.outbound import check_url
 from taskapi.kit.pagination import CursorCodec, InvalidCursor
-from taskapi.kit.project_errors import ProjectNotFound
 from taskapi.models import User, Webhook
+from taskapi.tasks import service as tasks
+from taskapi.tasks.conditional import IfMatch
 from taskapi.webhooks import repository, signing
 from taskapi.webhooks.schemas import (
     MAX_WEBHOOKS_PER_USER,
@@ -67,11 +67,7 @@ def etag_of(webhook: Webhook) -> str:
 
 
 def check_if_match(webhook: Webhook, if_match: str | None) -> None:
-    if if_match is None:
-        return
-    tags = parse_tags(if_match)
-    if "*" not in tags and etag_of(webhook) not in tags:
-        raise PreconditionFailed()
+    IfMatch(if_match).check_tag(etag_of(webhook))
 
 
 def out(webhook: Webhook) -> WebhookOut:
@@ -88,17 +84,13 @@ def _check_url(settings: Settings, url: str) -> None:
         raise InvalidWebhookUrl(reason)
 
 
-async def _check_project(session: AsyncSession, user: User, project_id: int | None) -> None:
-    if project_id is not None and not await repository.is_member(session, user.id, project_id):
-        raise ProjectNotFound()
-
-
 async def create_webhook(
     session: AsyncSession, user: User, data: WebhookCreate, settings: Settings
 ) -> tuple[Webhook, str]:
     """The new webhook and its secret (shown once). It gets events from now on."""
     _check_url(settings, data.url)
-    await _check_project(session, user, data.project_id)
+    if data.project_id is not None:
+        await tasks.member_or_404(session, user, data.project_id)
     if await repository.count_owned(session, user.id) >= MAX_WEBHOOKS_PER_USER:
         raise WebhookLimitReached()
     secret = signing.new_secret()
