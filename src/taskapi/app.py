@@ -15,9 +15,11 @@ from starlette.middleware.cors import CORSMiddleware
 from taskapi import __version__
 from taskapi.attachments.router import MULTIPART_OVERHEAD
 from taskapi.attachments.router import router as attachments_router
+from taskapi.auth.personal_tokens import PERSONAL_TOKENS, PersonalTokens
 from taskapi.auth.principal_cache import PRINCIPAL_CACHE, PrincipalCache
 from taskapi.auth.router import router as auth_router
 from taskapi.auth.service import AUTH_SERVICE, AuthService
+from taskapi.auth.tokens_router import router as tokens_router
 from taskapi.events.router import router as events_router
 from taskapi.events.stream import router as event_stream_router
 from taskapi.events.wakeup import EVENT_WAKER, EventWaker
@@ -29,6 +31,7 @@ from taskapi.kit.dispatch import MethodAndMediaTypeMiddleware
 from taskapi.kit.errors import install_error_handlers
 from taskapi.kit.flat_routes import add_routes
 from taskapi.kit.idempotency import install_idempotency
+from taskapi.kit.idempotency.middleware import TOKEN_OWNER
 from taskapi.kit.limits import UPLOAD_ROUTE, BodySizeLimitMiddleware, RouteLimit
 from taskapi.kit.logs import configure_logging
 from taskapi.kit.metrics import instrument_pool, process_exiting
@@ -68,6 +71,7 @@ API_ROUTERS: Final = (
     event_stream_router,
     task_activity_router,
     webhooks_router,
+    tokens_router,
 )
 
 DESCRIPTION = """
@@ -108,6 +112,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     )
     services.provide(AUTH_SERVICE, AuthService(hashing, tokens))
     services.provide(PRINCIPAL_CACHE, principal_cache)
+    personal_tokens = PersonalTokens(settings.signing_key, lambda: services.sessionmaker)
+    services.provide(PERSONAL_TOKENS, personal_tokens)
+    services.provide(TOKEN_OWNER, personal_tokens.user_id_of)
     services.provide(STATS_CACHE, stats_cache)
     storage = await create_storage(settings)
     services.provide(STORAGE, storage)
@@ -124,12 +131,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             asyncio.create_task(worker.run(stop_worker), name="taskapi-worker"),
             asyncio.create_task(dispatcher.run(stop_worker), name="taskapi-webhooks"),
         ]
+    token_uses = asyncio.create_task(personal_tokens.run(), name="taskapi-token-uses")
     try:
         yield services
     finally:
         stop_worker.set()
         # The job in hand and the deliveries in flight are finished first.
         await asyncio.gather(*worker_tasks)
+        personal_tokens.stop()
+        await token_uses
         await event_waker.stop()
         await storage.close()
         hashing.close()

@@ -338,6 +338,8 @@ NO_EVENT = {
     ("POST", "/api/v1/webhooks/{webhook_id}/ping"): "a test delivery, not a change",
     ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): "a delivery "
     "sent again, not a change",
+    ("POST", "/api/v1/tokens"): "a credential, not anything in the feed",
+    ("DELETE", "/api/v1/tokens/{token_id}"): "a credential, not anything in the feed",
 }
 
 

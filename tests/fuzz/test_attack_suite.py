@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskapi.kit.security import new_personal_token
 from tests.conftest import ROOT, TEST_SECRET, UserHandle
 
 API = "/api/v1"
@@ -210,6 +211,8 @@ class World:
     webhook_id: int  # alice's, with one delivery (a ping)
     delivery_id: int
     bob_webhook_id: int
+    token_id: int  # alice's personal access token
+    revoked_pat: str  # a personal access token of alice's, revoked
     extra: dict[str, Any] = field(default_factory=dict)
 
     def path_values(self) -> dict[str, Any]:
@@ -222,6 +225,7 @@ class World:
             "user_id": self.carol.id,
             "webhook_id": self.webhook_id,
             "delivery_id": self.delivery_id,
+            "token_id": self.token_id,
         }
 
 
@@ -270,6 +274,17 @@ async def world(client: httpx.AsyncClient, make_user, make_task) -> World:
         webhooks.append(made.json()["id"])
     ping = await client.post(f"{API}/webhooks/{webhooks[0]}/ping", headers=alice.headers)
     assert ping.status_code == 202, ping.text
+    pats = []
+    for name in ("kept", "revoked"):
+        made = await client.post(
+            f"{API}/tokens",
+            json={"name": name, "scopes": ["tasks:read", "tasks:write"]},
+            headers=alice.headers,
+        )
+        assert made.status_code == 201, made.text
+        pats.append(made.json())
+    revoked = await client.delete(f"{API}/tokens/{pats[1]['id']}", headers=alice.headers)
+    assert revoked.status_code == 204, revoked.text
     return World(
         alice=alice,
         bob=bob,
@@ -285,6 +300,8 @@ async def world(client: httpx.AsyncClient, make_user, make_task) -> World:
         webhook_id=webhooks[0],
         delivery_id=ping.json()["delivery_id"],
         bob_webhook_id=webhooks[1],
+        token_id=pats[0]["id"],
+        revoked_pat=pats[1]["token"],
     )
 
 
@@ -309,6 +326,7 @@ async def victim_state(
             db, "project_members", "project_id = :p", order="t.user_id", p=w.project_id
         ),
         "webhooks": await rows_of(db, "webhooks", "owner_id = ANY(:ids)", ids=ids),
+        "tokens": await rows_of(db, "personal_access_tokens", "user_id = ANY(:ids)", ids=ids),
         "deliveries": await rows_of(
             db,
             "webhook_deliveries",
@@ -506,6 +524,9 @@ def idor_probes(w: World) -> list[Probe]:
                 "project_id": w.project_id,
             },
         ),
+        Probe(
+            "DELETE", "/api/v1/tokens/{token_id}", (("path", "token_id"),), "404:token_not_found"
+        ),
         # Naming alice as the assignee of bob's own new task is allowed (that is what assignment
         # is); it must give bob nothing of alice's and change nothing alice already has.
         Probe(
@@ -674,6 +695,9 @@ async def forged_tokens(client: httpx.AsyncClient, make_user, w: World) -> dict[
         "tampered sub": tampered,
         "deleted user": ghost.access_token,
         "logged-out login": leaver.access_token,
+        "revoked personal token": w.revoked_pat,
+        "unknown personal token": new_personal_token(),
+        "look-alike personal token": "tap_" + "A" * 38,
     }
     return {
         name: None if token is None else f"Bearer {token}".rstrip()

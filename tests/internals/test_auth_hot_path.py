@@ -101,7 +101,7 @@ async def cached_entry(application: FastAPI, token: str) -> bytes | None:
     Redis (the generation the app would read now)."""
     claims = unverified_claims(token)
     cache: PrincipalCache = services_of(application).get(PRINCIPAL_CACHE)
-    read = cache.read_for(int(claims["sub"]), uuid.UUID(claims["sid"]))
+    read = cache.read_for(int(claims["sub"]), uuid.UUID(claims["sid"]).hex)
     prefix = services_of(application).settings.redis_key_prefix + "auth:"
     assert read.generation_key.startswith(prefix)
     assert read.entry_prefix.startswith(prefix)
@@ -390,7 +390,7 @@ async def read_through_limiter(
     limiter: RateLimiter, cache: PrincipalCache, user_id: int, session_id: uuid.UUID
 ) -> CachedRead:
     """What get_current_user does: the entry rides in the rate limiter's Redis call."""
-    read = cache.read_for(user_id, session_id)
+    read = cache.read_for(user_id, session_id.hex)
     await limiter.enforce(a_request(), limiter.user_policy, str(user_id), read)
     return read
 

@@ -8,7 +8,8 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from taskapi.attachments import service
 from taskapi.attachments.schemas import AttachmentOut
 from taskapi.attachments.upload import iter_file
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.kit.conditional import none_match
 from taskapi.kit.db import DbSession
 from taskapi.kit.errors import PayloadTooLarge
@@ -50,6 +51,7 @@ _UPLOAD_BODY = {
 
 @router.post(
     "/tasks/{task_id}/files",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     status_code=status.HTTP_201_CREATED,
     openapi_extra=_UPLOAD_BODY,
     responses=problem_responses(403, 404, 409, 413, 415, 422, 503),
@@ -86,6 +88,7 @@ async def upload_file(
 
 @router.get(
     "/tasks/{task_id}/files",
+    dependencies=[requires(Scope.TASKS_READ)],
     responses=problem_responses(404, 422),
     summary="List a task's files",
 )
@@ -95,6 +98,7 @@ async def list_files(task: VisibleTask, session: DbSession) -> list[AttachmentOu
 
 @router.get(
     "/files/{file_id}",
+    dependencies=[requires(Scope.TASKS_READ)],
     response_class=StreamingResponse,
     responses={
         200: {
@@ -149,6 +153,7 @@ async def download_file(
 
 @router.delete(
     "/files/{file_id}",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(403, 404, 409, 422),
     summary="Delete a file",

@@ -15,7 +15,6 @@ it from the database (`CurrentPrincipal`).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -66,9 +65,10 @@ class PrincipalCache:
     def enabled(self) -> bool:
         return self._ttl > 0
 
-    def read_for(self, user_id: int, session_id: uuid.UUID) -> CachedRead:
+    def read_for(self, user_id: int, login_key: str) -> CachedRead:
+        """The entry of one login (its session id in hex) or personal access token of a user."""
         return CachedRead(
-            self._generations.key_of(user_id), f"{self._prefix}{user_id}:{session_id.hex}:"
+            self._generations.key_of(user_id), f"{self._prefix}{user_id}:{login_key}:"
         )
 
     async def usable(self) -> bool:

@@ -5,7 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from taskapi.auth.dependencies import AuthServiceDep, CurrentUser, limit_auth_by_ip
+from taskapi.auth.dependencies import (
+    AuthServiceDep,
+    CurrentUser,
+    limit_auth_by_ip,
+    login_only,
+    requires,
+)
 from taskapi.auth.schemas import LoginIn, RefreshIn, RegisterIn, TokenPair, UserOut
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
@@ -61,6 +67,7 @@ async def refresh(data: RefreshIn, session: DbSession, auth: AuthServiceDep) -> 
 
 @router.post(
     "/logout",
+    dependencies=[login_only],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 422, 429),
     summary="End a login",
@@ -72,6 +79,11 @@ async def logout(
     await auth.logout(session, user.id, data.refresh_token)
 
 
-@router.get("/me", responses=problem_responses(401, 429), summary="The current user")
+@router.get(
+    "/me",
+    dependencies=[requires()],
+    responses=problem_responses(401, 429),
+    summary="The current user",
+)
 async def me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)

@@ -17,8 +17,10 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
 )
 
+from taskapi.auth.scopes import Scope
 from taskapi.kit.openapi import NUL, STRIPPED_BY_PYDANTIC, trimmed_text_pattern
 from taskapi.kit.validation import reject_nul
 
@@ -95,3 +97,61 @@ class TokenPair(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="Seconds until the access token expires")
+
+
+MAX_TOKENS_PER_USER = 50
+TokenName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(reject_nul),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": trimmed_text_pattern(
+                min_length=1, max_length=100, forbidden=NUL, trimmed=STRIPPED_BY_PYDANTIC
+            ),
+            "description": "1-100 characters once surrounding whitespace is trimmed; no NUL",
+        }
+    ),
+]
+
+
+class PersonalTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: TokenName = Field(description="What the token is for, e.g. `nightly import`")
+    scopes: Annotated[
+        list[Scope],
+        Field(min_length=1, max_length=len(Scope), description="What the token may do"),
+    ]
+    expires_in_days: Annotated[
+        int | None,
+        Field(ge=1, le=366, description="Days until it stops working; omitted or null: never"),
+    ] = None
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique(cls, scopes: list[Scope]) -> list[Scope]:
+        return sorted(set(scopes))
+
+
+class PersonalTokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    scopes: list[Scope]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(
+        description="When it was last used (kept to within a minute, not per request)"
+    )
+
+
+class PersonalTokenCreated(PersonalTokenOut):
+    token: str = Field(description="The token (`tap_...`): shown this once, never again")
+
+
+class PersonalTokenList(BaseModel):
+    items: list[PersonalTokenOut]
+    total: int

@@ -140,12 +140,16 @@ class AuthService:
             await repository.revoke_family(session, known.family_id, utcnow())
 
     async def current_principal(self, session: AsyncSession, claims: TokenClaims) -> Principal:
-        user = await repository.get_user_with_live_session(
-            session, claims.user_id, claims.session_id
-        )
+        return await self.live_principal(session, claims.user_id, claims.session_id)
+
+    async def live_principal(
+        self, session: AsyncSession, user_id: int, session_id: uuid.UUID
+    ) -> Principal:
+        """The user of a login that has not ended, from the database; else 401."""
+        user = await repository.get_user_with_live_session(session, user_id, session_id)
         if user is None:
             raise InvalidToken()
-        return Principal(user=user, session_id=claims.session_id)
+        return Principal(user=user, session_id=session_id)
 
 
 AUTH_SERVICE = ServiceKey[AuthService]("auth service")

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.events import service
 from taskapi.events.schemas import EventPage, FeedParams
 from taskapi.kit.db import DbSession
@@ -18,6 +19,7 @@ router = APIRouter(prefix="/events", tags=["events"], responses=problem_response
 
 @router.get(
     "",
+    dependencies=[requires(Scope.EVENTS_READ)],
     response_model=EventPage,
     response_model_exclude_none=True,
     responses=problem_responses(410, 422),

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope as TokenScope
 from taskapi.events import service
 from taskapi.events.schemas import MAX_FEED_LIMIT, EventPage, FeedParams
 from taskapi.events.wakeup import EVENT_WAKER, EventWaker, StreamLimitReached
@@ -142,6 +143,7 @@ async def _set_within(event: asyncio.Event, seconds: float) -> bool:
 
 @router.get(
     "/stream",
+    dependencies=[requires(TokenScope.EVENTS_READ)],
     response_class=EventSourceResponse,
     responses={**_STREAM_DOC, **problem_responses(410, 422)},
     summary="Follow the changes you may see, live",

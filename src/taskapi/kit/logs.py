@@ -34,9 +34,12 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 _SECRET_KEY_NAME = re.compile(
     r"pass(word|wd|phrase)?|token|authori[sz]ation|secret|cookie|api[_-]?key|credential", re.I
 )
-# A bearer credential, or anything shaped like a JWT (base64url header starting '{"' = "eyJ").
+# A bearer credential, anything shaped like a JWT (base64url header starting '{"' = "eyJ"), or
+# a personal access token (`tap_` + base62).
 _SECRET_TEXT = re.compile(
-    r"\bbearer\s+\S+|eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*", re.I
+    r"\bbearer\s+\S+|eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"
+    r"|\btap_[A-Za-z0-9]{8,}",
+    re.I,
 )
 
 # Marks the handler we install, so configuring again (uvicorn workers, tests) replaces it.

@@ -199,6 +199,7 @@ def finish_schema(schema: dict[str, Any], *, api_prefix: str) -> None:
             errors.add(422)
         if operation.get("security"):
             errors |= {401, 429}  # every authenticated request spends from the caller's bucket
+            errors.add(403)  # a personal access token without the scope (or any, login only)
         if path.startswith(api_prefix):
             errors.add(503)  # the database (or storage) is unreachable
         for status in sorted(errors):

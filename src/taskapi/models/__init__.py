@@ -6,7 +6,7 @@ Relationships are `lazy="raise"`: loading related rows is always an explicit dec
 
 from __future__ import annotations
 
-from taskapi.models.accounts import RefreshToken, User
+from taskapi.models.accounts import PersonalAccessToken, RefreshToken, User
 from taskapi.models.enums import (
     SEARCH_CONFIG,
     SEARCH_VECTOR_SQL,
@@ -32,6 +32,7 @@ __all__ = [
     "Job",
     "Notification",
     "NotificationKind",
+    "PersonalAccessToken",
     "Project",
     "ProjectMember",
     "ProjectRole",

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
@@ -23,6 +24,7 @@ router = APIRouter(
 
 @router.get(
     "",
+    dependencies=[requires(Scope.NOTIFICATIONS)],
     response_model=NotificationPage,
     responses=problem_responses(422),
     summary="Your notifications, newest first",
@@ -39,14 +41,20 @@ async def list_notifications(
 
 
 @router.post(
-    "/read-all", status_code=status.HTTP_204_NO_CONTENT, summary="Mark every notification read"
+    "/read-all",
+    dependencies=[requires(Scope.NOTIFICATIONS)],
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Mark every notification read",
 )
 async def mark_all_read(user: CurrentUser, session: DbSession) -> None:
     await service.mark_all_read(session, user)
 
 
 @router.post(
-    "/{notification_id}/read", responses=problem_responses(404, 422), summary="Mark one read"
+    "/{notification_id}/read",
+    dependencies=[requires(Scope.NOTIFICATIONS)],
+    responses=problem_responses(404, 422),
+    summary="Mark one read",
 )
 async def mark_read(
     notification_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, session: DbSession

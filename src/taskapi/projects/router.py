@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
@@ -51,6 +52,7 @@ def _project_response(response: Response, access: service.ProjectAccess) -> Proj
 
 @router.get(
     "",
+    dependencies=[requires(Scope.PROJECTS_READ)],
     response_model=ProjectPage,
     responses={**NEXT_PAGE_LINK, **problem_responses(422)},
     summary="List the projects you are a member of",
@@ -75,6 +77,7 @@ async def list_projects(
 
 @router.post(
     "",
+    dependencies=[requires(Scope.PROJECTS_WRITE)],
     status_code=status.HTTP_201_CREATED,
     response_model=ProjectOut,
     responses={
@@ -104,6 +107,7 @@ async def create_project(
 
 @router.get(
     "/{project_id}",
+    dependencies=[requires(Scope.PROJECTS_READ)],
     response_model=ProjectOut,
     responses={
         **_WITH_ETAG,
@@ -126,6 +130,7 @@ async def get_project(
 
 @router.patch(
     "/{project_id}",
+    dependencies=[requires(Scope.PROJECTS_WRITE)],
     response_model=ProjectOut,
     responses={**_WITH_ETAG, **problem_responses(403, 404, 409, 412, 422)},
     summary="Rename, describe or archive a project",
@@ -145,6 +150,7 @@ async def update_project(
 
 @router.delete(
     "/{project_id}",
+    dependencies=[requires(Scope.PROJECTS_WRITE)],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(403, 404, 412, 422),
     summary="Delete a project and its tasks",
@@ -156,6 +162,7 @@ async def delete_project(access: AdminWrite, session: DbSession, if_match: IfMat
 
 @router.get(
     "/{project_id}/members",
+    dependencies=[requires(Scope.PROJECTS_READ)],
     response_model=list[MemberOut],
     responses=problem_responses(404, 422),
     summary="List a project's members",
@@ -167,6 +174,7 @@ async def list_project_members(access: MemberView, session: DbSession) -> list[M
 
 @router.put(
     "/{project_id}/members/{user_id}",
+    dependencies=[requires(Scope.PROJECTS_WRITE)],
     response_model=MemberOut,
     responses=problem_responses(403, 404, 409, 422),
     summary="Add a member or change their role",
@@ -181,6 +189,7 @@ async def put_project_member(
 
 @router.delete(
     "/{project_id}/members/{user_id}",
+    dependencies=[requires(Scope.PROJECTS_WRITE)],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(403, 404, 409, 422),
     summary="Remove a member, or leave a project",

@@ -9,7 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.events import service as events
 from taskapi.events.schemas import ActivityPage, ActivityParams, activity_json
 from taskapi.kit.db import DbSession
@@ -23,6 +24,7 @@ router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problem_responses(
 
 @router.get(
     "/{task_id}/activity",
+    dependencies=[requires(Scope.EVENTS_READ)],
     response_model=ActivityPage,
     responses=problem_responses(404, 422),
     summary="A task's history",

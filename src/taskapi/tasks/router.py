@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
@@ -57,6 +58,7 @@ def _task_response(response: Response, task: Task) -> TaskOut:
 
 @router.get(
     "",
+    dependencies=[requires(Scope.TASKS_READ)],
     response_model=TaskPage,
     responses=problem_responses(404, 422),
     summary="List the tasks you can see",
@@ -86,6 +88,7 @@ async def get_stats_cache(request: Request) -> StatsCache:
 
 @router.get(
     "/stats",
+    dependencies=[requires(Scope.TASKS_READ)],
     response_model=TaskStats,
     responses=problem_responses(404, 422),
     summary="Statistics over the tasks you can see",
@@ -110,6 +113,7 @@ async def task_stats(
 
 @router.patch(
     "/bulk",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     response_model_exclude_none=True,
     responses=problem_responses(422),
     summary="Update many tasks",
@@ -122,6 +126,7 @@ async def bulk_update(data: BulkUpdateIn, user: CurrentUser, session: DbSession)
 
 @router.post(
     "/bulk-status",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     response_model_exclude_none=True,
     responses=problem_responses(422),
     summary="Change the status of many tasks",
@@ -133,6 +138,7 @@ async def bulk_status(data: BulkStatusIn, user: CurrentUser, session: DbSession)
 
 @router.post(
     "",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     status_code=status.HTTP_201_CREATED,
     responses=problem_responses(403, 404, 409, 422),
     summary="Create a task",
@@ -147,6 +153,7 @@ async def create_task(
 
 @router.get(
     "/{task_id}",
+    dependencies=[requires(Scope.TASKS_READ)],
     response_model=TaskOut,
     responses={**_SINGLE, 304: {"description": "Not modified (If-None-Match matched)"}},
     summary="Get a task",
@@ -166,7 +173,12 @@ async def get_task(
     )
 
 
-@router.patch("/{task_id}", responses=_WRITE, summary="Update some fields of a task")
+@router.patch(
+    "/{task_id}",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    responses=_WRITE,
+    summary="Update some fields of a task",
+)
 async def update_task(
     data: TaskPatch,
     task: VisibleTaskForUpdate,
@@ -181,7 +193,12 @@ async def update_task(
     return _task_response(response, task)
 
 
-@router.put("/{task_id}", responses=_WRITE, summary="Replace a task")
+@router.put(
+    "/{task_id}",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    responses=_WRITE,
+    summary="Replace a task",
+)
 async def replace_task(
     data: TaskReplace,
     task: VisibleTaskForUpdate,
@@ -197,6 +214,7 @@ async def replace_task(
 
 @router.delete(
     "/{task_id}",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(403, 404, 409, 412, 422),
     summary="Move a task to the trash",
@@ -210,7 +228,12 @@ async def delete_task(
     await trash.trash_task(session, user, task, if_match)
 
 
-@router.post("/{task_id}/transition", responses=_WRITE, summary="Change a task's status")
+@router.post(
+    "/{task_id}/transition",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    responses=_WRITE,
+    summary="Change a task's status",
+)
 async def transition_task(
     data: TransitionIn,
     task: VisibleTaskForUpdate,
@@ -226,7 +249,12 @@ async def transition_task(
     return _task_response(response, task)
 
 
-@router.post("/{task_id}/assign", responses=_WRITE, summary="Assign or unassign a task")
+@router.post(
+    "/{task_id}/assign",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    responses=_WRITE,
+    summary="Assign or unassign a task",
+)
 async def assign_task(
     data: AssignIn,
     task: VisibleTaskForUpdate,
@@ -241,7 +269,12 @@ async def assign_task(
     return _task_response(response, task)
 
 
-@router.post("/{task_id}/tags", responses=_WRITE, summary="Add tags to a task")
+@router.post(
+    "/{task_id}/tags",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    responses=_WRITE,
+    summary="Add tags to a task",
+)
 async def add_tags(
     data: Annotated[Tags | TagsIn, Body(description='["a", "b"] or {"tags": ["a", "b"]}')],
     task: VisibleTaskForUpdate,
@@ -256,7 +289,12 @@ async def add_tags(
     return _task_response(response, task)
 
 
-@router.delete("/{task_id}/tags/{tag}", responses=_WRITE, summary="Remove a tag from a task")
+@router.delete(
+    "/{task_id}/tags/{tag}",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    responses=_WRITE,
+    summary="Remove a tag from a task",
+)
 async def remove_tag(
     tag: Annotated[str, Path(max_length=200)],
     task: VisibleTaskForUpdate,

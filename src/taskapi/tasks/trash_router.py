@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
@@ -25,6 +26,7 @@ router = APIRouter(tags=["trash"], responses=problem_responses(401, 429))
 
 @router.get(
     "/trash",
+    dependencies=[requires(Scope.TASKS_READ)],
     response_model=TrashPage,
     responses={**NEXT_PAGE_LINK, **problem_responses(422)},
     summary="List the tasks you may restore",
@@ -51,6 +53,7 @@ async def list_trash(
 
 @router.post(
     "/tasks/{task_id}/restore",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     responses=problem_responses(403, 404, 409, 422),
     summary="Restore a task from the trash",
 )
@@ -66,6 +69,7 @@ async def restore_task(
 
 @router.delete(
     "/tasks/{task_id}/force",
+    dependencies=[requires(Scope.TASKS_WRITE)],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(403, 404, 409, 422),
     summary="Delete a task for good",

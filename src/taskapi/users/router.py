@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 from pydantic import AfterValidator
 
-from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser
+from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser, login_only, requires
 from taskapi.auth.schemas import UserOut
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import NUL, problem_responses
@@ -17,12 +17,17 @@ from taskapi.users.schemas import UserSearchPage, UserUpdate
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 429))
 
 
-@router.get("/me", summary="Your account")
+@router.get("/me", dependencies=[requires()], summary="Your account")
 async def get_me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.patch("/me", responses=problem_responses(403, 409, 422), summary="Update your account")
+@router.patch(
+    "/me",
+    dependencies=[login_only],
+    responses=problem_responses(403, 409, 422),
+    summary="Update your account",
+)
 async def update_me(
     data: UserUpdate, principal: CurrentPrincipal, session: DbSession, request: Request
 ) -> UserOut:
@@ -34,6 +39,7 @@ async def update_me(
 
 @router.delete(
     "/me",
+    dependencies=[login_only],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(409),
     summary="Delete your account",
@@ -45,7 +51,12 @@ async def delete_me(user: CurrentUser, session: DbSession) -> None:
     await service.delete_me(session, user)
 
 
-@router.get("", responses=problem_responses(422), summary="Find users by username prefix")
+@router.get(
+    "",
+    dependencies=[requires()],
+    responses=problem_responses(422),
+    summary="Find users by username prefix",
+)
 async def search_users(
     _user: CurrentUser,
     session: DbSession,

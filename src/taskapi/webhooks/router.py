@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
-from taskapi.auth.dependencies import CurrentUser
+from taskapi.auth.dependencies import CurrentUser, requires
+from taskapi.auth.scopes import Scope
 from taskapi.jobs.queue import utcnow
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
@@ -59,7 +60,12 @@ def _shown(response: Response, webhook: Webhook) -> WebhookOut:
     return service.out(webhook)
 
 
-@router.get("", response_model=WebhookList, summary="List your webhooks")
+@router.get(
+    "",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
+    response_model=WebhookList,
+    summary="List your webhooks",
+)
 async def list_webhooks(
     user: CurrentUser, session: DbSession, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
@@ -70,6 +76,7 @@ async def list_webhooks(
 
 @router.post(
     "",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     status_code=status.HTTP_201_CREATED,
     response_model=WebhookWithSecret,
     responses={201: {"headers": _ETAG}, **problem_responses(404, 409, 422)},
@@ -96,6 +103,7 @@ async def create_webhook(
 
 @router.get(
     "/{webhook_id}",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     response_model=WebhookOut,
     responses={200: {"headers": _ETAG}, **problem_responses(404, 422)},
     summary="Get a webhook",
@@ -106,6 +114,7 @@ async def get_webhook(webhook: OwnedWebhook, response: Response) -> WebhookOut:
 
 @router.patch(
     "/{webhook_id}",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     response_model=WebhookOut,
     responses={200: {"headers": _ETAG}, **problem_responses(404, 412, 422)},
     summary="Change a webhook's URL, events, description, or switch it on or off",
@@ -127,6 +136,7 @@ async def update_webhook(
 
 @router.delete(
     "/{webhook_id}",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 412, 422),
     summary="Delete a webhook",
@@ -140,6 +150,7 @@ async def delete_webhook(
 
 @router.post(
     "/{webhook_id}/rotate-secret",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     response_model=SecretOut,
     responses=problem_responses(404, 422),
     summary="Replace the signing secret",
@@ -155,6 +166,7 @@ async def rotate_webhook_secret(
 
 @router.post(
     "/{webhook_id}/ping",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     responses=problem_responses(404, 422),
@@ -168,6 +180,7 @@ async def ping_webhook(webhook: OwnedWebhook, session: DbSession) -> Accepted:
 
 @router.get(
     "/{webhook_id}/deliveries",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     response_model=DeliveryPage,
     responses=problem_responses(404, 422),
     summary="The webhook's delivery log",
@@ -187,6 +200,7 @@ async def list_webhook_deliveries(
 
 @router.post(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    dependencies=[requires(Scope.WEBHOOKS_WRITE)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     responses=problem_responses(404, 422),

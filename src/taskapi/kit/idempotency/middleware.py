@@ -41,7 +41,8 @@ from taskapi.kit.idempotency.key import (
 from taskapi.kit.idempotency.sealing import seal, unseal
 from taskapi.kit.idempotency.store import LEASE, KeyStore, StoredKey
 from taskapi.kit.ratelimit import RateLimited, client_ip
-from taskapi.kit.services import Services, services_of
+from taskapi.kit.security import is_personal_token
+from taskapi.kit.services import ServiceKey, Services, services_of
 
 logger = logging.getLogger("taskapi.idempotency")
 
@@ -57,6 +58,11 @@ _PUBLIC_PATHS: dict[str, str | None] = {
     "/api/v1/auth/token": "auth",
     "/api/v1/auth/refresh": None,
 }
+
+
+TOKEN_OWNER = ServiceKey[Callable[[str], Awaitable[int | None]]]("personal access token owner")
+"""Whose live personal access token a bearer token is (None: not a live one); provided by the
+auth domain, which kit cannot import."""
 
 
 def _is_transient(status: int) -> bool:
@@ -90,7 +96,12 @@ class IdempotencyMiddleware:
             await app_error_response(error)(scope, receive, send)
             return
         services = services_of(scope["app"])
-        caller = self._caller(scope, services)
+        try:
+            caller = await self._caller(scope, services)
+        except (SQLAlchemyError, OSError, TimeoutError):
+            logger.warning("idempotency caller lookup failed", exc_info=True)
+            await app_error_response(ServiceUnavailable())(scope, receive, send)
+            return
         if caller is None:
             # No valid access token: the endpoint answers 401 itself, and nothing is claimed.
             await self.app(scope, receive, send)
@@ -98,7 +109,7 @@ class IdempotencyMiddleware:
         await self._handle(scope, receive, send, services, caller, key)
 
     @staticmethod
-    def _caller(scope: Scope, services: Services) -> _Caller | None:
+    async def _caller(scope: Scope, services: Services) -> _Caller | None:
         path: str = scope["path"]
         if path in _PUBLIC_PATHS:
             ip = client_ip(Request(scope), services.rate_limiter.trusted_proxies)
@@ -109,11 +120,17 @@ class IdempotencyMiddleware:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        try:
-            claims = services.tokens.decode(token.strip(), expected_type="access")
-        except AppError:
-            return None
-        user_id: int = claims.user_id
+        token = token.strip()
+        if is_personal_token(token):
+            owner = await services.get(TOKEN_OWNER)(token)
+            if owner is None:
+                return None
+            user_id = owner
+        else:
+            try:
+                user_id = services.tokens.decode(token, expected_type="access").user_id
+            except AppError:
+                return None
         return _Caller(f"user:{user_id}", "user", str(user_id), user_id)
 
     async def _handle(
