@@ -31,7 +31,6 @@ from taskapi.tasks.batch_schemas import (
     BatchResult,
     CreateOp,
     DeleteOp,
-    Problem,
     TransitionOp,
     UpdateOp,
 )
@@ -56,9 +55,7 @@ class _Batch:
     def fail(self, index: int, task_id: int | None, error: AppError) -> None:
         if self.atomic:
             raise batch_failed(index, error) from error
-        result = BatchItemResult(
-            index=index, success=False, error=Problem.model_validate(problem_of(error))
-        )
+        result = BatchItemResult(index=index, success=False, error=problem_of(error))
         if task_id is not None:
             result["task_id"] = task_id
         self.results[index] = result

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 # pydantic needs typing_extensions' TypedDict before Python 3.12.
 from typing_extensions import TypedDict
 
+from taskapi.kit.openapi import PROBLEM_REF
 from taskapi.models import TaskStatus
 from taskapi.tasks.schemas import JsonBool, JsonId, TaskCreate, TaskOut, TaskPatch
 
@@ -139,17 +140,9 @@ class BatchIn(BaseModel):
         return -(-len(self.operations) // OPERATIONS_PER_TOKEN)
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem object, as the single-task endpoint would have answered."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
-    request_id: str | None = None
+# A problem object (as kit.errors formats it: its extras such as `errors` included), documented as
+# the one shared `Problem` schema.
+ProblemObject = Annotated[dict[str, Any], WithJsonSchema({"allOf": [PROBLEM_REF]})]
 
 
 class BatchItemResult(TypedDict):
@@ -159,7 +152,8 @@ class BatchItemResult(TypedDict):
     task: NotRequired[
         Annotated[TaskOut, Field(description="The task after the operation (not for a delete)")]
     ]
-    error: NotRequired[Annotated[Problem, Field(description="Why the operation failed")]]
+    # Why it failed: the problem its own endpoint would answer.
+    error: NotRequired[ProblemObject]
 
 
 class BatchResult(TypedDict):
