@@ -4,13 +4,17 @@ Idempotency-Key, events, concurrency, and the statements it costs."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections import Counter
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.conftest import MakeUser, StatementLog, UserHandle
+from tests.conftest import MakeUser, StatementLog, UserHandle, register_and_login
+from tests.event_helpers import now_cursor, settle
 from tests.task_helpers import TASKS, assert_problem, assert_task_shape, etag, task_url
 
 BATCH = f"{TASKS}/batch"
@@ -475,3 +479,143 @@ async def test_the_route_is_documented_with_its_errors(app: FastAPI) -> None:
     assert {"200", "401", "409", "422", "429"} <= set(operation["responses"])
     assert {"$ref": "#/components/parameters/IdempotencyKey"} in operation["parameters"]
     assert "temp_id" in operation["description"]
+
+
+# --- real commits: events, concurrency ------------------------------------------------------------
+
+
+async def test_events_are_exactly_one_per_change_and_none_for_a_rolled_back_batch(
+    live_client: httpx.AsyncClient, live_app: FastAPI
+) -> None:
+    alice = await register_and_login(live_client)
+    cursor = (await settle(live_client, live_app, alice, await now_cursor(live_client, alice)))[1]
+    result = await batch(
+        live_client,
+        alice,
+        {"op": "create", "temp_id": "a", "task": {"title": "a"}},
+        {"op": "create", "temp_id": "b", "task": {"title": "b"}},
+        {"op": "update", "temp_id": "a", "changes": {"title": "a2"}},
+        {"op": "update", "temp_id": "a", "changes": {"title": "a2"}},  # no change: no event
+        {"op": "transition", "temp_id": "b", "status": "done"},
+        {"op": "transition", "temp_id": "b", "status": "done"},  # refused: no event
+        {"op": "create", "temp_id": "c", "task": {"title": "c"}},
+        {"op": "delete", "temp_id": "c"},
+    )
+    ids = result["temp_ids"]
+    rolled_back = await live_client.post(
+        BATCH,
+        json={
+            "atomic": True,
+            "operations": [
+                {"op": "create", "task": {"title": "never"}},
+                {"op": "update", "task_id": ids["a"], "changes": {"title": "never"}},
+                {"op": "delete", "task_id": ids["b"]},
+                {"op": "transition", "task_id": ids["a"], "status": "cancelled"},
+                {"op": "transition", "task_id": ids["a"], "status": "cancelled"},
+            ],
+        },
+        headers=alice.headers,
+    )
+    assert_problem(rolled_back, 409, "batch_failed")
+    events, _ = await settle(live_client, live_app, alice, cursor)
+    assert [(e["type"], e["task_id"]) for e in events] == [
+        ("task.created", ids["a"]),
+        ("task.created", ids["b"]),
+        ("task.updated", ids["a"]),
+        ("task.updated", ids["b"]),
+        ("task.created", ids["c"]),
+        ("task.deleted", ids["c"]),
+    ]
+    # Each event carries the task as that operation left it.
+    assert events[2]["task"] == result["results"][2]["task"]
+    assert events[3]["task"] == result["results"][4]["task"]
+
+
+async def test_concurrent_batches_on_overlapping_tasks_agree(
+    busy_client: httpx.AsyncClient, busy_app: FastAPI
+) -> None:
+    """Six clients (two users of one project) each rename every task and start it, in their own
+    order, at once: no deadlock, every rename applies, exactly one start per task wins, and the
+    versions and events count exactly those changes."""
+    alice, bob = await register_and_login(busy_client), await register_and_login(busy_client)
+    project_id = await project_with(busy_client, alice, bob=(bob, "editor"))
+    created = await batch(
+        busy_client,
+        alice,
+        *(
+            {"op": "create", "task": {"title": f"t{i}", "project_id": project_id}}
+            for i in range(12)
+        ),
+    )
+    ids = [item["task_id"] for item in created["results"]]
+    cursor = (await settle(busy_client, busy_app, alice, await now_cursor(busy_client, alice)))[1]
+
+    def operations(client_no: int) -> list[dict[str, Any]]:
+        order = random.Random(client_no).sample(ids, len(ids))
+        return [
+            op
+            for task_id in order
+            for op in (
+                {"op": "update", "task_id": task_id, "changes": {"title": f"c{client_no}"}},
+                {"op": "transition", "task_id": task_id, "status": "in_progress"},
+            )
+        ]
+
+    users = [alice, bob] * 3
+    responses = await asyncio.gather(
+        *(
+            busy_client.post(BATCH, json={"operations": operations(n)}, headers=user.headers)
+            for n, user in enumerate(users)
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * len(users), [r.text for r in responses]
+    starts: Counter[int] = Counter()
+    for n, response in enumerate(responses):
+        for op, item in zip(operations(n), response.json()["results"], strict=True):
+            if op["op"] == "update":
+                assert item["success"], item  # each client's title is new to every task
+            elif item["success"]:
+                starts[op["task_id"]] += 1
+            else:
+                assert item["error"]["code"] == "invalid_transition", item
+    assert starts == dict.fromkeys(ids, 1)
+    events, _ = await settle(busy_client, busy_app, alice, cursor)
+    per_task = Counter(e["task_id"] for e in events if e["type"] == "task.updated")
+    for task_id in ids:
+        task = (await get(busy_client, alice, task_id)).json()
+        assert task["status"] == "in_progress"
+        # One version and one event per change: six renames and one start.
+        assert task["version"] == 1 + len(users) + 1
+        assert per_task[task_id] == len(users) + 1
+
+
+async def test_concurrent_retries_of_a_keyed_batch_apply_it_once(
+    live_client: httpx.AsyncClient,
+) -> None:
+    alice = await register_and_login(live_client)
+    existing = (await live_client.post(TASKS, json={"title": "x"}, headers=alice.headers)).json()
+    body = {
+        "operations": [
+            *({"op": "create", "task": {"title": f"n{i}"}} for i in range(3)),
+            {"op": "transition", "task_id": existing["id"], "status": "done"},
+        ]
+    }
+    headers = {**alice.headers, "Idempotency-Key": "concurrent-batch"}
+    responses = await asyncio.gather(
+        *(live_client.post(BATCH, json=body, headers=headers) for _ in range(8))
+    )
+    originals = [
+        r for r in responses if r.status_code == 200 and "idempotent-replayed" not in r.headers
+    ]
+    assert len(originals) == 1
+    for response in responses:
+        if response.status_code == 200:
+            assert response.content == originals[0].content
+        else:
+            assert_problem(response, 409, "idempotency_key_in_use")
+    retry = await live_client.post(BATCH, json=body, headers=headers)
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.content == originals[0].content
+    listed = await live_client.get(TASKS, headers=alice.headers)
+    assert listed.json()["total"] == 4
+    assert (await get(live_client, alice, existing["id"])).json()["version"] == 2

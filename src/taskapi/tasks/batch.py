@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskapi.kit.batch_errors import TempIdNotFound, batch_failed, problem_of
 from taskapi.kit.errors import AppError
 from taskapi.models import Task, User
-from taskapi.tasks import repository, service, trash
+from taskapi.tasks import access, repository, service, trash
 from taskapi.tasks.batch_schemas import (
     BatchIn,
     BatchItemResult,
@@ -116,9 +116,22 @@ class _Batch:
         return None
 
 
+def _target_project(op: CreateOp | ChangeOp) -> int | None:
+    """The project an operation puts a task into, if any."""
+    if isinstance(op, CreateOp):
+        return op.task.project_id
+    if isinstance(op, UpdateOp):
+        return op.changes.changes().get("project_id")
+    return None
+
+
 async def apply_batch(session: AsyncSession, user: User, batch: BatchIn) -> BatchResult:
-    # Every existing task the batch names, locked in id order before anything changes:
-    # concurrent batches on overlapping tasks then wait for each other instead of deadlocking.
+    # Locks in the order every other writer takes them, before anything changes: the projects
+    # tasks go into (as bulk changes hold them: a project deletion holds its project, then locks
+    # its tasks), then every existing task the batch names, in id order (concurrent batches on
+    # overlapping tasks then wait for each other instead of deadlocking).
+    for project_id in sorted({p for p in map(_target_project, batch.operations) if p}):
+        await access.hold_target(session, project_id)
     named = {
         op.task_id
         for op in batch.operations
