@@ -340,6 +340,8 @@ async def test_a_malformed_batch_is_refused_whole(
         "duplicate temp ids": [create, {"op": "create", "temp_id": "a", "task": {"title": "b"}}],
         "both targets": [{"op": "delete", "task_id": 1, "temp_id": "a"}],
         "no target": [{"op": "delete"}],
+        "null target": [{"op": "delete", "task_id": None, "temp_id": "a"}],
+        "null if_match": [{"op": "delete", "task_id": 1, "if_match": None}],
         "unknown op": [{"op": "merge", "task_id": 1}],
         "invalid task": [create, {"op": "create", "task": {"title": "   "}}],
         "invalid change": [{"op": "update", "task_id": 1, "changes": {"status": "nope"}}],
@@ -358,7 +360,13 @@ async def test_a_malformed_batch_is_refused_whole(
     duplicate = await client.post(
         BATCH, json={"operations": bad["duplicate temp ids"]}, headers=alice.headers
     )
-    assert "declared by two creates" in duplicate.json()["errors"][0]["msg"]
+    assert duplicate.json()["errors"] == [
+        {
+            "loc": ["body", "operations"],
+            "msg": "temp_id 'a' is declared by two creates",
+            "type": "duplicate_temp_id",
+        }
+    ]
     assert (await client.get(TASKS, headers=alice.headers)).json()["total"] == 0
 
 

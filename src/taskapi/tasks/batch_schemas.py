@@ -11,8 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 # pydantic needs typing_extensions' TypedDict before Python 3.12.
 from typing_extensions import TypedDict
@@ -25,6 +34,8 @@ MAX_BATCH_OPERATIONS: Final = 500
 # One rate-limit token per this many operations (the request's own included).
 OPERATIONS_PER_TOKEN: Final = 10
 
+# The `type` of the validation error of a temp_id declared twice (a rule JSON Schema cannot state).
+DUPLICATE_TEMP_ID: Final = "duplicate_temp_id"
 TEMP_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 TempId = Annotated[
     str,
@@ -51,7 +62,20 @@ _ONE_TARGET: Final[dict[str, Any]] = {
 }
 
 
-class _Targeted(BaseModel):
+class _Op(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # No field of an operation is nullable: an optional one is left out, never sent as null
+        # (the defaults below only stand for "not sent").
+        if isinstance(data, dict):
+            for name in cls.model_fields:
+                if name in data and data[name] is None:
+                    raise ValueError(f"`{name}` cannot be null: leave it out")
+        return data
+
+
+class _Targeted(_Op):
     model_config = ConfigDict(json_schema_extra=_ONE_TARGET)
 
     task_id: JsonId | SkipJsonSchema[None] = Field(default=None, description="An existing task")
@@ -66,7 +90,7 @@ class _Targeted(BaseModel):
         return self
 
 
-class CreateOp(BaseModel):
+class CreateOp(_Op):
     """Create a task, as `POST /tasks` would."""
 
     op: Literal["create"]
@@ -124,15 +148,20 @@ class BatchIn(BaseModel):
         "`batch_failed`); false: each one fails on its own",
     )
 
-    @model_validator(mode="after")
-    def _temp_ids_unique(self) -> BatchIn:
+    @field_validator("operations")
+    @classmethod
+    def _temp_ids_unique(cls, operations: list[Operation]) -> list[Operation]:
         seen: set[str] = set()
-        for op in self.operations:
+        for op in operations:
             if isinstance(op, CreateOp) and op.temp_id is not None:
                 if op.temp_id in seen:
-                    raise ValueError(f"temp_id {op.temp_id!r} is declared by two creates")
+                    raise PydanticCustomError(
+                        DUPLICATE_TEMP_ID,
+                        "temp_id '{temp_id}' is declared by two creates",
+                        {"temp_id": op.temp_id},
+                    )
                 seen.add(op.temp_id)
-        return self
+        return operations
 
     @property
     def tokens(self) -> int:
