@@ -58,7 +58,10 @@ IfMatchValue = Annotated[
 
 # Exactly one of the two names the task an operation acts on.
 _ONE_TARGET: Final[dict[str, Any]] = {
-    "oneOf": [{"required": ["task_id"]}, {"required": ["temp_id"]}]
+    "oneOf": [
+        {"properties": {name: {}}, "required": [name]}  # (the property's schema is above)
+        for name in ("task_id", "temp_id")
+    ]
 }
 
 
