@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import MakeUser, StatementLog, UserHandle, register_and_login
@@ -269,6 +270,30 @@ async def test_an_assignee_may_edit_but_not_delete_through_a_batch(
     assert (await get(client, alice, task["id"])).json()["status"] == "done"
 
 
+async def test_project_tasks_follow_roles_and_assignees_are_told(
+    client: httpx.AsyncClient, alice: UserHandle, bob: UserHandle
+) -> None:
+    project_id = await project_with(client, alice, bob=(bob, "editor"))
+    result = await batch(
+        client,
+        alice,
+        {"op": "create", "temp_id": "p", "task": {"title": "shared", "project_id": project_id}},
+        {"op": "update", "temp_id": "p", "changes": {"assignee_id": bob.id}},
+        {"op": "create", "task": {"title": "mine", "assignee_id": bob.id}},
+    )
+    assert all(item["success"] for item in result["results"])
+    shared = result["temp_ids"]["p"]
+    assert result["results"][1]["task"]["project_id"] == project_id
+    # bob sees the project's task (a member) and his own assignment, and was told of both.
+    assert (await get(client, bob, shared)).status_code == 200
+    notes = (await client.get("/api/v1/notifications", headers=bob.headers)).json()["items"]
+    assigned = sorted(n["task_id"] for n in notes if n["kind"] == "task_assigned")
+    assert assigned == sorted([shared, result["results"][2]["task_id"]])
+    # bob, an editor, may delete the project's task through a batch too.
+    deleted = await batch(client, bob, {"op": "delete", "task_id": shared})
+    assert deleted["results"][0]["success"] is True
+
+
 # --- atomic --------------------------------------------------------------------------------------
 
 
@@ -295,7 +320,10 @@ async def test_an_atomic_batch_that_fails_leaves_nothing(
     assert (await get(client, alice, task["id"])).json() == task
     listed = (await client.get(TASKS, headers=alice.headers)).json()
     assert [t["id"] for t in listed["items"]] == [task["id"]]
+    hits = REGISTRY.get_sample_value("taskapi_stats_cache_hits_total") or 0.0
     assert (await client.get(f"{TASKS}/stats", headers=alice.headers)).json() == stats_before
+    # Still answered from the cache: the rolled-back batch invalidated nobody's stats.
+    assert REGISTRY.get_sample_value("taskapi_stats_cache_hits_total") == hits + 1
     notes = await client.get("/api/v1/notifications", headers=bob.headers)
     assert notes.json()["items"] == []
 
