@@ -7,7 +7,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
-from taskapi.kit.openapi import problem_responses
+from taskapi.kit.openapi import problem_response, problem_responses
 from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
@@ -135,7 +135,14 @@ async def bulk_status(data: BulkStatusIn, user: CurrentUser, session: DbSession)
 @router.post(
     "/batch",
     response_model=BatchResult,
-    responses=problem_responses(409, 422),
+    responses={
+        **problem_responses(422),
+        409: {
+            **problem_response(409),
+            "description": "An operation of an atomic batch failed (`batch_failed`, with the "
+            "operation's `index` and its problem as `error`): nothing was applied",
+        },
+    },
     summary="Create, update, transition and delete many tasks in one request",
 )
 async def batch_write(batch_in: PaidBatch, user: CurrentUser, session: DbSession) -> Response:
