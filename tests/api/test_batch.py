@@ -186,6 +186,12 @@ async def test_each_failure_is_the_problem_its_own_endpoint_answers(
             TASKS,
             {"title": "x", "project_id": viewer_of},
         ),
+        (  # the same project again: refused again
+            {"op": "create", "task": {"title": "y", "project_id": viewer_of}},
+            "POST",
+            TASKS,
+            {"title": "y", "project_id": viewer_of},
+        ),
         (
             {
                 "op": "create",
@@ -210,6 +216,7 @@ async def test_each_failure_is_the_problem_its_own_endpoint_answers(
         "forbidden",
         "forbidden",
         "unknown_assignee",
+        "insufficient_role",
         "insufficient_role",
         "insufficient_role",
         "assignee_not_member",
@@ -411,6 +418,12 @@ async def test_500_creates_cost_a_few_statements_and_updates_a_few_each(
     assert sql_log.count <= 4, sql_log.statements
     ids = [item["task_id"] for item in created["results"]]
     assert len(set(ids)) == 500
+    # Into a project, with an assignee: its checks run once for all of them.
+    project_id = await project_with(client, alice)
+    in_project = {"title": "p", "project_id": project_id, "assignee_id": alice.id}
+    sql_log.clear()
+    await batch(client, alice, *({"op": "create", "task": in_project} for _ in range(500)))
+    assert sql_log.count <= 12, sql_log.statements
     sql_log.clear()
     await batch(
         client, alice, *({"op": "transition", "task_id": i, "status": "done"} for i in ids[:50])

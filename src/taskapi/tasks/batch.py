@@ -49,6 +49,8 @@ class _Batch:
     today: date
     results: dict[int, BatchItemResult] = field(default_factory=dict)
     temp_ids: dict[str, int] = field(default_factory=dict)
+    # The outcome of `service.check_new_task` per (project_id, assignee_id): None when allowed.
+    checked: dict[tuple[int | None, int | None], AppError | None] = field(default_factory=dict)
     # Creates checked and waiting to be inserted: (index, temp_id, task).
     pending: list[tuple[int, str | None, Task]] = field(default_factory=list)
 
@@ -67,10 +69,18 @@ class _Batch:
         self.results[index] = result
 
     async def create(self, index: int, op: CreateOp) -> None:
-        try:
-            await service.check_new_task(self.session, self.user, op.task)
-        except AppError as error:
-            self.fail(index, None, error)
+        # What `check_new_task` decides depends on the project and the assignee alone, and
+        # holds for the whole batch (the project stays held from the first check on): asked
+        # once per pair, so 500 creates into one project cost its few statements once.
+        key = (op.task.project_id, op.task.assignee_id)
+        if key not in self.checked:
+            try:
+                await service.check_new_task(self.session, self.user, op.task)
+                self.checked[key] = None
+            except AppError as refused:
+                self.checked[key] = refused
+        if (outcome := self.checked[key]) is not None:
+            self.fail(index, None, outcome)
             return
         self.pending.append((index, op.temp_id, service.new_task(self.user, op.task)))
 
