@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from taskapi.kit.ratelimit import LocalBuckets, Policy
 from tests.conftest import MakeUser, StatementLog, UserHandle, register_and_login
 from tests.event_helpers import now_cursor, settle
 from tests.task_helpers import TASKS, assert_problem, assert_task_shape, etag, task_url
@@ -458,8 +459,22 @@ async def test_one_rate_limit_token_per_ten_operations(
         assert_problem(refused, 429, "rate_limited")
         assert int(refused.headers["retry-after"]) >= 60
         assert refused.headers["ratelimit-policy"] == '"user";q=20;w=1200'
+        # All or nothing: the request's own token went, the 6 it could not pay stayed.
+        assert refused.headers["ratelimit"].startswith('"user";r=5;')
         ok = await c.get(TASKS, headers=alice.headers)
+        assert ok.headers["ratelimit"].startswith('"user";r=4;')
         assert ok.json()["total"] == 1 + 10 + 11 + 95  # the refused batch applied nothing
+
+
+def test_without_redis_a_cost_is_taken_all_or_nothing_too() -> None:
+    buckets = LocalBuckets()
+    policy = Policy("user", burst=10, per_minute=60)  # one token a second
+    paid = buckets.take("k", policy, 8)
+    assert (paid.allowed, paid.remaining) == (True, 2)
+    refused = buckets.take("k", policy, 5)
+    assert (refused.allowed, refused.remaining) == (False, 2)
+    assert refused.retry_after == 3  # until 5 are there, not 1
+    assert buckets.take("k", policy, 2).allowed
 
 
 # --- idempotency ---------------------------------------------------------------------------------
