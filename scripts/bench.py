@@ -49,6 +49,12 @@ process of its own, on a database of its own; deliveries/s from a backlog (to 1 
 6), and commit->arrival p50/p99 of events made one per transaction at 50/s (goal: every
 throughput run >= 300 deliveries/s). `--only webhooks` runs it alone (no template, no servers).
 
+Batch writes (issue 20): `batch` (last too) runs scripts/bench/batch.py: on a database and one
+`taskapi serve` worker of its own, 500 creates in one POST /tasks/batch against 500 single
+POST /tasks (sequential, then from 8 clients), and 500 updates in one batch against 500
+sequential PATCHes, median wall times and ratios side by side (goal: the batch of 500 creates
+under 1 s). `--only batch` runs it alone.
+
 Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
 `errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario
 with errors (or a failed check) did not measure what it claims: it is listed at the end and the
@@ -99,7 +105,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv this script runs in (make bench: .venv/bin)
 BENCH_DIR = ROOT / "scripts" / "bench"
 WRK_SCRIPT = BENCH_DIR / "requests.lua"
-WEBHOOKS_SCRIPT = BENCH_DIR / "webhooks.py"  # the `webhooks` scenario, a script of its own
+# Scenarios that are scripts of their own (a database and processes of their own), run after
+# the worker counts: key -> (script, what it measures).
+SIDE_SCRIPTS = {
+    "webhooks": (BENCH_DIR / "webhooks.py", "webhook delivery"),
+    "batch": (BENCH_DIR / "batch.py", "batch writes"),
+}
 API = "/api/v1"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
 TEMPLATE_DATABASE = "taskapi_bench_seed"
@@ -257,8 +268,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--only",
         type=lambda text: frozenset(part.strip() for part in text.split(",") if part.strip()),
         help="measure only these scenarios, a comma list of keys (e.g. list,list-projects,"
-        "project,feed; the ceilings they are compared with always run; webhooks: the webhook "
-        "delivery run alone): for trying one scenario",
+        "project,feed; the ceilings they are compared with always run; webhooks, batch: those "
+        "scripts alone): for trying one scenario",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown here")
     parser.add_argument(
@@ -1963,18 +1974,17 @@ def build_report(
     options: Options,
     machine: list[str],
     wall_s: float,
-    webhooks: WebhookRun | None = None,
+    side_runs: Sequence[SideRun] = (),
 ) -> list[Table]:
     tables = [scenario_table(phase, options) for phase in phases]
     if phases:
         tables.append(storm_table(phases, options))
     goals = [row for phase in phases for row in goal_rows(phase)]
-    if webhooks is not None:
-        if webhooks.table is not None:
-            tables.append(webhooks.table)
-        measured, passed = webhooks.goal or (None, False)
-        goals.append(("1", f"webhook deliveries/s >= {WEBHOOK_GOAL} in every throughput run",
-                      measured or "not measured", "PASS" if passed else "FAIL"))  # fmt: skip
+    for side in side_runs:
+        if side.table is not None:
+            tables.append(side.table)
+        description, measured, passed = side.goal or (side.name, None, False)
+        goals.append(("1", description, measured or "not measured", "PASS" if passed else "FAIL"))
     busy = [str(p.workers) for p in phases if max(p.busy_before, p.busy_after) > BUSY_WARNING]
     goal_notes = (
         [f"WARNING: other processes used the CPU around the {'/'.join(busy)}-worker run(s): "
@@ -1997,10 +2007,8 @@ def build_report(
     return tables
 
 
-def invalid_measurements(phases: Sequence[Phase], webhooks: WebhookRun | None) -> list[str]:
-    problems = []
-    if webhooks is not None and webhooks.broken:
-        problems.append(f"webhooks: {webhooks.broken}")
+def invalid_measurements(phases: Sequence[Phase], side_runs: Sequence[SideRun]) -> list[str]:
+    problems = [f"{side.name}: {side.broken}" for side in side_runs if side.broken]
     for phase in phases:
         for outcome in phase.outcomes.values():
             if found := outcome.problems():
@@ -2011,33 +2019,35 @@ def invalid_measurements(phases: Sequence[Phase], webhooks: WebhookRun | None) -
     return problems
 
 
-# --- webhooks --------------------------------------------------------------------------------
-
-WEBHOOK_GOAL = 300  # deliveries/s by one worker (issue 19), as scripts/bench/webhooks.py has it
+# --- scenarios that are scripts of their own ----------------------------------------------------
 
 
 @dataclass
-class WebhookRun:
+class SideRun:
+    name: str
     table: Table | None = None
-    goal: tuple[str, bool] | None = None  # (what was measured, whether it meets the goal)
+    goal: tuple[str, str, bool] | None = None  # (the goal, what was measured, whether it is met)
     broken: str | None = None
 
 
-def run_webhooks(options: Options, workdir: Path) -> WebhookRun:
-    """scripts/bench/webhooks.py in a process of its own (its progress passes through), its
-    table read back from the JSON it writes."""
-    report = workdir / "webhooks.json"
-    command = [sys.executable, str(WEBHOOKS_SCRIPT), "--json", str(report)]
+def run_side_script(name: str, options: Options, workdir: Path) -> SideRun:
+    """One of SIDE_SCRIPTS in a process of its own (its progress passes through), its table
+    read back from the JSON it writes."""
+    script = SIDE_SCRIPTS[name][0]
+    report = workdir / f"{name}.json"
+    command = [sys.executable, str(script), "--json", str(report)]
     command += ["--quick"] if options.quick else []
     command += ["--keep"] if options.keep else []
     status = subprocess.run(command, cwd=ROOT, check=False).returncode  # noqa: S603 - our script
     if status != 0 or not report.exists():
-        return WebhookRun(broken=f"scripts/bench/webhooks.py exited with status {status}")
+        return SideRun(name, broken=f"{script.relative_to(ROOT)} exited with status {status}")
     data = json.loads(report.read_text())
     table = Table(data["title"], tuple(data["header"]), [tuple(row) for row in data["rows"]],
                   data["align"], notes=data["notes"])  # fmt: skip
     goal = data.get("goal")
-    return WebhookRun(table, (goal["measured"], goal["passed"]) if goal else None)
+    if goal is None:
+        return SideRun(name, table)
+    return SideRun(name, table, (goal["description"], goal["measured"], goal["passed"]))
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -2055,9 +2065,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="taskapi-bench-"))
     wrk = Wrk(wrk_path, workdir)
     phases: list[Phase] = []
-    webhooks: WebhookRun | None = None
-    # `--only webhooks` alone: no template, no API servers.
-    serve = options.only is None or bool(options.only - {"webhooks"})
+    side_runs: list[SideRun] = []
+    # `--only webhooks` or `--only batch` alone: no template, no API servers.
+    serve = options.only is None or bool(options.only - SIDE_SCRIPTS.keys())
     failed = True
     try:
         base_env = server_env(1, "", workdir / "storage")
@@ -2066,9 +2076,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workers in options.workers if serve else ():
             print(f"\n== {workers} worker(s) ==", flush=True)
             phases.append(PhaseRunner(workers, options, wrk, workdir).run())
-        if options.only is None or "webhooks" in options.only:
-            print("\n== webhook delivery (scripts/bench/webhooks.py) ==", flush=True)
-            webhooks = run_webhooks(options, workdir)
+        for name, (script, what) in SIDE_SCRIPTS.items():
+            if options.only is None or name in options.only:
+                print(f"\n== {what} ({script.relative_to(ROOT)}) ==", flush=True)
+                side_runs.append(run_side_script(name, options, workdir))
         failed = False
     except BenchError as error:
         print(f"\nbench: {error}", file=sys.stderr)
@@ -2083,7 +2094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         return 1
 
-    tables = build_report(phases, options, machine, time.monotonic() - started, webhooks)
+    tables = build_report(phases, options, machine, time.monotonic() - started, side_runs)
     print()
     print("\n\n".join(table.text() for table in tables))
     if options.markdown is not None:
@@ -2096,7 +2107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             intro + "\n" + "\n\n".join(table.markdown() for table in tables) + "\n"
         )
         print(f"\nMarkdown report: {options.markdown}")
-    problems = invalid_measurements(phases, webhooks)
+    problems = invalid_measurements(phases, side_runs)
     if problems:
         print("\nINVALID MEASUREMENTS (the figures above do not mean what they say):")
         print("\n".join(f"  - {problem}" for problem in problems))

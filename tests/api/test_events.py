@@ -177,6 +177,42 @@ async def _bulk_status(env: Env) -> Expected:
     ]
 
 
+async def _batch(env: Env) -> Expected:
+    """A create, an update of it, a transition and a delete of another: an event each (the
+    failing operation none)."""
+    other = await env.task(title="other")
+    result = await env.ok(
+        "POST",
+        f"{TASKS}/batch",
+        json={
+            "operations": [
+                {
+                    "op": "create",
+                    "temp_id": "n",
+                    "task": {"title": "new", "assignee_id": env.bob.id},
+                },
+                {"op": "update", "temp_id": "n", "changes": {"title": "renamed"}},
+                {"op": "transition", "task_id": other["id"], "status": "done"},
+                {"op": "transition", "task_id": other["id"], "status": "done"},
+                {"op": "delete", "task_id": other["id"]},
+            ]
+        },
+    )
+    created, renamed, done, _failed, _deleted = result["results"]
+    new_id = result["temp_ids"]["n"]
+    return [
+        ("task.created", new_id, None, created["task"]),
+        ("task.updated", new_id, {"title": ["new", "renamed"]}, renamed["task"]),
+        (
+            "task.updated",
+            other["id"],
+            {"status": ["todo", "done"], "completed_at": [None, done["task"]["completed_at"]]},
+            done["task"],
+        ),
+        ("task.deleted", other["id"], None, None),
+    ]
+
+
 async def _upload(env: Env) -> Expected:
     task = await env.task()
     file = await env.ok(
@@ -306,6 +342,7 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("DELETE", "/api/v1/tasks/{task_id}/tags/{tag}"): _remove_tag,
     ("PATCH", "/api/v1/tasks/bulk"): _bulk,
     ("POST", "/api/v1/tasks/bulk-status"): _bulk_status,
+    ("POST", "/api/v1/tasks/batch"): _batch,
     ("POST", "/api/v1/tasks/{task_id}/files"): _upload,
     ("DELETE", "/api/v1/files/{file_id}"): _delete_file,
     ("PATCH", "/api/v1/projects/{project_id}"): _project_patch,

@@ -37,9 +37,10 @@ PROJECTS = f"{API}/projects"
 
 Context = Literal["personal", "project", "archived"]
 Need = Literal["read", "edit", "manage", "admin", "leave", "restore"]
-# How a response is judged: one resource (status + code), a bulk result (per-item outcome) or a
-# listing that answers 200 either way and shows the task or not.
-Shape = Literal["single", "bulk", "listing"]
+# How a response is judged: one resource (status + code), a bulk result (per-item outcome), a
+# batch result (per-operation problem: status + code) or a listing that answers 200 either way
+# and shows the task or not.
+Shape = Literal["single", "bulk", "batch", "listing"]
 
 PERSONAL_ACTORS = ("owner", "assignee", "stranger")
 PROJECT_ACTORS = ("non_member", "viewer", "editor", "admin", "former_owner")
@@ -250,6 +251,34 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/tasks/bulk-status",
         {"task_ids": ["{task}"], "target_status": "in_progress"},
         shape="bulk",
+    ),
+    # A batch's operations, each judged as its single endpoint would be (its problem's status).
+    *(
+        task_endpoint(
+            f"tasks.batch_{name}",
+            need,
+            "POST",
+            "/tasks/batch",
+            {"operations": [op]},
+            shape="batch",
+            **kw,
+        )
+        for name, need, op, kw in (
+            (
+                "update",
+                "edit",
+                {"op": "update", "task_id": "{task}", "changes": {"title": "b"}},
+                {},
+            ),
+            ("transition", "edit", {"op": "transition", "task_id": "{task}", "status": "done"}, {}),
+            ("delete", "manage", {"op": "delete", "task_id": "{task}"}, {}),
+            (
+                "create_in_project",
+                "edit",
+                {"op": "create", "task": {"title": "new", "project_id": "{project}"}},
+                {"not_found": "project_not_found", "contexts": IN_PROJECT},
+            ),
+        )
     ),
     task_endpoint("tasks.list", "read", "GET", "/tasks?limit=100", not_found=None, shape="listing"),
     task_endpoint(
@@ -484,6 +513,14 @@ async def test_role_matrix(
         assert body["successful"] == int(success)
         if not success:
             assert item["error"] == want.code, item
+        return
+    if endpoint.shape == "batch":
+        assert response.status_code == 200, response.text
+        [item] = response.json()["results"]
+        assert item["success"] is (want.status < 400), item
+        if want.status >= 400:
+            assert (item["error"]["status"], item["error"]["code"]) == (want.status, want.code)
+            assert SECRET not in response.text
         return
     if want.status >= 400:
         assert_problem(response, want.status, want.code)

@@ -40,6 +40,7 @@ CONTRACT: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/tasks/stats"): _R,
     ("PATCH", "/api/v1/tasks/bulk"): _W,
     ("POST", "/api/v1/tasks/bulk-status"): _W,
+    ("POST", "/api/v1/tasks/batch"): _W,
     ("GET", "/api/v1/tasks/{task_id}"): _R,
     ("PATCH", "/api/v1/tasks/{task_id}"): _W,
     ("PUT", "/api/v1/tasks/{task_id}"): _W,

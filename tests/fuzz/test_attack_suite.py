@@ -114,6 +114,8 @@ def _property_names(schema: dict[str, Any], components: dict[str, Any], prefix: 
     for name, sub in schema.get("properties", {}).items():
         names.add(prefix + name)
         names |= _property_names(sub, components, f"{prefix}{name}.")
+    if isinstance(schema.get("items"), dict):  # an array of objects: its items' fields too
+        names |= _property_names(schema["items"], components, prefix)
     return names
 
 
@@ -351,11 +353,41 @@ class Probe:
     method: str
     route: str  # the path template, as in app.routes
     covers: tuple[tuple[str, str], ...]  # (where, name) of the id inputs it drives
-    expect: str  # "404:<code>", "bulk", "list" or "create"
+    expect: str  # "404:<code>", "bulk", "batch", "list" or "create"
     json: Any = None
     params: dict[str, Any] | None = None
     files: dict[str, Any] | None = None
     path: dict[str, Any] = field(default_factory=dict)
+    ghost_json: Any = None  # "batch": the same body naming ids that do not exist
+
+
+def batch_probe_body(w: World, task_id: int, plain_id: int, project_id: int) -> dict[str, Any]:
+    """Bob's batch naming alice's tasks and project (or ids nobody has, for the ghost)."""
+    take_over = {"title": "pwned", "assignee_id": w.bob.id, "project_id": None}
+    return {
+        "operations": [
+            {"op": "update", "task_id": task_id, "changes": take_over},
+            {"op": "transition", "task_id": plain_id, "status": "done"},
+            {"op": "delete", "task_id": plain_id},
+            {
+                "op": "create",
+                "temp_id": "mine",
+                "task": {"title": "in", "project_id": project_id, "assignee_id": w.carol.id},
+            },
+            {"op": "update", "task_id": w.bob_task["id"], "changes": {"project_id": project_id}},
+            {"op": "delete", "temp_id": "mine"},  # its create failed: nothing to name
+        ]
+    }
+
+
+BATCH_PROBE_CODES = [
+    "task_not_found",
+    "task_not_found",
+    "task_not_found",
+    "project_not_found",
+    "project_not_found",
+    "temp_id_not_found",
+]
 
 
 def idor_probes(w: World) -> list[Probe]:
@@ -527,6 +559,25 @@ def idor_probes(w: World) -> list[Probe]:
         Probe(
             "DELETE", "/api/v1/tokens/{token_id}", (("path", "token_id"),), "404:token_not_found"
         ),
+        # Every id a batch operation takes, alice's in one batch: each fails as a missing one.
+        Probe(
+            "POST",
+            TASKS + "/batch",
+            tuple(
+                ("body", f"operations.{name}")
+                for name in (
+                    "task_id",
+                    "temp_id",
+                    "task.project_id",
+                    "task.assignee_id",
+                    "changes.project_id",
+                    "changes.assignee_id",
+                )
+            ),
+            "batch",
+            json=batch_probe_body(w, a_task, a_plain, w.project_id),
+            ghost_json=batch_probe_body(w, NO_SUCH_ID, NO_SUCH_ID - 1, NO_SUCH_ID),
+        ),
         # Naming alice as the assignee of bob's own new task is allowed (that is what assignment
         # is); it must give bob nothing of alice's and change nothing alice already has.
         Probe(
@@ -594,6 +645,15 @@ async def test_idor_every_id_input_answers_404_and_changes_nothing(
                 problems.append(f"bob's own task: {own}")
             elif not own_error and not own["success"]:
                 problems.append("bob's own task failed in the same bulk")
+        elif probe.expect == "batch":
+            results = response.json().get("results", []) if response.status_code == 200 else []
+            errors = [without_request_id(r.get("error", {})) for r in results]
+            if [e.get("code") for e in errors] != BATCH_PROBE_CODES:
+                problems.append(f"batch: {response.status_code} {response.text[:300]}")
+            ghost = await client.post(url, json=probe.ghost_json, headers=w.bob.headers)
+            ghost_errors = [without_request_id(r["error"]) for r in ghost.json()["results"]]
+            if ghost_errors != errors:
+                problems.append("a foreign id answers differently from a missing one")
         elif probe.expect == "list":
             items = response.json()["items"] if response.status_code == 200 else None
             if items is None or not all(visible_to_bob(item, w) for item in items):
@@ -643,6 +703,12 @@ def route_request(method: str, path: str, w: World) -> dict[str, Any]:
         ("POST", TASKS): {"title": "forged", "assignee_id": w.alice.id},
         ("PATCH", TASKS + "/bulk"): {"task_ids": [w.task["id"]], "updates": {"title": "forged"}},
         ("POST", TASKS + "/bulk-status"): {"task_ids": [w.task["id"]], "target_status": "done"},
+        ("POST", TASKS + "/batch"): {
+            "operations": [
+                {"op": "create", "task": {"title": "forged"}},
+                {"op": "delete", "task_id": w.task["id"]},
+            ]
+        },
         ("PATCH", TASKS + "/{task_id}"): {"title": "forged"},
         ("PUT", TASKS + "/{task_id}"): {"title": "forged"},
         ("POST", TASKS + "/{task_id}/transition"): {"status": "done"},

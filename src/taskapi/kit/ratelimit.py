@@ -20,8 +20,9 @@ from taskapi.kit.cache import GENERATIONAL_READ_LUA, READ_GENERATIONAL, RedisGua
 from taskapi.kit.config import Settings
 from taskapi.kit.errors import AppError
 
-# KEYS[1] bucket; ARGV[1] capacity; ARGV[2] refill in tokens per millisecond.
-# Redis' own clock, so every process agrees on time. Returns {allowed, tokens left}.
+# KEYS[1] bucket; ARGV[1] capacity; ARGV[2] refill in tokens per millisecond; ARGV[3] the cost
+# (tokens taken together or not at all). Redis' own clock, so every process agrees on time.
+# Returns {allowed, tokens left}.
 # With KEYS[2] (a generation key) and KEYS[3] (an entry prefix) it also makes the generational
 # read of cache.py in the same round trip (auth/principal_cache.py): {..., generation, entry}.
 _TOKEN_BUCKET = (
@@ -29,6 +30,7 @@ _TOKEN_BUCKET = (
     + """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -40,8 +42,8 @@ if tokens == nil or last == nil then
 end
 tokens = math.min(capacity, tokens + math.max(0, now - last) * rate)
 local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
+if tokens >= cost then
+  tokens = tokens - cost
   allowed = 1
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
@@ -107,6 +109,7 @@ class Decision:
     # goes. Empty once refunded (or when nothing was taken), so a token is given back once.
     key: str = ""
     local: bool = False
+    cost: int = 1  # tokens asked for (a refused request took none)
 
     @property
     def remaining(self) -> int:
@@ -118,7 +121,7 @@ class Decision:
 
     @property
     def retry_after(self) -> int:
-        return max(1, math.ceil((1 - self.tokens) / self.policy.per_second))
+        return max(1, math.ceil((self.cost - self.tokens) / self.policy.per_second))
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         name = self.policy.name
@@ -150,17 +153,17 @@ class LocalBuckets:
     def __init__(self) -> None:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: str, policy: Policy) -> Decision:
+    def take(self, key: str, policy: Policy, cost: int = 1) -> Decision:
         now = time.monotonic()
         tokens, last = self._buckets.pop(key, (float(policy.burst), now))
         tokens = min(policy.burst, tokens + (now - last) * policy.per_second)
-        allowed = tokens >= 1
+        allowed = tokens >= cost
         if allowed:
-            tokens -= 1
+            tokens -= cost
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > _LOCAL_BUCKETS_MAX:
             self._buckets.popitem(last=False)
-        return Decision(policy, allowed, tokens, key if allowed else "", local=True)
+        return Decision(policy, allowed, tokens, key if allowed else "", local=True, cost=cost)
 
     def refund(self, key: str, policy: Policy) -> float:
         """Give one token back (no await in here: atomic within the process)."""
@@ -192,17 +195,22 @@ class RateLimiter:
             ipaddress.ip_network(proxy, strict=False) for proxy in settings.trusted_proxies
         ]
 
-    async def take(self, policy: Policy, identity: str, read: CachedRead | None = None) -> Decision:
+    async def take(
+        self, policy: Policy, identity: str, read: CachedRead | None = None, *, cost: int = 1
+    ) -> Decision:
+        """Take `cost` tokens from the bucket, all of them or none. A cost above the burst could
+        never be paid: it is capped there (the request then needs a full bucket)."""
+        cost = min(cost, policy.burst)
         key = f"{self._prefix}{policy.name}:{identity}"
-        args = [policy.burst, policy.per_second / 1000]
+        args = [policy.burst, policy.per_second / 1000, cost]
         keys = [key] if read is None else [key, read.generation_key, read.entry_prefix]
         ok, reply = await self._guard.run(lambda _client: self._script(keys=keys, args=args))
         if ok and isinstance(reply, list):
             if read is not None:
                 read.found(reply[2], reply[3] if len(reply) > 3 else None)
             allowed = bool(int(reply[0]))
-            return Decision(policy, allowed, float(reply[1]), key if allowed else "")
-        return self._local.take(key, policy)
+            return Decision(policy, allowed, float(reply[1]), key if allowed else "", cost=cost)
+        return self._local.take(key, policy, cost)
 
     async def refund(self, request: Request) -> None:
         """Give back the token this request took (it turned out to cost nothing: a 304), to the
@@ -228,11 +236,20 @@ class RateLimiter:
         request.state.rate_limit = Decision(policy, True, tokens)
 
     async def enforce(
-        self, request: Request, policy: Policy, identity: str, read: CachedRead | None = None
+        self,
+        request: Request,
+        policy: Policy,
+        identity: str,
+        read: CachedRead | None = None,
+        *,
+        cost: int = 1,
     ) -> None:
-        """Spend one token or raise 429; the RateLimit headers go on the response either way.
+        """Spend `cost` tokens (one per request, unless the request weighs more) or raise 429;
+        the RateLimit headers go on the response either way.
 
         `read`, if given, is filled from the same Redis round trip (even with limits off)."""
+        if cost < 1 and read is None:
+            return  # nothing to pay, nothing to read
         if not self.enabled:
             if read is not None:
                 keys = [read.generation_key, read.entry_prefix]
@@ -240,7 +257,7 @@ class RateLimiter:
                 if ok and isinstance(reply, list):
                     read.found(reply[0], reply[1] if len(reply) > 1 else None)
             return
-        decision = await self.take(policy, identity, read)
+        decision = await self.take(policy, identity, read, cost=cost)
         request.state.rate_limit = decision
         if not decision.allowed:
             metrics.RATE_LIMITED.labels(policy=policy.name).inc()

@@ -94,13 +94,14 @@ def change_specs(
     return specs
 
 
-async def task_created(session: AsyncSession, actor: User, task: Task) -> None:
-    await events.record(
+async def tasks_created(session: AsyncSession, actor: User, tasks: Sequence[Task]) -> None:
+    """A `task.created` for each new task, all in one INSERT."""
+    await events.record_many(
         session,
-        type=TASK_CREATED,
-        actor_id=actor.id,
-        audience=audience_of(task.__dict__),
-        task=snapshot(task),
+        [
+            events.spec(TASK_CREATED, actor.id, audience_of(t.__dict__), task=snapshot(t))
+            for t in tasks
+        ],
     )
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Request
 
 from taskapi.auth.dependencies import CurrentUser
 from taskapi.kit.db import DbSession
 from taskapi.kit.errors import TaskNotFound
+from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
-from taskapi.tasks import access, repository
+from taskapi.tasks import access, repository, service
+from taskapi.tasks.batch_schemas import BatchIn
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
 
@@ -26,10 +28,7 @@ async def load_visible_task(task_id: TaskId, user: CurrentUser, session: DbSessi
 async def load_visible_task_for_update(
     task_id: TaskId, user: CurrentUser, session: DbSession
 ) -> Task:
-    task = await repository.get_visible(session, user.id, task_id, for_update=True)
-    if task is None:
-        raise TaskNotFound()
-    return task
+    return await service.visible_for_update(session, user, task_id)
 
 
 async def load_editable_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Task:
@@ -42,3 +41,14 @@ async def load_editable_task(task_id: TaskId, user: CurrentUser, session: DbSess
 VisibleTask = Annotated[Task, Depends(load_visible_task)]
 EditableTask = Annotated[Task, Depends(load_editable_task)]
 VisibleTaskForUpdate = Annotated[Task, Depends(load_visible_task_for_update)]
+
+
+async def paid_batch(batch: BatchIn, user: CurrentUser, request: Request) -> BatchIn:
+    """The batch, once paid for: one rate-limit token per 10 operations, the one authentication
+    took included; 429 (nothing applied) when the caller's bucket cannot pay the rest."""
+    limiter = services_of(request.app).rate_limiter
+    await limiter.enforce(request, limiter.user_policy, str(user.id), cost=batch.tokens - 1)
+    return batch
+
+
+PaidBatch = Annotated[BatchIn, Depends(paid_batch)]

@@ -8,14 +8,15 @@ from taskapi.auth.dependencies import CurrentUser, requires
 from taskapi.auth.scopes import Scope
 from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
-from taskapi.kit.openapi import problem_responses
+from taskapi.kit.openapi import problem_response, problem_responses
 from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
-from taskapi.tasks import bulk, service, trash
+from taskapi.tasks import batch, bulk, service, trash
+from taskapi.tasks.batch_schemas import BATCH_RESULT_JSON, BatchResult
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
-from taskapi.tasks.dependencies import TaskId, VisibleTaskForUpdate
+from taskapi.tasks.dependencies import PaidBatch, TaskId, VisibleTaskForUpdate
 from taskapi.tasks.list_params import TaskListParams
 from taskapi.tasks.list_query import QUERY_PARAMETERS, read_list_params
 from taskapi.tasks.overdue import today
@@ -134,6 +135,37 @@ async def bulk_update(data: BulkUpdateIn, user: CurrentUser, session: DbSession)
 async def bulk_status(data: BulkStatusIn, user: CurrentUser, session: DbSession) -> BulkResult:
     """Each task follows the workflow on its own; invalid transitions fail per item."""
     return await bulk.bulk_status(session, user, data.task_ids, data.target_status)
+
+
+@router.post(
+    "/batch",
+    dependencies=[requires(Scope.TASKS_WRITE)],
+    response_model=BatchResult,
+    responses={
+        **problem_responses(422),
+        409: {
+            **problem_response(409),
+            "description": "An operation of an atomic batch failed (`batch_failed`, with the "
+            "operation's `index` and its problem as `error`): nothing was applied",
+        },
+    },
+    summary="Create, update, transition and delete many tasks in one request",
+)
+async def batch_write(batch_in: PaidBatch, user: CurrentUser, session: DbSession) -> Response:
+    """Up to 500 operations, applied in order in one transaction, each by the rules of its
+    single-task endpoint: `create` (as `POST /tasks`), `update` (as `PATCH`, with `if_match`
+    for `If-Match`), `transition`, `delete` (to the trash). A later operation may name a task an
+    earlier `create` made by its `temp_id`.
+
+    Non-atomic (the default): each operation succeeds or fails on its own; a failure is reported
+    in its result with the problem object its own endpoint would have answered, and leaves
+    nothing behind. `"atomic": true`: all apply or none; the first failure answers 409
+    `batch_failed` with its `index` and `error`.
+
+    Costs one rate-limit token per 10 operations. With `Idempotency-Key`, a retry replays the
+    first answer and applies nothing again."""
+    result = await batch.apply_batch(session, user, batch_in)
+    return Response(BATCH_RESULT_JSON.dump_json(result), media_type="application/json")
 
 
 @router.post(

@@ -138,15 +138,20 @@ async def stats_change(
     mark_stats_stale(session, *users, *members)
 
 
-async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Task:
+async def check_new_task(session: AsyncSession, user: User, data: TaskCreate) -> None:
+    """What a new task must satisfy (404, 403, 409, 422), checked without writing anything."""
     await check_assignee_exists(session, data.assignee_id)
     if data.project_id is not None:
         await access.hold_target(session, data.project_id)
         members = await access.memberships(session, user.id, [data.project_id])
         access.check_target(members.get(data.project_id))
         await access.check_assignee_is_member(session, data.project_id, data.assignee_id)
+
+
+def new_task(user: User, data: TaskCreate) -> Task:
+    """The task `data` describes, owned by `user` (checked by `check_new_task`, not yet added)."""
     status = data.resolved_status
-    task = Task(
+    return Task(
         owner_id=user.id,
         assignee_id=data.assignee_id,
         project_id=data.project_id,
@@ -158,11 +163,29 @@ async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Ta
         tags=data.tags,
         completed_at=utc_now() if status == TaskStatus.DONE else None,
     )
-    session.add(task)
+
+
+async def add_tasks(session: AsyncSession, user: User, tasks: list[Task]) -> None:
+    """Insert new tasks (one INSERT however many), with their events and notifications."""
+    session.add_all(tasks)
     await session.flush()
-    await stats_change(session, [task])
-    await audit.task_created(session, user, task)
-    await notifications.task_assigned(session, user, [task])
+    await stats_change(session, tasks)
+    await audit.tasks_created(session, user, tasks)
+    await notifications.task_assigned(session, user, tasks)
+
+
+async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Task:
+    await check_new_task(session, user, data)
+    task = new_task(user, data)
+    await add_tasks(session, user, [task])
+    return task
+
+
+async def visible_for_update(session: AsyncSession, user: User, task_id: int) -> Task:
+    """The task, locked for a change, if the caller can see it (404 otherwise)."""
+    task = await repository.get_visible(session, user.id, task_id, for_update=True)
+    if task is None:
+        raise TaskNotFound()
     return task
 
 

@@ -46,8 +46,11 @@ from taskapi.kit.services import ServiceKey, Services, services_of
 
 logger = logging.getLogger("taskapi.idempotency")
 
-# A response larger than this is not kept (the key is released); no POST here comes close.
-RESPONSE_LIMIT = 1024 * 1024
+# A response larger than this is not kept (the key is released, and a retry runs again). The
+# largest answer is a batch's (POST /tasks/batch): 500 tasks at their largest, about 66 KB of
+# JSON each (a 10,000-character description of escaped control characters, 200-character
+# title, 20 tags of 50 four-byte characters), some 33 MB: every POST's answer is kept.
+RESPONSE_LIMIT = 40 * 1024 * 1024
 
 _KEPT_HEADERS = frozenset({b"content-type", b"location", b"etag"})
 # The unauthenticated POSTs: scoped by client IP. The value is the rate-limit bucket a replay
