@@ -16,7 +16,7 @@ Who logs in (environment variables):
 
 `LOAD_WAIT_MIN` / `LOAD_WAIT_MAX` (seconds, default 0.5 / 2) set the think time between actions.
 
-Two kinds of people (locust user classes, picked by weight, 3 to 1):
+Three kinds of client (locust user classes, picked by weight, 3 to 1 to 1):
 
 * `TaskApiUser`: works through their own list, as above.
 * `ProjectMemberUser`: a member of shared projects. Seeded accounts are members of the demo
@@ -24,6 +24,8 @@ Two kinds of people (locust user classes, picked by weight, 3 to 1):
   project (`POST /projects`) with a few tasks. Then mostly lists a project's tasks
   (`GET /tasks?project_id=<id>`, plain or filtered), the projects list (`GET /projects`), opens
   a project task and, as an editor or admin, adds one.
+* `MachineClientUser`: a script with a personal access token: batch imports (`POST
+  /tasks/batch`, retried with its Idempotency-Key), following the change feed, listing changes.
 
 Request names (the rows of the report) are the route templates, so every task id lands in one row.
 """
@@ -424,3 +426,82 @@ class ProjectMemberUser(ApiUser):
                 self.projects.pop(project_id, None)
             elif response.status_code != 201:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
+
+
+class MachineClientUser(ApiUser):
+    """A script, not a person: logs in once to create a personal access token (`POST /tokens`,
+    scopes tasks:read, tasks:write, events:read), then uses only the token. It imports tasks in
+    batches (`POST /tasks/batch`, 25 creates plus an update and a transition of the new tasks by
+    temp id, under an Idempotency-Key, each batch retried once to check the replay), follows the
+    change feed from the cursor it took before its first import, and lists what changed."""
+
+    weight = 1
+    BATCH_CREATES = 25
+
+    def on_start(self) -> None:
+        self.task_ids = []
+        self.sign_in()
+        with self.client.post(
+            f"{API}/tokens",
+            json={"name": "load import", "scopes": ["tasks:read", "tasks:write", "events:read"]},
+            name="POST /tokens",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                raise RuntimeError(f"no token for {self.username}")
+            token = response.json()["token"]
+        self.client.auth_header = f"Bearer {token}"
+        feed = self._get_json("/events", "GET /events")
+        self.cursor = feed["next_cursor"] if feed else None
+        self.since = datetime.now(UTC)
+
+    @task(3)
+    def batch_import(self) -> None:
+        operations: list[dict[str, Any]] = [
+            {
+                "op": "create",
+                "temp_id": f"t{n}",
+                "task": {
+                    "title": f"{random.choice(TITLES)} (import {n})",
+                    "priority": random.choice(PRIORITIES),
+                    "tags": random.sample(TAGS, 2),
+                },
+            }
+            for n in range(self.BATCH_CREATES)
+        ]
+        operations.append({"op": "update", "temp_id": "t0", "changes": {"priority": "urgent"}})
+        operations.append({"op": "transition", "temp_id": "t1", "status": "in_progress"})
+        body = {"operations": operations, "atomic": True}
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first = None
+        for attempt in ("POST /tasks/batch", "POST /tasks/batch (replay)"):
+            with self.client.post(
+                f"{API}/tasks/batch", json=body, headers=key, name=attempt, catch_response=True
+            ) as response:
+                if response.status_code != 200:
+                    response.failure(f"{response.status_code}: {response.text[:200]}")
+                    return
+                result = response.json()
+                if not all(item["success"] for item in result["results"]):
+                    response.failure(f"a batch operation failed: {response.text[:200]}")
+                    return
+                if first is None:
+                    first = result
+                elif result != first or response.headers.get("Idempotent-Replayed") != "true":
+                    response.failure("the retried batch was not a replay")
+                    return
+        self.task_ids.extend(first["temp_ids"].values() if first else [])
+
+    @task(5)
+    def follow_feed(self) -> None:
+        if self.cursor is None:
+            return
+        page = self._get_json(f"/events?since={self.cursor}&limit=200", "GET /events?since")
+        if page is not None:
+            self.cursor = page["next_cursor"]
+
+    @task(2)
+    def list_changed(self) -> None:
+        since = self.since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._get_json(f"/tasks?updated_since={since}&limit=100", "GET /tasks?updated_since")

@@ -43,6 +43,13 @@ EVERY_REQUEST = {
     ("GET", "GET /projects"),
     ("GET", "GET /tasks?project_id"),
     ("POST", "POST /tasks (project)"),
+    # MachineClientUser: a script with a personal access token.
+    ("POST", "POST /tokens"),
+    ("GET", "GET /events"),
+    ("POST", "POST /tasks/batch"),
+    ("POST", "POST /tasks/batch (replay)"),
+    ("GET", "GET /events?since"),
+    ("GET", "GET /tasks?updated_since"),
 }
 
 
@@ -121,7 +128,7 @@ async def test_locust_exercises_every_endpoint_without_failures(
             env=server_env, cwd=tmp_path, seconds=60,
         )  # fmt: skip
         assert code == 0, output
-        # Four simulated users over two accounts: shared accounts are part of the model.
+        # Five simulated users over two accounts: shared accounts are part of the model.
         load_env["LOAD_SEED_USERS"] = "2"
     else:
         # A new account is in no project: the project member creates one first.
@@ -130,7 +137,7 @@ async def test_locust_exercises_every_endpoint_without_failures(
     prefix = tmp_path / "reports" / "load"
     prefix.parent.mkdir()
     code, output = await run(
-        LOCUST, "-f", LOCUSTFILE, "--headless", "-u", "4", "-r", "4", "-t", "8s",
+        LOCUST, "-f", LOCUSTFILE, "--headless", "-u", "5", "-r", "5", "-t", "8s",
         "--host", base_url, "--csv", str(prefix), "--html", str(prefix) + ".html",
         "--only-summary", "--loglevel", "WARNING",
         env=load_env, cwd=tmp_path, seconds=60,

@@ -221,8 +221,8 @@ def test_api_reference_lists_exactly_the_served_operations(schema: dict[str, Any
 
 
 def test_planned_operations_are_not_served_yet(schema: dict[str, Any]) -> None:
+    """Every table of part 2 is served today; one added later as planned must not be."""
     _, planned = documented_operations()
-    assert planned, "part 2 lost its tables"
     assert planned & schema_operations(schema) == set(), "served now: move them to part 1"
 
 
