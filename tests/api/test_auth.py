@@ -388,6 +388,55 @@ async def test_login_validation(client, alice, body):
     assert_problem(await client.post(LOGIN, json=body), 422, "validation_error")
 
 
+@pytest.mark.parametrize("email", ["alice@example.com", "ALICE@Example.COM", " alice@example.com "])
+async def test_login_with_an_email_field(client, alice, email):
+    response = await client.post(LOGIN, json={"email": email, "password": alice.password})
+    assert response.status_code == 200, response.text
+    await assert_access_works(client, response.json()["access_token"], alice)
+
+
+async def test_login_with_an_email_field_checks_the_password(client, alice):
+    for body in (
+        {"email": "alice@example.com", "password": "not the password"},
+        {"email": "nobody@example.com", "password": alice.password},
+    ):
+        assert_problem(await client.post(LOGIN, json=body), 401, "invalid_credentials")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"username": "alice", "email": "alice@example.com", "password": "x" * 9}, "exactly one"),
+        ({"password": "whatever1"}, "exactly one"),
+        ({"email": None, "password": "whatever1"}, "cannot be null"),
+        ({"username": None, "password": "whatever1"}, "cannot be null"),
+        ({"username": "alice", "password": "whatever1", "remember": True}, "Extra inputs"),
+        ({"username": None, "email": "alice@example.com", "password": "whatever1"}, "exactly one"),
+        ({"email": "", "password": "whatever1"}, "at least 3"),
+        ({"email": "alice", "password": "whatever1"}, "pattern"),
+        ({"email": "alice@example.com"}, "Field required"),
+    ],
+)
+async def test_login_takes_exactly_one_of_username_and_email(client, alice, body, message):
+    problem = assert_problem(await client.post(LOGIN, json=body), 422, "validation_error")
+    assert any(message in error["msg"] for error in problem["errors"]), problem["errors"]
+    assert alice.password not in json.dumps(problem)
+
+
+async def test_login_documents_both_shapes(client):
+    document = (await client.get("/openapi.json")).json()
+    body = document["paths"][LOGIN]["post"]["requestBody"]["content"]["application/json"]
+    schema = document["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]]
+    assert set(schema["properties"]) == {"username", "email", "password"}
+    assert schema["required"] == ["password"]
+    # Exactly one of the two names: two properties at least, nothing else, never both.
+    assert schema["minProperties"] == 2
+    assert schema["additionalProperties"] is False
+    assert schema["not"]["required"] == ["username", "email"]
+    examples = [set(example["value"]) for example in body["examples"].values()]
+    assert examples == [{"username", "password"}, {"email", "password"}]
+
+
 async def test_login_rehashes_outdated_argon2_hash(client, alice, db_session):
     old_hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
     old_hash = old_hasher.hash(alice.password)
