@@ -119,8 +119,8 @@ def unknown_parameter_extra(
     hints = {name: suggestions(name, accepted) for name in unknown}
     listed = []
     for error in errors:
-        name = str(error["loc"][-1])
-        if error["type"] == _EXTRA_FORBIDDEN and name in hints:
+        if unknown_names([error]):
+            name = str(error["loc"][1])
             error = {**error, "type": UNKNOWN_PARAMETER, "msg": _message(name, hints[name])}
         listed.append(error)
     first = unknown[0]
