@@ -17,7 +17,8 @@ from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
 from taskapi.models import RefreshToken, User
-from tests.conftest import TEST_SECRET, UserHandle, register_and_login
+from tests.conftest import TEST_SECRET, UserHandle, cloned_app, register_and_login
+from tests.refresh_helpers import past_the_grace
 
 API = "/api/v1"
 ME = f"{API}/auth/me"
@@ -388,6 +389,55 @@ async def test_login_validation(client, alice, body):
     assert_problem(await client.post(LOGIN, json=body), 422, "validation_error")
 
 
+@pytest.mark.parametrize("email", ["alice@example.com", "ALICE@Example.COM", " alice@example.com "])
+async def test_login_with_an_email_field(client, alice, email):
+    response = await client.post(LOGIN, json={"email": email, "password": alice.password})
+    assert response.status_code == 200, response.text
+    await assert_access_works(client, response.json()["access_token"], alice)
+
+
+async def test_login_with_an_email_field_checks_the_password(client, alice):
+    for body in (
+        {"email": "alice@example.com", "password": "not the password"},
+        {"email": "nobody@example.com", "password": alice.password},
+    ):
+        assert_problem(await client.post(LOGIN, json=body), 401, "invalid_credentials")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"username": "alice", "email": "alice@example.com", "password": "x" * 9}, "exactly one"),
+        ({"password": "whatever1"}, "exactly one"),
+        ({"email": None, "password": "whatever1"}, "cannot be null"),
+        ({"username": None, "password": "whatever1"}, "cannot be null"),
+        ({"username": "alice", "password": "whatever1", "remember": True}, "Extra inputs"),
+        ({"username": None, "email": "alice@example.com", "password": "whatever1"}, "exactly one"),
+        ({"email": "", "password": "whatever1"}, "at least 3"),
+        ({"email": "alice", "password": "whatever1"}, "pattern"),
+        ({"email": "alice@example.com"}, "Field required"),
+    ],
+)
+async def test_login_takes_exactly_one_of_username_and_email(client, alice, body, message):
+    problem = assert_problem(await client.post(LOGIN, json=body), 422, "validation_error")
+    assert any(message in error["msg"] for error in problem["errors"]), problem["errors"]
+    assert alice.password not in json.dumps(problem)
+
+
+async def test_login_documents_both_shapes(client):
+    document = (await client.get("/openapi.json")).json()
+    body = document["paths"][LOGIN]["post"]["requestBody"]["content"]["application/json"]
+    schema = document["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]]
+    assert set(schema["properties"]) == {"username", "email", "password"}
+    assert schema["required"] == ["password"]
+    # Exactly one of the two names: two properties at least, nothing else, never both.
+    assert schema["minProperties"] == 2
+    assert schema["additionalProperties"] is False
+    assert schema["not"]["required"] == ["username", "email"]
+    examples = [set(example["value"]) for example in body["examples"].values()]
+    assert examples == [{"username", "password"}, {"email", "password"}]
+
+
 async def test_login_rehashes_outdated_argon2_hash(client, alice, db_session):
     old_hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
     old_hash = old_hasher.hash(alice.password)
@@ -645,15 +695,17 @@ async def test_refresh_rotates_tokens(client, alice, settings):
     assert again.status_code == 200, again.text
 
 
-async def test_refresh_old_token_stops_working(client, alice):
+async def test_refresh_old_token_stops_working_after_the_grace(app, client, alice):
     assert (await refresh(client, alice.refresh_token)).status_code == 200
+    await past_the_grace(app, alice.id)
     assert_problem(await refresh(client, alice.refresh_token), 401, "invalid_token")
 
 
-async def test_refresh_reuse_revokes_the_whole_login(client, alice):
+async def test_refresh_reuse_revokes_the_whole_login(app, client, alice):
     first = (await refresh(client, alice.refresh_token)).json()
     second = (await refresh(client, first["refresh_token"])).json()
     other_login = await new_login(client, alice)
+    await past_the_grace(app, alice.id)
 
     # Replay the rotated original: the whole login is ended.
     body = assert_problem(await refresh(client, alice.refresh_token), 401, "invalid_token")
@@ -668,9 +720,10 @@ async def test_refresh_reuse_revokes_the_whole_login(client, alice):
     assert (await refresh(client, other_login["refresh_token"])).status_code == 200
 
 
-async def test_refresh_reuse_revocation_is_durable(client, alice, db_session):
+async def test_refresh_reuse_revocation_is_durable(app, client, alice, db_session):
     """The 401 on reuse must not roll back the revocation it caused."""
     first = (await refresh(client, alice.refresh_token)).json()
+    await past_the_grace(app, alice.id)
     assert (await refresh(client, alice.refresh_token)).status_code == 401
     sid = uuid.UUID(claims_of(alice.refresh_token)["sid"])
     rows = (
@@ -685,8 +738,9 @@ async def test_refresh_reuse_revocation_is_durable(client, alice, db_session):
     assert_problem(await refresh(client, first["refresh_token"]), 401, "invalid_token")
 
 
-async def test_refresh_reuse_does_not_touch_other_users(client, alice, bob):
+async def test_refresh_reuse_does_not_touch_other_users(app, client, alice, bob):
     assert (await refresh(client, alice.refresh_token)).status_code == 200
+    await past_the_grace(app, alice.id)
     assert (await refresh(client, alice.refresh_token)).status_code == 401
     await assert_access_works(client, bob.access_token, bob)
     assert (await refresh(client, bob.refresh_token)).status_code == 200
@@ -750,22 +804,27 @@ async def test_refresh_needs_no_bearer(client, alice):
     assert response.status_code == 200, response.text
 
 
-async def test_concurrent_refresh_exactly_one_wins(live_client):
-    user = await register_and_login(live_client, "racer")
-    responses = await asyncio.gather(
-        refresh(live_client, user.refresh_token), refresh(live_client, user.refresh_token)
-    )
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [200, 401], [r.text for r in responses]
-    loser = next(r for r in responses if r.status_code == 401)
-    assert_problem(loser, 401, "invalid_token")
+async def test_without_a_grace_concurrent_refresh_has_exactly_one_winner(migrated_databases):
+    """REFRESH_REUSE_GRACE_SECONDS=0: every replay is reuse, even a racing client's."""
+    async with cloned_app(refresh_reuse_grace_seconds=0) as application:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as live:
+            user = await register_and_login(live, "racer")
+            responses = await asyncio.gather(
+                refresh(live, user.refresh_token), refresh(live, user.refresh_token)
+            )
+            statuses = sorted(r.status_code for r in responses)
+            assert statuses == [200, 401], [r.text for r in responses]
+            loser = next(r for r in responses if r.status_code == 401)
+            assert "revoked" in assert_problem(loser, 401, "invalid_token")["detail"]
 
 
-async def test_refresh_reuse_live_is_committed(live_client):
+async def test_refresh_reuse_live_is_committed(live_app, live_client):
     """With real commits: after reuse, the successor token stays dead in later transactions."""
     user = await register_and_login(live_client, "replayer")
     rotated = await refresh(live_client, user.refresh_token)
     assert rotated.status_code == 200
+    await past_the_grace(live_app, user.id)
     assert (await refresh(live_client, user.refresh_token)).status_code == 401
     assert (await refresh(live_client, rotated.json()["refresh_token"])).status_code == 401
     response = await live_client.get(ME, headers=bearer(rotated.json()["access_token"]))

@@ -1133,11 +1133,14 @@ async def test_extreme_but_valid_values_work(client, alice, make_task):
         assert (await _page(client, alice, params))["total"] == count, params
 
 
-async def test_unknown_parameters_are_ignored(client, world):
-    plain = await _page(client, world.alice)
-    ignored = await _page(client, world.alice, {"stauts": "done", "foo": "bar", "page": "7"})
-    assert ignored == plain
-    assert plain["total"] == 10
+async def test_unknown_parameters_are_refused(client, world):
+    # Never the first page in the default order as if the filter were applied (API.md part 2).
+    params = {"stauts": "done", "foo": "bar", "page": "7"}
+    response = await client.get(TASKS, params=params, headers=world.alice.headers)
+    body = assert_problem(response, 422, "unknown_parameter")
+    assert body["parameter"] == "stauts"
+    assert body["suggestions"] == ["status"]
+    assert [error["loc"][1] for error in body["errors"]] == ["stauts", "foo", "page"]
 
 
 # --- statement count ------------------------------------------------------------------------------

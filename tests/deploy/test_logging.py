@@ -22,6 +22,7 @@ from taskapi.kit.logs import configure_logging
 from taskapi.kit.outbound import outbound_client, post_bounded
 from tests.conftest import TEST_SECRET, MakeUser, UserHandle
 from tests.deploy.test_cli_and_socket import cli_env, run_cli
+from tests.refresh_helpers import past_the_grace
 from tests.webhook_receiver import Receiver, free_port, serving
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -208,6 +209,7 @@ async def test_text_format_for_people(
 
 
 async def test_no_password_token_or_key_is_ever_logged(
+    app: FastAPI,
     client: httpx.AsyncClient,
     make_user: MakeUser,
     json_logs: Captured,
@@ -235,7 +237,12 @@ async def test_no_password_token_or_key_is_ever_logged(
     assert refreshed.status_code == 200
     new_pair = refreshed.json()
     secrets |= {new_pair["access_token"], new_pair["refresh_token"]}
-    # Reuse of the rotated token: revokes the login, logs nothing secret either.
+    # The rotated token again within the grace: another pair of the login.
+    racing = await client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+    assert racing.status_code == 200
+    secrets |= {racing.json()["access_token"], racing.json()["refresh_token"]}
+    # Reuse of the rotated token after the grace: revokes the login, logs nothing secret either.
+    await past_the_grace(app, user.id)
     reused = await client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh_token})
     assert reused.status_code == 401
 

@@ -15,6 +15,7 @@ from taskapi.kit.db import DbSession
 from taskapi.kit.errors import PayloadTooLarge
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
+from taskapi.kit.strict_query import NoQueryParameters
 from taskapi.kit.validation import MAX_ID
 from taskapi.storage import STORAGE, Storage, content_disposition
 from taskapi.tasks.dependencies import EditableTask, VisibleTask
@@ -92,7 +93,9 @@ async def upload_file(
     responses=problem_responses(404, 422),
     summary="List a task's files",
 )
-async def list_files(task: VisibleTask, session: DbSession) -> list[AttachmentOut]:
+async def list_files(
+    task: VisibleTask, session: DbSession, _strict: NoQueryParameters
+) -> list[AttachmentOut]:
     return [AttachmentOut.model_validate(a) for a in await service.list_attachments(session, task)]
 
 

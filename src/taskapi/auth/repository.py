@@ -67,11 +67,23 @@ async def rotate(session: AsyncSession, token_hash: str, now: datetime) -> Refre
     return (await session.scalars(statement)).one_or_none()
 
 
-async def find_by_hash(session: AsyncSession, token_hash: str) -> RefreshToken | None:
-    return await session.scalar(select(RefreshToken).where(RefreshToken.token_hash == token_hash))
+async def find_by_hash(
+    session: AsyncSession, token_hash: str, *, for_update: bool = False
+) -> RefreshToken | None:
+    """The token's row; `for_update` locks it until commit, so a revocation of its login waits
+    for (or is seen by) whoever answers it within the reuse grace."""
+    statement = select(RefreshToken).where(RefreshToken.token_hash == token_hash)
+    if for_update:
+        statement = statement.with_for_update()
+    return await session.scalar(statement)
 
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
+    # The login's rows locked first: a refresh of it under way holds one of them, so this waits
+    # for its commit, and the UPDATE's snapshot (taken after) sees the token it issued: none
+    # escapes the revocation, whether rotated or answered within the reuse grace.
+    lock = select(RefreshToken.id).where(RefreshToken.family_id == family_id)
+    await session.execute(lock.order_by(RefreshToken.id).with_for_update())
     owners = await session.scalars(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))

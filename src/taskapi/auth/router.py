@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Body, Depends, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from taskapi.auth.dependencies import (
@@ -12,7 +12,14 @@ from taskapi.auth.dependencies import (
     login_only,
     requires,
 )
-from taskapi.auth.schemas import LoginIn, RefreshIn, RegisterIn, TokenPair, UserOut
+from taskapi.auth.schemas import (
+    LOGIN_EXAMPLES,
+    LoginIn,
+    RefreshIn,
+    RegisterIn,
+    TokenPair,
+    UserOut,
+)
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 
@@ -38,9 +45,14 @@ async def register(data: RegisterIn, session: DbSession, auth: AuthServiceDep) -
     responses=problem_responses(401, 422, 429),
     summary="Log in with JSON",
 )
-async def login(data: LoginIn, session: DbSession, auth: AuthServiceDep) -> TokenPair:
-    """`username` may also be the account's email address."""
-    return await auth.login(session, data.username, data.password)
+async def login(
+    data: Annotated[LoginIn, Body(openapi_examples=LOGIN_EXAMPLES)],
+    session: DbSession,
+    auth: AuthServiceDep,
+) -> TokenPair:
+    """`{"username", "password"}`, where `username` may also be the account's email address, or
+    `{"email", "password"}`: exactly one of `username` and `email` (both or neither: 422)."""
+    return await auth.login(session, data.login_name, data.password)
 
 
 @router.post(

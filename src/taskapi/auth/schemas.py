@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import email_validator
+from fastapi.openapi.models import Example
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -18,7 +19,10 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from taskapi.auth.scopes import Scope
 from taskapi.kit.openapi import NUL, STRIPPED_BY_PYDANTIC, trimmed_text_pattern
@@ -82,10 +86,63 @@ class RegisterIn(BaseModel):
     full_name: FullName | None = None
 
 
+# Not held to the registration rules: a wrong password is a 401, not a validation error.
+LoginPassword = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+# What the validator below says, in the schema too (a generated client still gets one model):
+# exactly one of `username` and `email` besides `password`, nothing else.
+_ONE_LOGIN_NAME: JsonDict = {
+    "minProperties": 2,
+    "not": {"properties": {"username": {}, "email": {}}, "required": ["username", "email"]},
+}
+
+
 class LoginIn(BaseModel):
-    username: Annotated[str, Field(min_length=1, max_length=320, description="Username or email")]
-    # Not held to the registration rules: a wrong password is a 401, not a validation error.
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    """`{"username", "password"}`, the username possibly being the email, or `{"email",
+    "password"}`: exactly one of `username` and `email`. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_LOGIN_NAME)
+
+    # `None` is only the "not sent" default (refused when sent), not in the schema.
+    username: (
+        Annotated[str, Field(min_length=1, max_length=320, description="Username or email")]
+        | SkipJsonSchema[None]
+    ) = None
+    email: (
+        Annotated[
+            str, Field(min_length=3, max_length=320, pattern="@", description="The email address")
+        ]
+        | SkipJsonSchema[None]
+    ) = None
+    password: LoginPassword
+
+    @model_validator(mode="after")
+    def _exactly_one_name(self) -> LoginIn:
+        sent = [name for name in ("username", "email") if name in self.model_fields_set]
+        if len(sent) != 1:
+            raise ValueError("send exactly one of username and email (not both, not neither)")
+        if not self.login_name:
+            raise ValueError(f"{sent[0]} cannot be null")
+        return self
+
+    @property
+    def login_name(self) -> str:
+        """What names the account: the username (or email) sent, or the email."""
+        return self.username or self.email or ""
+
+
+_PASSWORD_EXAMPLE = "correct horse battery"
+LOGIN_EXAMPLES: Final[dict[str, Example]] = {
+    "username": {
+        "summary": "By username (or email, in `username`)",
+        "value": {"username": "alice", "password": _PASSWORD_EXAMPLE},
+    },
+    "email": {
+        "summary": "By email",
+        "value": {"email": "alice@example.com", "password": _PASSWORD_EXAMPLE},
+    },
+}
 
 
 class RefreshIn(BaseModel):

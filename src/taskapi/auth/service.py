@@ -1,4 +1,4 @@
-"""Registration, login, refresh-token rotation with reuse detection, logout."""
+"""Registration, login, refresh-token rotation with reuse detection (and its grace), logout."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from taskapi.kit.errors import (
     InvalidCredentials,
     InvalidToken,
     RefreshTokenReused,
+    TokenExpired,
     UsernameTaken,
 )
 from taskapi.kit.security import PasswordHashing, TokenClaims, TokenCodec, fingerprint_token
@@ -122,15 +123,29 @@ class AuthService:
         token_hash = fingerprint_token(refresh_token)
         current = await repository.rotate(session, token_hash, now)
         if current is None:
-            known = await repository.find_by_hash(session, token_hash)
-            if known is not None and known.rotated_at is not None and known.revoked_at is None:
-                # A rotated token presented again: it was stolen or replayed; end the whole login.
-                await repository.revoke_family(session, known.family_id, now)
-                raise RefreshTokenReused()
-            raise InvalidToken()
+            current = await self._rotated_a_moment_ago(session, token_hash, now)
         if current.user_id != claims.user_id or current.family_id != claims.session_id:
             raise InvalidToken()
         return await self.issue_tokens(session, current.user_id, family_id=current.family_id)
+
+    async def _rotated_a_moment_ago(
+        self, session: AsyncSession, token_hash: str, now: datetime
+    ) -> RefreshToken:
+        """A token that is no longer live, presented again: if it was rotated within the grace,
+        a client of the same login lost a race to refresh (several tabs or workers holding one
+        token, a retry after a lost answer), so it gets a pair of that login too (RFC 9700
+        section 4.14.2). Later, it was stolen or replayed: the whole login ends. A token whose
+        login ended (logout, reuse) is never revived."""
+        known = await repository.find_by_hash(session, token_hash, for_update=True)
+        if known is None or known.revoked_at is not None or known.rotated_at is None:
+            raise InvalidToken()  # unknown, ended, or expired while live
+        grace = self.tokens.refresh_reuse_grace
+        if grace and now - known.rotated_at < grace:
+            if known.expires_at <= now:
+                raise TokenExpired()
+            return known
+        await repository.revoke_family(session, known.family_id, now)
+        raise RefreshTokenReused()
 
     async def logout(self, session: AsyncSession, user_id: int, refresh_token: str) -> None:
         """End the login a refresh token belongs to. Like RFC 7009 revocation, an unknown or

@@ -19,6 +19,7 @@ from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
+from taskapi.kit.strict_query import NoQueryParameters
 from taskapi.kit.validation import MAX_ID
 
 router = APIRouter(
@@ -66,6 +67,7 @@ async def list_tokens(
     session: DbSession,
     tokens: PersonalTokensDep,
     request: Request,
+    _strict: NoQueryParameters,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Oldest first, without the tokens themselves."""

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from taskapi.kit.strict_query import StrictQuery
+
 MAX_FEED_LIMIT: Final = 1000
 DEFAULT_FEED_LIMIT: Final = 100
 MAX_ACTIVITY_LIMIT: Final = 100
@@ -90,9 +92,7 @@ class ActivityPage(BaseModel):
     next_cursor: str | None
 
 
-class FeedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FeedParams(StrictQuery):
     since: Annotated[
         str | None,
         Field(
@@ -105,9 +105,7 @@ class FeedParams(BaseModel):
     limit: Annotated[int, Field(ge=1, le=MAX_FEED_LIMIT)] = DEFAULT_FEED_LIMIT
 
 
-class ActivityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ActivityParams(StrictQuery):
     limit: Annotated[int, Field(ge=1, le=MAX_ACTIVITY_LIMIT)] = DEFAULT_ACTIVITY_LIMIT
     cursor: Annotated[
         str | None,

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "taskapi"
     access_token_ttl_seconds: int = Field(default=15 * 60, ge=1)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=1)
+    # A rotated refresh token presented again this soon is a client of the login that lost a
+    # race to refresh, not a thief (RFC 9700 section 4.14.2); 0 makes every replay reuse.
+    refresh_reuse_grace_seconds: int = Field(default=10, ge=0, le=300)
 
     # Argon2id; defaults are OWASP's minimum profile (m=19 MiB, t=2, p=1).
     argon2_time_cost: int = Field(default=2, ge=1)

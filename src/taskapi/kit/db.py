@@ -276,7 +276,7 @@ def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
 
     asyncpg raises a refused or timed-out connection as a bare OSError/TimeoutError, which
     SQLAlchemy passes through unwrapped; as an OperationalError it is recognisably the database's
-    (errors.is_database_unavailable: a 503), not any other OSError (a 500).
+    (db_errors.is_database_unavailable: a 503), not any other OSError (a 500).
     """
     try:
         return dialect.connect(*cargs, **cparams)

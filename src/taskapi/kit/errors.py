@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from taskapi.kit import strict_query
+from taskapi.kit.db_errors import is_database_unavailable
 from taskapi.kit.request_context import current_request_id
 from taskapi.kit.routes import allowed_methods
 
@@ -172,6 +174,10 @@ class ValidationFailed(AppError):
             self.extra["errors"] = [dict(error) for error in errors]
 
 
+class UnknownParameter(ValidationFailed):  # its body: taskapi.kit.strict_query
+    code, title = strict_query.UNKNOWN_PARAMETER, "Unknown query parameter"
+
+
 class UnknownAssignee(ValidationFailed):
     code, title = "unknown_assignee", "Unknown assignee"
     default_detail = "assignee_id does not refer to an existing user."
@@ -264,9 +270,13 @@ async def _handle_app_error(_request: Request, exc: Exception) -> JSONResponse:
     return app_error_response(exc)
 
 
-async def _handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
+    if unknown := strict_query.unknown_names(errors):
+        accepted = strict_query.accepted_parameters(request)
+        detail, extra = strict_query.unknown_parameter_extra(errors, unknown, accepted)
+        return app_error_response(UnknownParameter(detail, extra=extra))
     if any(error["type"] == "json_invalid" for error in errors):
         return problem_response(
             status=400,
@@ -323,52 +333,6 @@ def internal_error_body() -> dict[str, Any]:
         title="Internal Server Error",
         detail="Something went wrong on our side; quote the request id if you report it.",
     )
-
-
-# asyncpg errors meaning "no usable connection", as opposed to "this statement failed".
-_ASYNCPG_UNAVAILABLE: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,  # 08xxx: the connection failed or is gone
-    asyncpg.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
-    asyncpg.AdminShutdownError,  # 57P01: terminated by a fast shutdown or pg_terminate_backend
-    asyncpg.CrashShutdownError,  # 57P02: another backend crashed, the server is resetting
-    asyncpg.TooManyConnectionsError,  # 53300: max_connections reached
-)
-
-
-def is_database_unavailable(error: BaseException) -> bool:
-    """Whether `error` means PostgreSQL cannot be reached or used right now (a 503, retryable),
-    rather than that a statement failed (a bug, a 500).
-
-    Raw OSError/TimeoutError from connecting arrive here as OperationalError (db.py converts
-    them where their origin is known); looking at every OSError here would also catch storage's.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, sa_exc.TimeoutError):  # pool checkout timed out
-            return True
-        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError):
-            return True
-        if isinstance(current, _ASYNCPG_UNAVAILABLE):
-            return True
-        if isinstance(current, TimeoutError) and _raised_by_driver(current):
-            # asyncpg's command_timeout (a frozen server), bare even through pool pre-ping.
-            return True
-        # SQLAlchemy keeps the driver's error in `orig`, whose cause is asyncpg's own.
-        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
-
-
-def _raised_by_driver(error: BaseException) -> bool:
-    traceback = error.__traceback__
-    while traceback is not None:
-        module = traceback.tb_frame.f_globals.get("__name__", "")
-        if module.startswith(("asyncpg", "sqlalchemy")):
-            return True
-        traceback = traceback.tb_next
-    return False
 
 
 def database_unavailable_response(error: BaseException) -> JSONResponse:

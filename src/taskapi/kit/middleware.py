@@ -16,11 +16,11 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskapi.kit.db_errors import is_database_unavailable
 from taskapi.kit.errors import (
     PROBLEM_CONTENT_TYPE,
     database_unavailable_response,
     internal_error_body,
-    is_database_unavailable,
 )
 from taskapi.kit.metrics import observe_request
 from taskapi.kit.request_context import reset_request_id, set_request_id

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Final
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from starlette.requests import Request
 
 from taskapi.kit.errors import ValidationFailed
+from taskapi.kit.strict_query import StrictQuery
 
 _SIGNATURE_BYTES = 16
 
@@ -105,9 +106,9 @@ MAX_PAGE_LIMIT: Final = 100
 MAX_PAGE_OFFSET: Final = 10_000_000
 
 
-class PageParams(BaseModel):
+class PageParams(StrictQuery):
     """`limit` plus either `offset` or `cursor`: the paging parameters of the keyset-paginated
-    lists (a list adds its filters in a subclass)."""
+    lists (a list adds its filters in a subclass; any other name is refused)."""
 
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE_LIMIT)] = 20
     offset: Annotated[

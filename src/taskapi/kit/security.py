@@ -126,6 +126,7 @@ class TokenCodec:
         self._audience = settings.jwt_audience
         self.access_ttl = timedelta(seconds=settings.access_token_ttl_seconds)
         self.refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_seconds)
+        self.refresh_reuse_grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
 
     def encode(
         self, *, token_type: TokenType, user_id: int, session_id: uuid.UUID, now: datetime

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskapi.kit.strict_query import StrictQuery
 from taskapi.models import NotificationKind
 
 
@@ -28,7 +29,7 @@ class NotificationPage(BaseModel):
     next_cursor: str | None
 
 
-class NotificationListParams(BaseModel):
+class NotificationListParams(StrictQuery):
     unread: bool | None = Field(default=None, description="true: only unread; false: only read")
     limit: Annotated[int, Field(ge=1, le=100)] = 20
     offset: Annotated[int, Field(ge=0, le=10_000_000)] = 0

@@ -14,6 +14,7 @@ from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.pagination import NEXT_PAGE_LINK, next_link
 from taskapi.kit.services import services_of
+from taskapi.kit.strict_query import NoQueryParameters
 from taskapi.projects import service
 from taskapi.projects.dependencies import (
     AdminWrite,
@@ -167,7 +168,9 @@ async def delete_project(access: AdminWrite, session: DbSession, if_match: IfMat
     responses=problem_responses(404, 422),
     summary="List a project's members",
 )
-async def list_project_members(access: MemberView, session: DbSession) -> list[MemberOut]:
+async def list_project_members(
+    access: MemberView, session: DbSession, _strict: NoQueryParameters
+) -> list[MemberOut]:
     """Any member. In the order they were added."""
     return await service.list_members(session, access)
 

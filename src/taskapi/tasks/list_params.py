@@ -13,7 +13,6 @@ from functools import cached_property
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     Field,
     PrivateAttr,
@@ -25,6 +24,7 @@ from pydantic import (
 from taskapi.kit.formats import IsoDate, IsoDateTimeUtcDefault
 from taskapi.kit.openapi import STRIPPED_BY_PYTHON, trimmed_text_pattern
 from taskapi.kit.pagination import query_fingerprint
+from taskapi.kit.strict_query import StrictQuery
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import TaskPriority, TaskStatus
 from taskapi.tasks.schemas import MAX_TAG_LENGTH, TAG_FORBIDDEN, normalize_tag
@@ -94,8 +94,9 @@ def parse_sort(raw: str) -> tuple[SortKey, ...]:
     return tuple(keys)
 
 
-class TaskListParams(BaseModel):
-    """Filters are combined with AND; list values within one filter with OR (tags: with AND)."""
+class TaskListParams(StrictQuery):
+    """Filters are combined with AND; list values within one filter with OR (tags: with AND).
+    Any other name is refused (taskapi.kit.strict_query)."""
 
     status: Annotated[
         list[TaskStatus] | None,

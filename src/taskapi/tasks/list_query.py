@@ -5,8 +5,10 @@ Declared natively (`Annotated[TaskListParams, Query()]`), FastAPI works out agai
 request, for each of the model's 17 fields, whether its annotation is a list: about 85 µs of a
 list request's ~900 µs of CPU (measured in the commit that added this module). Here that is
 decided once, with the same rule; the rest is what FastAPI does: every value of a list field
-(`?status=a&status=b`), the last value of any other, unknown names ignored, the model's errors
-as FastAPI's 422 (a RequestValidationError located in "query"). The parameters are documented
+(`?status=a&status=b`), the last value of any other, the model's errors as FastAPI's 422 (a
+RequestValidationError located in "query"), and, as FastAPI does for a model deriving from
+taskapi.kit.strict_query.StrictQuery, an unknown name refused as `extra_forbidden` (the list is
+strict: a 422 `unknown_parameter`). The parameters are documented
 as FastAPI documents such a model (`QUERY_PARAMETERS`, for the route's openapi_extra).
 
 tests/internals/test_read_path.py reads and documents the same model through FastAPI itself and
@@ -21,7 +23,9 @@ from typing import Any, Final, get_args, get_origin
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import QueryParams
 
+from taskapi.kit.strict_query import unknown_name_errors
 from taskapi.tasks.list_params import TaskListParams
 
 
@@ -48,11 +52,17 @@ async def read_list_params(request: Request) -> TaskListParams:
         key: query.getlist(key) if key in _LISTS else query[key] for key in query if key in _FIELDS
     }
     try:
-        return TaskListParams.model_validate(data)
+        params = TaskListParams.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)]
-        ) from None
+        located = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError([*located, *_unknown(query)]) from None
+    if not _FIELDS.issuperset(query.keys()):
+        raise RequestValidationError(_unknown(query))
+    return params
+
+
+def _unknown(query: QueryParams) -> list[dict[str, Any]]:
+    return unknown_name_errors(key for key in query if key not in _FIELDS)
 
 
 def _documented(model: type[BaseModel]) -> list[dict[str, Any]]:

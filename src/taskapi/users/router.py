@@ -3,16 +3,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
-from pydantic import AfterValidator
 
 from taskapi.auth.dependencies import CurrentPrincipal, CurrentUser, login_only, requires
 from taskapi.auth.schemas import UserOut
 from taskapi.kit.db import DbSession
-from taskapi.kit.openapi import NUL, problem_responses
+from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
-from taskapi.kit.validation import reject_nul
 from taskapi.users import service
-from taskapi.users.schemas import UserSearchPage, UserUpdate
+from taskapi.users.schemas import UserSearchPage, UserSearchParams, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 429))
 
@@ -60,19 +58,10 @@ async def delete_me(user: CurrentUser, session: DbSession) -> None:
 async def search_users(
     _user: CurrentUser,
     session: DbSession,
-    search: Annotated[
-        str,
-        Query(
-            min_length=1,
-            max_length=50,
-            description="Username prefix",
-            json_schema_extra={"pattern": f"^[^{NUL}]*$"},
-        ),
-        AfterValidator(reject_nul),
-    ],
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    params: Annotated[UserSearchParams, Query()],
 ) -> UserSearchPage:
     """Case-insensitive username prefix search, ordered by username; id and username only, to
     pick an assignee."""
-    return await service.search_by_username_prefix(session, search, limit=limit, offset=offset)
+    return await service.search_by_username_prefix(
+        session, params.search, limit=params.limit, offset=params.offset
+    )

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
 from taskapi.auth.schemas import Email, FullName, Password
+from taskapi.kit.openapi import NUL
+from taskapi.kit.strict_query import StrictQuery
+from taskapi.kit.validation import reject_nul
 
 
 class UserSummary(BaseModel):
@@ -16,6 +19,21 @@ class UserSummary(BaseModel):
 
     id: int
     username: str
+
+
+class UserSearchParams(StrictQuery):
+    search: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=50,
+            description="Username prefix",
+            json_schema_extra={"pattern": f"^[^{NUL}]*$"},
+        ),
+        AfterValidator(reject_nul),
+    ]
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    offset: Annotated[int, Field(ge=0, le=10_000_000)] = 0
 
 
 class UserSearchPage(BaseModel):

@@ -14,6 +14,7 @@ from taskapi.kit.conditional import IfNoneMatch, conditional_json
 from taskapi.kit.db import DbSession
 from taskapi.kit.openapi import problem_responses
 from taskapi.kit.services import services_of
+from taskapi.kit.strict_query import NoQueryParameters
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Webhook
 from taskapi.webhooks import service
@@ -67,7 +68,11 @@ def _shown(response: Response, webhook: Webhook) -> WebhookOut:
     summary="List your webhooks",
 )
 async def list_webhooks(
-    user: CurrentUser, session: DbSession, request: Request, if_none_match: IfNoneMatch = None
+    user: CurrentUser,
+    session: DbSession,
+    request: Request,
+    _strict: NoQueryParameters,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """All of them (at most 25), oldest first."""
     page = await service.list_webhooks(session, user)

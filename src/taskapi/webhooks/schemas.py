@@ -9,7 +9,6 @@ from typing import Annotated, Final, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
@@ -17,6 +16,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from taskapi.events import schemas as events
+from taskapi.kit.strict_query import StrictQuery
 from taskapi.kit.validation import MAX_ID, reject_nul
 from taskapi.tasks.schemas import JsonBool
 
@@ -175,9 +175,7 @@ class DeliveryPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for older deliveries")
 
 
-class DeliveryParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DeliveryParams(StrictQuery):
     limit: Annotated[int, Field(ge=1, le=MAX_DELIVERY_LIMIT)] = 20
     cursor: Annotated[
         str | None,
