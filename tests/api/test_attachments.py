@@ -362,6 +362,12 @@ class Env:
 
 MakeEnv = Callable[..., Awaitable[Env]]
 
+# The apps (with their settings and storage probe) by backend and overrides, built once per
+# worker: building an app and an S3 client costs more than most tests here.
+_BUILT: dict[
+    tuple[str, str, tuple[tuple[str, Any], ...]], tuple[Settings, FastAPI, StorageProbe]
+] = {}
+
 
 @pytest.fixture(params=["local", "s3"])
 def backend(request: pytest.FixtureRequest) -> str:
@@ -378,15 +384,20 @@ async def make_env(
     async with contextlib.AsyncExitStack() as stack:
 
         async def factory(**overrides: Any) -> Env:
-            if backend == "s3":
-                overrides.setdefault("storage_backend", "s3")
-                overrides.setdefault("s3_endpoint_url", moto_endpoint)
-                overrides.setdefault("s3_bucket", unique_bucket())
-            # Cheap password hashing: every test registers users, none is about passwords.
-            overrides.setdefault("argon2_time_cost", 1)
-            overrides.setdefault("argon2_memory_cost_kib", 64)
-            settings = make_settings(MAIN_DB, **overrides)
-            application = create_app(settings)
+            key = (backend, moto_endpoint, tuple(sorted(overrides.items())))
+            if key not in _BUILT:
+                if backend == "s3":
+                    overrides.setdefault("storage_backend", "s3")
+                    overrides.setdefault("s3_endpoint_url", moto_endpoint)
+                    overrides.setdefault("s3_bucket", unique_bucket())
+                # Cheap password hashing: every test registers users, none is about passwords.
+                overrides.setdefault("argon2_time_cost", 1)
+                overrides.setdefault("argon2_memory_cost_kib", 64)
+                settings = make_settings(MAIN_DB, **overrides)
+                _BUILT[key] = (settings, create_app(settings), StorageProbe(settings))
+            settings, application, probe = _BUILT[key]
+            # Each test runs the lifespan anew (fresh services, caches, storage client) and
+            # leaves its storage empty (probe.clean below): only the build is shared.
             await stack.enter_async_context(application.router.lifespan_context(application))
             bind_to_connection(application, connection)
             client = await stack.enter_async_context(
@@ -394,7 +405,6 @@ async def make_env(
                     transport=httpx.ASGITransport(app=application), base_url="http://testserver"
                 )
             )
-            probe = StorageProbe(settings)
             probes.append(probe)
             return Env(backend, application, client, settings, probe)
 

@@ -267,10 +267,12 @@ async def test_after_24_hours_of_failures_a_delivery_fails_for_good(env: Env) ->
         assert failed["next_attempt_at"] is None
         assert failed["attempts"] == len(receiver.received) == len(sent_at)
         delays = [(b - a).total_seconds() for a, b in itertools.pairwise(sent_at)]
-        # Exponential from 5 s (+-20%), capped at 6 h (+-20%), until 24 h are over.
-        assert 4 <= delays[0] <= 6
-        assert 16 <= delays[1] <= 24
-        assert all(d <= 6 * 3600 * 1.2 for d in delays)
+        # Exponential from 5 s (+-20%), capped at 6 h (+-20%), until 24 h are over; the clock is
+        # real time plus the skips, so each delay also holds the real time a round takes.
+        round_slack = 1.0
+        assert 4 <= delays[0] <= 6 + round_slack
+        assert 16 <= delays[1] <= 24 + round_slack
+        assert all(d <= 6 * 3600 * 1.2 + round_slack for d in delays)
         assert max(delays) >= 6 * 3600 * 0.8
         assert (sent_at[-1] - sent_at[0]) >= timedelta(hours=24)
         assert (sent_at[-2] - sent_at[0]) < timedelta(hours=24)
