@@ -183,7 +183,7 @@ STATEFUL_SETTINGS = hypothesis.settings(
 )
 # Attempts end as soon as enough steps ran and one chained (a link's id used): more routes mean
 # fewer random sequences reach a task's own operations, so a few more attempts may be needed.
-STATEFUL_ATTEMPTS = 10
+STATEFUL_ATTEMPTS = 6
 STATEFUL_MIN_STEPS = 100
 PASSWORD = "correct horse battery"
 
