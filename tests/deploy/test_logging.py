@@ -20,7 +20,7 @@ from taskapi.kit.config import Settings
 from taskapi.kit.errors import ServiceUnavailable
 from taskapi.kit.logs import configure_logging
 from taskapi.kit.outbound import outbound_client, post_bounded
-from tests.conftest import TEST_SECRET, MakeUser, UserHandle
+from tests.conftest import TEST_SECRET, MakeUser, UserHandle, register_and_login
 from tests.deploy.test_cli_and_socket import cli_env, run_cli
 from tests.refresh_helpers import past_the_grace
 from tests.webhook_receiver import Receiver, free_port, serving
@@ -216,7 +216,8 @@ async def test_no_password_token_or_key_is_ever_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    user = await make_user(password="first password 123")
+    # Through the API: registering and logging in are among what must not log secrets.
+    user = await register_and_login(client, password="first password 123")
     secrets: set[str] = {user.password, user.access_token, user.refresh_token, TEST_SECRET}
 
     form = await client.post(
