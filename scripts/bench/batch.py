@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,13 +40,12 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from sqlalchemy.engine import make_url
+from common import admin, database_url, free_port
 from webhook_scenarios import BenchError, Process
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv this script runs in
 DATABASE = "taskapi_bench_batch"
-DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
 SECRET_KEY = secrets.token_urlsafe(48)
 HUGE = str(10**9)  # rate-limit buckets no run can empty
 TASKS = "/api/v1/tasks"
@@ -92,29 +90,6 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
 
 
 # --- the server --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def database_url() -> str:
-    url = make_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
-    return url.set(drivername="postgresql+asyncpg", database=DATABASE).render_as_string(
-        hide_password=False
-    )
-
-
-async def admin(statement: str) -> None:
-    url = make_url(database_url()).set(drivername="postgresql", database="postgres")
-    conn = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 def server_env(url: str, workdir: Path) -> dict[str, str]:
@@ -325,7 +300,7 @@ async def measure(options: Options, base: str) -> list[list[str]]:
 
 
 def run(options: Options, workdir: Path) -> list[list[str]]:
-    url = database_url()
+    url = database_url(DATABASE)
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     env = server_env(url, workdir)
     migrate = subprocess.run(  # noqa: S603 - our own venv's executable

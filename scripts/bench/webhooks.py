@@ -44,7 +44,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from sqlalchemy.engine import make_url
+from common import admin, database_url, free_port
 from webhook_scenarios import GOAL, Bench, BenchError, Process, Row
 
 from taskapi.kit.config import Settings
@@ -65,7 +64,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv this script runs in
 DATABASE = "taskapi_bench_webhooks"
-DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
 SECRET_KEY = secrets.token_urlsafe(48)
 HEADER = (
     "scenario",
@@ -123,29 +121,6 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def database_url() -> str:
-    url = make_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
-    return url.set(drivername="postgresql+asyncpg", database=DATABASE).render_as_string(
-        hide_password=False
-    )
-
-
-async def admin(statement: str) -> None:
-    url = make_url(database_url()).set(drivername="postgresql", database="postgres")
-    conn = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def worker_env(url: str, workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "STORAGE_"))}
     env.update(
@@ -200,7 +175,7 @@ def wait_for_receiver(receiver: Process, url: str) -> None:
 
 
 def run(options: Options, workdir: Path) -> list[Row]:
-    url = database_url()
+    url = database_url(DATABASE)
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     env = worker_env(url, workdir)
     migrate = subprocess.run(  # noqa: S603 - our own venv's executable
