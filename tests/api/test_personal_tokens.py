@@ -25,6 +25,7 @@ from taskapi.kit.security import (
 )
 from taskapi.kit.services import services_of
 from taskapi.models import PersonalAccessToken
+from tests.api.test_token_scopes import SCOPES
 from tests.conftest import StatementLog, UserHandle, register_and_login
 from tests.internals.test_auth_hot_path import http, running
 from tests.task_helpers import assert_problem
@@ -111,16 +112,7 @@ async def test_a_token_acts_as_its_user_within_its_scopes(
 async def test_a_token_never_manages_tokens_or_the_account(
     client: httpx.AsyncClient, alice: UserHandle
 ) -> None:
-    everything = [
-        "tasks:read",
-        "tasks:write",
-        "projects:read",
-        "projects:write",
-        "events:read",
-        "webhooks:write",
-        "notifications",
-    ]
-    created = await create(client, alice, everything)
+    created = await create(client, alice, list(SCOPES))
     headers = bearer(created["token"])
     attempts = [
         ("POST", TOKENS, {"name": "more", "scopes": ["tasks:read"]}),
