@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,11 +39,9 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from common import admin, database_url, free_port
-from webhook_scenarios import BenchError, Process
+from common import BIN, BenchError, admin, database_url, free_port, fresh_database
+from webhook_scenarios import Process
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the venv this script runs in
 DATABASE = "taskapi_bench_batch"
 SECRET_KEY = secrets.token_urlsafe(48)
 HUGE = str(10**9)  # rate-limit buckets no run can empty
@@ -301,18 +298,8 @@ async def measure(options: Options, base: str) -> list[list[str]]:
 
 def run(options: Options, workdir: Path) -> list[list[str]]:
     url = database_url(DATABASE)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     env = server_env(url, workdir)
-    migrate = subprocess.run(  # noqa: S603 - our own venv's executable
-        [str(BIN / "taskapi"), "migrate"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if migrate.returncode != 0:
-        raise BenchError(f"taskapi migrate failed:\n{(migrate.stdout + migrate.stderr)[-3000:]}")
+    fresh_database(DATABASE, env)
     port = free_port()
     command = [
         str(BIN / "taskapi"),

@@ -1,14 +1,22 @@
 """What the benchmark scripts of scripts/bench/ share: a free port, their own database's URL on
-the server DATABASE_URL names, and statements run on that server's `postgres` database."""
+the server DATABASE_URL names, statements run on that server's `postgres` database, and a fresh
+database migrated by `taskapi migrate`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv the script runs in
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
 
 
@@ -35,3 +43,23 @@ async def admin(statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+class BenchError(RuntimeError):
+    """The run cannot go on; the message says why."""
+
+
+def fresh_database(database: str, env: Mapping[str, str]) -> None:
+    """`database` dropped, then created and migrated by `taskapi migrate` (DATABASE_URL in
+    `env` names it)."""
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    migrate = subprocess.run(  # noqa: S603 - our own venv's executable
+        [str(BIN / "taskapi"), "migrate"],
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrate.returncode != 0:
+        raise BenchError(f"taskapi migrate failed:\n{(migrate.stdout + migrate.stderr)[-3000:]}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from common import ROOT, BenchError
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,12 +28,7 @@ from taskapi.tasks.schemas import TaskCreate
 from taskapi.webhooks import service as webhooks
 from taskapi.webhooks.schemas import WebhookCreate
 
-ROOT = Path(__file__).resolve().parents[2]
 GOAL = 300  # deliveries per second by one worker (issue 19)
-
-
-class BenchError(RuntimeError):
-    """The run cannot go on; the message says why."""
 
 
 class Process:

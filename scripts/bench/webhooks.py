@@ -44,7 +44,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,15 +53,13 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from common import admin, database_url, free_port
-from webhook_scenarios import GOAL, Bench, BenchError, Process, Row
+from common import BIN, BenchError, admin, database_url, free_port, fresh_database
+from webhook_scenarios import GOAL, Bench, Process, Row
 
 from taskapi.kit.config import Settings
 from taskapi.kit.db import create_engine, create_sessionmaker
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent  # the venv this script runs in
 DATABASE = "taskapi_bench_webhooks"
 SECRET_KEY = secrets.token_urlsafe(48)
 HEADER = (
@@ -176,18 +173,8 @@ def wait_for_receiver(receiver: Process, url: str) -> None:
 
 def run(options: Options, workdir: Path) -> list[Row]:
     url = database_url(DATABASE)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     env = worker_env(url, workdir)
-    migrate = subprocess.run(  # noqa: S603 - our own venv's executable
-        [str(BIN / "taskapi"), "migrate"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if migrate.returncode != 0:
-        raise BenchError(f"taskapi migrate failed:\n{(migrate.stdout + migrate.stderr)[-3000:]}")
+    fresh_database(DATABASE, env)
     # One port per webhook of the largest scenario: each its own origin, as receivers are.
     ports = [free_port() for _ in range(max(options.endpoints))]
     command = [str(BIN / "python"), str(HERE / "webhook_receiver.py"), *map(str, ports)]
