@@ -51,9 +51,9 @@ throughput run >= 300 deliveries/s). `--only webhooks` runs it alone (no templat
 
 Batch writes (issue 20): `batch` (last too) runs scripts/bench/batch.py: on a database and one
 `taskapi serve` worker of its own, 500 creates in one POST /tasks/batch against 500 single
-POST /tasks (sequential, then from 8 clients), and 500 updates in one batch against 500
-sequential PATCHes, median wall times and ratios side by side (goal: the batch of 500 creates
-under 1 s). `--only batch` runs it alone.
+POST /tasks (sequential, then from 8 clients), 500 updates in one batch against 500
+sequential PATCHes, and a batch each of 500 transitions and 500 deletes, median wall times and
+ratios side by side (goal: every batch of 500 operations under 1 s). `--only batch` runs it alone.
 
 Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
 `errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario

@@ -391,9 +391,11 @@ def unique() -> Callable[[str], str]:
 @dataclass
 class StatementLog:
     statements: list[str] = field(default_factory=list)
+    savepoints: int = 0  # SAVEPOINTs set (not in `statements`)
 
     def clear(self) -> None:
         self.statements.clear()
+        self.savepoints = 0
 
     @property
     def count(self) -> int:
@@ -412,8 +414,11 @@ async def sql_log(connection: AsyncConnection) -> AsyncIterator[StatementLog]:
     assert sync_connection is not None
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+        keyword = statement.lstrip().upper()
+        if not keyword.startswith(_TRANSACTION_CONTROL):
             log.statements.append(statement)
+        elif keyword.startswith("SAVEPOINT"):
+            log.savepoints += 1
 
     # SQLAlchemy runs statements as prepared ones, which asyncpg's query logger does not see;
     # it sees the queries sent with Connection.fetch/execute, so nothing is counted twice.

@@ -1,7 +1,7 @@
 """Batch writes (issue 20): 500 creates in one `POST /tasks/batch` against 500 single
 `POST /tasks`, sequential and from 8 concurrent clients, side by side; the same for 500 updates
-(one batch against 500 sequential `PATCH /tasks/{id}`). Goal: the batch of 500 creates well under
-1 s.
+(one batch against 500 sequential `PATCH /tasks/{id}`); and one batch each of 500 transitions and
+500 deletes. Goal: every batch of 500 operations under 1 s (issue 20).
 
     .venv/bin/python scripts/bench/batch.py [--operations 500] [--clients 8] [--repeat 5]
         [--quick] [--json FILE] [--keep]
@@ -46,7 +46,7 @@ DATABASE = "taskapi_bench_batch"
 SECRET_KEY = secrets.token_urlsafe(48)
 HUGE = str(10**9)  # rate-limit buckets no run can empty
 TASKS = "/api/v1/tasks"
-GOAL_SECONDS = 1.0  # 500 creates in one batch (issue 20: "well under")
+GOAL_SECONDS = 1.0  # any batch of 500 operations (issue 20)
 HEADER = ("scenario", "requests", "median ms", "min ms", "tasks/s", "vs batch")
 ALIGN = "lrrrrr"
 
@@ -131,7 +131,7 @@ def wait_for_server(server: Process, base: str) -> None:
 @dataclass
 class Scenario:
     label: str
-    kind: str  # "create" or "update": what its `vs batch` compares with
+    kind: str  # "create", "update", ...: what its `vs batch` compares with
     requests: int
     run: Callable[[], Awaitable[None]]
     seconds: list[float]
@@ -165,7 +165,9 @@ class Bench:
             httpx.AsyncClient(base_url=base, timeout=60) for _ in range(options.clients)
         ]
         self.headers: dict[str, str] = {}
-        self.targets: list[int] = []  # tasks the update scenarios change
+        self.targets: list[int] = []  # tasks the update and transition scenarios change
+        self.status = "todo"  # the targets' status, which the transitions toggle
+        self.created: list[int] = []  # the last batch of creates' tasks, which the deletes take
         self.round = 0
 
     async def aclose(self) -> None:
@@ -207,7 +209,20 @@ class Bench:
         return results
 
     async def batch_creates(self) -> None:
-        await self.batch([{"op": "create", "task": task} for task in self.creates()])
+        results = await self.batch([{"op": "create", "task": task} for task in self.creates()])
+        self.created = [int(str(r["task_id"])) for r in results]
+
+    async def batch_transitions(self) -> None:
+        self.status = "in_progress" if self.status == "todo" else "todo"
+        await self.batch(
+            [
+                {"op": "transition", "task_id": task_id, "status": self.status}
+                for task_id in self.targets
+            ]
+        )
+
+    async def batch_deletes(self) -> None:
+        await self.batch([{"op": "delete", "task_id": task_id} for task_id in self.created])
 
     async def single_creates(self, clients: int) -> None:
         bodies = self.creates()
@@ -248,6 +263,9 @@ class Bench:
                 200,
             )
         await self.batch_updates()
+        await self.batch_transitions()
+        await self.batch_creates()
+        await self.batch_deletes()
 
     def scenarios(self) -> list[Scenario]:
         n, k = self.options.operations, self.options.clients
@@ -271,6 +289,9 @@ class Bench:
             Scenario(
                 f"{n} updates, sequential PATCH /tasks/{{id}}", "update", n, self.single_updates, []
             ),
+            Scenario(f"{n} transitions, 1 batch", "transition", 1, self.batch_transitions, []),
+            # (the tasks this round's batch of creates made)
+            Scenario(f"{n} deletes, 1 batch", "delete", 1, self.batch_deletes, []),
         ]
 
 
@@ -355,18 +376,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = "Batch writes: POST /tasks/batch against single requests, one `taskapi serve` worker"
     notes = [
         f"median (and min) wall time of {options.repeat} runs each, first request sent to last "
-        "answer read; vs batch: that median over the batch's of the same kind (creates or "
-        "updates).",
-        f"goal (issue 20): {options.operations} creates in one batch well under "
+        "answer read; vs batch: that median over the batch's of the same kind (creates, "
+        "updates, ...).",
+        f"goal (issue 20): {options.operations} operations of any kind in one batch under "
         f"{GOAL_SECONDS:.0f} s.",
     ]
     print("\n" + table_text(title, rows, notes))
-    batch_ms = float(rows[0][2].replace(",", ""))
-    singles = rows[1][5]
+    batches = {row[0]: float(row[2].replace(",", "")) for row in rows if row[1] == "1"}
+    slowest = max(batches, key=lambda label: batches[label])
     goal = {
-        "description": f"{options.operations} creates in one batch < {GOAL_SECONDS:.0f} s",
-        "measured": f"{batch_ms:,.0f} ms ({singles} faster than sequential POSTs)",
-        "passed": batch_ms < GOAL_SECONDS * 1000,
+        "description": f"any batch of {options.operations} operations < {GOAL_SECONDS:.0f} s",
+        "measured": f"slowest: {slowest} {batches[slowest]:,.0f} ms; creates "
+        f"{rows[1][5]} faster than sequential POSTs",
+        "passed": batches[slowest] < GOAL_SECONDS * 1000,
     }
     if options.json_path is not None:
         document = {

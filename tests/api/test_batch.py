@@ -409,7 +409,7 @@ async def test_a_malformed_batch_is_refused_whole(
 # --- cost ----------------------------------------------------------------------------------------
 
 
-async def test_500_creates_cost_a_few_statements_and_updates_a_few_each(
+async def test_500_creates_cost_a_few_statements_and_changes_one_each(
     client: httpx.AsyncClient, alice: UserHandle, sql_log: StatementLog
 ) -> None:
     creates = [{"op": "create", "task": {"title": f"t{i}", "tags": ["a"]}} for i in range(500)]
@@ -431,9 +431,24 @@ async def test_500_creates_cost_a_few_statements_and_updates_a_few_each(
     await batch(
         client, alice, *({"op": "transition", "task_id": i, "status": "done"} for i in ids[:50])
     )
-    # One lock of every named task, then per operation its read and its UPDATE; the events of
-    # all 50 in one statement at the end, and one wake-up of the feed.
-    assert sql_log.count <= 1 + 2 * 50 + 2, sql_log.count
+    # One read locking every named task, then per operation its UPDATE (the locked read is what
+    # it changes); the events of all 50 in one statement at the end, and one wake-up of the feed.
+    # Each operation is checked before it writes, so none needs a savepoint of its own.
+    assert sql_log.count <= 1 + 50 + 2, sql_log.statements
+    assert sql_log.savepoints <= 1, sql_log.savepoints
+    # A task named twice is read again for its second operation (the first changed it), and a
+    # refused operation costs only its checks.
+    sql_log.clear()
+    twice = await batch(
+        client,
+        alice,
+        {"op": "transition", "task_id": ids[0], "status": "todo"},
+        {"op": "transition", "task_id": ids[0], "status": "done"},
+        {"op": "transition", "task_id": ids[0], "status": "done"},  # done -> done: refused
+    )
+    assert [r["success"] for r in twice["results"]] == [True, True, False]
+    assert twice["results"][2]["error"]["code"] == "invalid_transition"
+    assert sql_log.count <= 1 + (1 + 1) + (1 + 1) + 1 + 2, sql_log.statements
 
 
 async def test_one_rate_limit_token_per_ten_operations(

@@ -125,8 +125,8 @@ async def deferring(session: AsyncSession) -> AsyncIterator[None]:
     in one statement (and one wake-up notification) as it ends: a batch of 500 changes costs
     one INSERT of their events instead of 500 INSERTs and 500 notifications. They are still
     written in the changes' own transaction, before it commits. Nothing may read the event log
-    inside the block; a savepoint rolled back inside it drops what it recorded with
-    `deferred_mark` / `drop_deferred`."""
+    inside the block, and nothing inside it may be rolled back alone (a savepoint would leave
+    its events recorded)."""
     if _DEFERRED in session.info:
         raise RuntimeError("events are already deferred in this session")
     session.info[_DEFERRED] = []
@@ -138,16 +138,6 @@ async def deferring(session: AsyncSession) -> AsyncIterator[None]:
     specs: list[EventSpec] = session.info.pop(_DEFERRED)
     if specs:
         await repository.insert(session, specs)
-
-
-def deferred_mark(session: AsyncSession) -> int:
-    """How many events the session holds back so far (inside `deferring`)."""
-    return len(session.info[_DEFERRED])
-
-
-def drop_deferred(session: AsyncSession, mark: int) -> None:
-    """Forget the events recorded since `mark`: their changes were rolled back."""
-    del session.info[_DEFERRED][mark:]
 
 
 async def record_project_access_lost(

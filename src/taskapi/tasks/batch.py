@@ -2,9 +2,9 @@
 taskapi.tasks.service and taskapi.tasks.trash (visibility, project roles, workflow, If-Match,
 notifications, events), all in the request's one transaction.
 
-- Non-atomic: each update, transition or delete runs in a savepoint of its own, so one that
-  fails leaves nothing behind and the others go on. A create is checked without writing
-  (`service.check_new_task`), so a refused one has nothing to undo.
+- Every operation is checked before it writes anything (the services' `check_*`, then their
+  `apply_*`, which refuse nothing), so a refused one leaves nothing behind: the non-atomic mode
+  reports it and goes on, with no savepoint to set and release per operation.
 - Atomic: the first failure raises 409 `batch_failed`, and the request's transaction is rolled
   back: no task, no event, no notification, no stats change.
 
@@ -12,13 +12,16 @@ Consecutive creates are inserted together when the run of them ends (one INSERT 
 and every operation's events are written together at the end (`events.deferring`: one INSERT
 and one notification): 500 creates cost a few statements, not 500 requests' worth. Nothing
 later in the batch can see the difference, since an operation can only name a created task
-after the run that created it.
+after the run that created it. The tasks the batch names are read and locked together at the
+start; each is read again only if an earlier operation of the batch changed it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,6 +52,8 @@ class _Batch:
     user: User
     atomic: bool
     today: date
+    # The named tasks as the batch's lock read them, each until an operation takes it.
+    locked: dict[int, Task]
     results: dict[int, BatchItemResult] = field(default_factory=dict)
     temp_ids: dict[str, int] = field(default_factory=dict)
     # The outcome of `service.check_new_task` per (project_id, assignee_id): None when allowed.
@@ -104,30 +109,30 @@ class _Batch:
                 self.fail(index, None, TempIdNotFound())
                 return
         assert task_id is not None  # the schema requires one of the two
-        mark = events.deferred_mark(self.session)
         try:
-            if self.atomic:
-                task = await self._apply(op, task_id)
-            else:
-                async with self.session.begin_nested():
-                    task = await self._apply(op, task_id)
+            write = await self._check(op, task_id)
         except AppError as error:
-            events.drop_deferred(self.session, mark)  # the savepoint undid their changes
             self.fail(index, task_id, error)
             return
-        self.succeed(index, task_id, task)
+        self.succeed(index, task_id, await write())
 
-    async def _apply(self, op: ChangeOp, task_id: int) -> Task | None:
-        """One operation, exactly as its single-task endpoint does it."""
+    async def _check(self, op: ChangeOp, task_id: int) -> Callable[[], Awaitable[Task | None]]:
+        """One operation's checks, exactly as its single-task endpoint makes them; then what it
+        writes, to run once they have passed."""
         session, user = self.session, self.user
-        task = await service.visible_for_update(session, user, task_id)
+        # Locked since the start and untouched by the batch so far: as a read now would find it.
+        task = self.locked.pop(task_id, None) or await service.visible_for_update(
+            session, user, task_id
+        )
         if_match = IfMatch(op.if_match)
+        if isinstance(op, DeleteOp):
+            await trash.check_trash(session, user, task, if_match)
+            return partial(trash.apply_trash, session, user, task)
         if isinstance(op, UpdateOp):
-            return await service.update_task(session, user, task, op.changes, if_match)
-        if isinstance(op, TransitionOp):
-            return await service.transition_task(session, user, task, op.status, if_match)
-        await trash.trash_task(session, user, task, if_match)
-        return None
+            checked = await service.check_update(session, user, task, op.changes, if_match)
+        else:
+            checked = await service.check_transition_to(session, user, task, op.status, if_match)
+        return partial(service.apply_change, session, user, checked)
 
 
 def _target_project(op: CreateOp | ChangeOp) -> int | None:
@@ -151,9 +156,8 @@ async def apply_batch(session: AsyncSession, user: User, batch: BatchIn) -> Batc
         for op in batch.operations
         if not isinstance(op, CreateOp) and op.task_id is not None
     }
-    if named:
-        await repository.get_visible_many(session, user.id, sorted(named))
-    run = _Batch(session, user, batch.atomic, today())
+    locked = await repository.get_visible_many(session, user.id, sorted(named)) if named else []
+    run = _Batch(session, user, batch.atomic, today(), {task.id: task for task in locked})
     async with events.deferring(session):  # one INSERT of every change's event, at the end
         for index, op in enumerate(batch.operations):
             if isinstance(op, CreateOp):

@@ -13,7 +13,7 @@ from taskapi.kit.pagination import next_link
 from taskapi.kit.services import services_of
 from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
-from taskapi.tasks import batch, bulk, service, trash
+from taskapi.tasks import batch, bulk, reads, service, trash
 from taskapi.tasks.batch_schemas import BATCH_RESULT_JSON, BatchResult
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
 from taskapi.tasks.dependencies import PaidBatch, TaskId, VisibleTaskForUpdate
@@ -76,7 +76,7 @@ async def list_tasks(
     `offset` or `cursor` (the `next_cursor` of the previous page: keyset pagination, stable while
     tasks are added). A `Link: <...>; rel="next"` header points at the next page."""
     codec = services_of(request.app).cursor_codec
-    page = await service.list_tasks(session, user, params, codec)
+    page = await reads.list_tasks(session, user, params, codec)
     headers = {}
     if page["next_cursor"] is not None:
         headers["Link"] = next_link(request, page["next_cursor"])
@@ -108,7 +108,7 @@ async def task_stats(
     """Counts over every task you can see: your personal tasks (owned or assigned) and those of
     your projects. Cached per user and invalidated by every change, so it is never stale after a
     write."""
-    payload = await service.stats_json(session, cache, user, project_id)
+    payload = await reads.stats_json(session, cache, user, project_id)
     return await conditional_json(request, if_none_match, payload)
 
 
@@ -196,7 +196,7 @@ async def get_task(
     session: DbSession,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    task = await service.get_task_item(session, user, task_id)
+    task = await reads.get_task_item(session, user, task_id)
     etag = etag_for(task["version"])
     if none_match(if_none_match, task["version"]):
         return Response(status_code=304, headers={"ETag": etag})

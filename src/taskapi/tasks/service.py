@@ -1,14 +1,15 @@
 """The rules of tasks: who may change what, the workflow, versions, notifications.
 
-Services take the session first and never commit. Changes are planned (validated, with no
-mutation) before they are applied, so a refused change never leaves a half-updated object.
+Services take the session first and never commit. A change is checked (everything that can
+refuse it, with no write and no mutation: `check_*`) before it is applied (`apply_*`, which
+refuses nothing), so a refused change never leaves a half-updated object or a row behind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import delete
@@ -20,29 +21,20 @@ from taskapi.kit.errors import (
     UnknownAssignee,
     ValidationFailed,
 )
-from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.project_errors import ProjectNotFound
 from taskapi.models import Task, TaskStatus, User
 from taskapi.notifications import service as notifications
-from taskapi.tasks import access, audit, files, repository, stat_counts
+from taskapi.tasks import access, audit, files, repository
 from taskapi.tasks.access import Membership
 from taskapi.tasks.conditional import IfMatch
-from taskapi.tasks.list_page import build_page
-from taskapi.tasks.list_params import TaskListParams
-from taskapi.tasks.list_plan import plan_list
-from taskapi.tasks.overdue import today
 from taskapi.tasks.schemas import (
     MAX_TAGS,
     TaskCreate,
-    TaskItemRow,
-    TaskPageRows,
     TaskPatch,
     TaskReplace,
-    TaskStats,
     normalize_tag,
 )
-from taskapi.tasks.stats_cache import StatsCache, mark_stats_stale
-from taskapi.tasks.visibility import ProjectFilter
+from taskapi.tasks.stats_cache import mark_stats_stale
 from taskapi.tasks.workflow import check_transition
 
 # Fields anyone who sees a task may set; assignment is the owner's alone.
@@ -95,19 +87,12 @@ def plan_changes(
     return planned
 
 
-async def _apply_planned(
-    session: AsyncSession, user: User, task: Task, planned: dict[str, Any], now: datetime
-) -> Task:
+async def apply_change(session: AsyncSession, user: User, change: Change) -> Task:
+    """Write a checked change: the task's columns, its version, its event and notifications.
+    Refuses nothing (everything that can be refused was checked by `check_change`)."""
+    task, planned, now = change.task, change.planned, change.now
     if not planned:
         return task
-    if "assignee_id" in planned:
-        await check_assignee_exists(session, planned["assignee_id"])
-    if "assignee_id" in planned or "project_id" in planned:
-        await access.check_assignee_is_member(
-            session,
-            planned.get("project_id", task.project_id),
-            planned.get("assignee_id", task.assignee_id),
-        )
     await stats_change(session, [task], planned)
     before = audit.before_values(task, planned)
     for name, value in planned.items():
@@ -189,7 +174,16 @@ async def visible_for_update(session: AsyncSession, user: User, task_id: int) ->
     return task
 
 
-async def _change(
+@dataclass(frozen=True)
+class Change:
+    """A change of one task that passed every check (`check_change`), not written yet."""
+
+    task: Task
+    planned: dict[str, Any]  # the columns that change, to their new values
+    now: datetime
+
+
+async def check_change(
     session: AsyncSession,
     user: User,
     task: Task,
@@ -197,7 +191,9 @@ async def _change(
     if_match: IfMatch,
     *,
     explicit_status: bool = False,
-) -> Task:
+) -> Change:
+    """Everything that can refuse a change (412, 403, 404, 409, 422), without writing: a batch
+    needs no savepoint to leave a refused operation without a trace."""
     if_match.check(task.version)
     now = utc_now()
     if changes.get("project_id") != task.project_id:
@@ -207,13 +203,44 @@ async def _change(
         session, user.id, [task.project_id, changes.get("project_id")]
     )
     planned = plan_changes(task, user, changes, now, members, explicit_status=explicit_status)
-    return await _apply_planned(session, user, task, planned, now)
+    if "assignee_id" in planned:
+        await check_assignee_exists(session, planned["assignee_id"])
+    if "assignee_id" in planned or "project_id" in planned:
+        await access.check_assignee_is_member(
+            session,
+            planned.get("project_id", task.project_id),
+            planned.get("assignee_id", task.assignee_id),
+        )
+    return Change(task, planned, now)
+
+
+async def _change(
+    session: AsyncSession,
+    user: User,
+    task: Task,
+    changes: dict[str, Any],
+    if_match: IfMatch,
+    *,
+    explicit_status: bool = False,
+) -> Task:
+    checked = await check_change(
+        session, user, task, changes, if_match, explicit_status=explicit_status
+    )
+    return await apply_change(session, user, checked)
+
+
+async def check_update(
+    session: AsyncSession, user: User, task: Task, data: TaskPatch, if_match: IfMatch
+) -> Change:
+    return await check_change(session, user, task, data.changes(), if_match)
 
 
 async def update_task(
     session: AsyncSession, user: User, task: Task, data: TaskPatch, if_match: IfMatch
 ) -> Task:
-    return await _change(session, user, task, data.changes(), if_match)
+    return await apply_change(
+        session, user, await check_update(session, user, task, data, if_match)
+    )
 
 
 async def replace_task(
@@ -224,11 +251,20 @@ async def replace_task(
     return await _change(session, user, task, changes, if_match)
 
 
+async def check_transition_to(
+    session: AsyncSession, user: User, task: Task, target: TaskStatus, if_match: IfMatch
+) -> Change:
+    """An explicit transition: asking for the current status is itself invalid (409)."""
+    return await check_change(
+        session, user, task, {"status": target}, if_match, explicit_status=True
+    )
+
+
 async def transition_task(
     session: AsyncSession, user: User, task: Task, target: TaskStatus, if_match: IfMatch
 ) -> Task:
-    """An explicit transition: asking for the current status is itself invalid (409)."""
-    return await _change(session, user, task, {"status": target}, if_match, explicit_status=True)
+    checked = await check_transition_to(session, user, task, target, if_match)
+    return await apply_change(session, user, checked)
 
 
 async def assign_task(
@@ -273,85 +309,7 @@ async def delete_tasks(session: AsyncSession, which: Any, *, any_files: bool = T
     await session.execute(delete(Task).where(which))
 
 
-# --- list and stats ------------------------------------------------------------------------------
-
-
-async def get_task_item(session: AsyncSession, user: User, task_id: int) -> TaskItemRow:
-    """A task the caller can see, as GET /tasks/{id} shows it (read straight from the database,
-    no ORM object: this is the busiest single-task read)."""
-    item = await repository.get_visible_item(session, user.id, task_id, today())
-    if item is None:
-        raise TaskNotFound()
-    return item  # type: ignore[return-value]
-
-
-async def list_tasks(
-    session: AsyncSession, user: User, params: TaskListParams, cursors: CursorCodec
-) -> TaskPageRows:
-    """GET /tasks: parameters -> plan -> statements run -> page (one module per step).
-
-    `project_id=` of a project the caller is not in is a 404; only an empty page needs asking
-    (the statements only ever return rows of the caller's own projects)."""
-    plan = plan_list(params, user.id, today(), cursors)
-    rows, total = await repository.list_page(session, plan)
-    if not rows and isinstance(params.project_id, int):
-        await member_or_404(session, user, params.project_id)
-    return build_page(plan, rows, total, cursors)
-
-
-def _percentage(part: int, whole: int) -> float:
-    """One decimal, halves rounded up (1 of 16 is 6.3, as a person would write it)."""
-    if not whole:
-        return 0.0
-    return float((Decimal(part * 100) / Decimal(whole)).quantize(Decimal("0.1"), ROUND_HALF_UP))
-
-
 async def member_or_404(session: AsyncSession, user: User, project_id: int) -> None:
     """404 `project_not_found` unless the user is a member of the project."""
     if not await repository.is_member(session, user.id, project_id):
         raise ProjectNotFound()
-
-
-async def stats_json(
-    session: AsyncSession, cache: StatsCache, user: User, project_id: int | None = None
-) -> bytes:
-    """The caller's stats as JSON, from the cache when it holds the current generation. One
-    project's stats (a member's) are read straight from the counts: a few rows."""
-    if project_id is not None:
-        await member_or_404(session, user, project_id)
-        return (await task_stats(session, user, "id", project_id)).model_dump_json().encode()
-    cached = await cache.get(user.id)
-    if cached.payload is not None:
-        return cached.payload
-    payload = (await task_stats(session, user)).model_dump_json().encode()
-    if cached.generation is not None:
-        await cache.put(user.id, cached.generation, payload)
-    return payload
-
-
-async def task_stats(
-    session: AsyncSession,
-    user: User,
-    project: ProjectFilter = None,
-    project_id: int | None = None,
-) -> TaskStats:
-    """From the counts the `tasks` triggers keep (one indexed read of a few dozen rows per
-    subject, however many tasks the user sees); folds them when enough writes have piled up
-    since the last fold."""
-    counts = await stat_counts.read(session, user.id, today(), project, project_id)
-    if counts.unfolded >= stat_counts.READ_FOLD_THRESHOLD:
-        await stat_counts.fold_for_reader(
-            session, user.id, at_least=stat_counts.READ_FOLD_THRESHOLD // 4
-        )
-    total = sum(counts.by_status.values())
-    completed = counts.by_status[TaskStatus.DONE.value]
-    return TaskStats(
-        total=total,
-        completed=completed,
-        incomplete=total - completed,
-        completion_rate=_percentage(completed, total),
-        overdue=counts.overdue,
-        by_status=counts.by_status,
-        by_priority=counts.by_priority,
-        by_tag=counts.by_tag,
-    )

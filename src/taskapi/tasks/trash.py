@@ -49,16 +49,27 @@ def purge_at(deleted_at: datetime, retention_days: int) -> datetime:
     return deleted_at + timedelta(days=retention_days)
 
 
-async def trash_task(session: AsyncSession, user: User, task: Task, if_match: IfMatch) -> None:
-    """DELETE /tasks/{id}: into the trash (owner of a personal task, editor+ of a project's)."""
+async def check_trash(session: AsyncSession, user: User, task: Task, if_match: IfMatch) -> None:
+    """What can refuse DELETE /tasks/{id} (the owner of a personal task, an editor or more of a
+    project's; If-Match), without writing."""
     members = await access.memberships(session, user.id, [task.project_id])
     access.check_manage(task, user, members.get(task.project_id or 0), "delete it")
     if_match.check(task.version)
+
+
+async def apply_trash(session: AsyncSession, user: User, task: Task) -> None:
+    """Put a checked task into the trash (refuses nothing)."""
     await service.stats_change(session, [task])
     task.deleted_at = datetime.now(UTC)
     task.deleted_by = user.id
     await session.flush()  # bumps the version: a trashed copy is not the live one
     await audit.task_deleted(session, user, task)
+
+
+async def trash_task(session: AsyncSession, user: User, task: Task, if_match: IfMatch) -> None:
+    """DELETE /tasks/{id}: into the trash."""
+    await check_trash(session, user, task, if_match)
+    await apply_trash(session, user, task)
 
 
 async def _trashed_for_update(session: AsyncSession, user: User, task_id: int) -> Task | None:
