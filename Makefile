@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: help install run migrate test compose-test scale-test bigfile faults bench load lint format services lock clean
+.PHONY: help install run migrate test compose-test scale-test bigfile faults bench profile load lint format services lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -66,8 +66,11 @@ bigfile: install  ## stream a 1 GiB file up and down (local, then S3 via moto); 
 faults: install  ## break PostgreSQL, Redis and S3 under load (own throwaway servers); 0 unexpected 5xx
 	$(BIN)/python scripts/faults.py $(FAULTS_ARGS)
 
-bench: install services  ## wrk vs a bare ceiling app, 1 then 2 workers, fresh seeded database (<10 min)
+bench: install services  ## wrk vs a bare ceiling app: 1 then 2 workers, a typical and a heavy user (~30 min)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+profile: install services  ## where the list's CPU goes, by layer (py-spy on one server under wrk; ~1 min)
+	$(BIN)/python scripts/profile_api.py $(PROFILE_ARGS)
 
 # `make load` defaults; override on the command line: make load USERS=50 DURATION=5m
 BASE_URL   ?= http://127.0.0.1:8000

@@ -4,15 +4,18 @@
     .venv/bin/python scripts/bench.py [--workers 1,2] [--duration 6] [--warmup 2]
         [--connections 32] [--storm-logins 32] [--storm-list 8] [--quick] [--markdown FILE] [--keep]
 
-Once per worker count (default 1, then 2):
+Once per worker count (default 1, then 2), and within it once per size (default the typical
+user, then the heavy one; `--sizes`):
 
 1. A fresh database. A template is migrated and seeded once per run with SQL (1,000 users sharing
    one password, hashed once by the API's own PasswordHashing; the user `bench` owns 10,000 tasks
    and is assigned 500 more; every other user owns 20; `bench_projects` has a copy of `bench`'s
-   tasks and is a member of 3 projects, one of 5,000 tasks shared by 20 users; 20,000 events in
-   1,000 transactions, every fourth about one of 1,000 of `bench`'s tasks), then vacuumed and
-   analysed. Each worker count gets its own clone of it, its own storage directory and its own
-   Redis key prefix.
+   tasks and is a member of 3 projects, one of 5,000 tasks shared by 20 users; the typical user
+   `bench_typical` owns a copy of 200 of `bench`'s tasks and is assigned 20 of other users';
+   `bench_typical_projects` has a copy of those and is a member of 3 projects of 200, 200 and 100
+   tasks; 20,000 events in 1,000 transactions, every fourth about one of 1,000 of `bench`'s
+   tasks), then vacuumed and analysed. Each worker count and size gets its own clone of it, its
+   own storage directory and its own Redis key prefix.
 2. `taskapi serve --workers N` from the working tree, configured as in production (JSON access
    log, into a log file), rate limits on with buckets no run can empty; beside it the bare
    ceiling app (scripts/bench/ceiling.py: Starlette + asyncpg + orjson) and, for one scenario,
@@ -29,6 +32,10 @@ Once per worker count (default 1, then 2):
    its measured run (same connections and duration): this machine's speed drifts by tens of
    percent within minutes, and a single ceiling measured at the start made ratios drift with it.
 4. The login storm: the list at 8 connections alone, then again while 32 connections log in.
+
+Sizes (issue 21): the typical user's size measures the reads whose cost follows how many tasks
+the caller sees (TYPICAL_READS, each with its paired ceiling); the heavy size measures every
+scenario. The list's goals hold at both.
 
 Projects (issue 17): `list with 3 projects` (bench_projects' first page) and `project list`
 (`?project_id=` of the 5,000-task project) each run against a ceiling answering that same page,
@@ -132,6 +139,17 @@ TEAM_PROJECT_TASKS = 5000
 TEAM_PROJECT_MEMBERS = 20
 SMALL_PROJECTS = (("Mobile app", 8), ("Operations", 8))  # (name, members)
 SMALL_PROJECT_TASKS = 1000
+# The typical user (issue 21): what most users have, where the list's count is cheap and what
+# the API adds around its queries shows. A copy of 200 of `bench`'s personal tasks, and 20 of
+# other users' tasks assigned to it; its projects twin has those plus three small projects.
+TYPICAL_USER = "bench_typical"  # user id USERS + 2
+TYPICAL_TASKS = 200
+TYPICAL_ASSIGNED = 20
+TYPICAL_PROJECTS_USER = "bench_typical_projects"  # user id USERS + 3
+TYPICAL_TEAM_PROJECT = "Typical team"
+TYPICAL_PROJECTS = ((TYPICAL_TEAM_PROJECT, 8, 200), ("Typical design", 8, 200),
+                    ("Typical support", 6, 100))  # (name, members, tasks)  # fmt: skip
+TYPICAL_FIRST_MEMBER = 100  # its projects' other members: users 100, 101, ...
 SEARCH_TERM = "invoice"  # one of 30 task objects: a few hundred of the bench user's tasks
 # The change feed (issue 18): EVENTS events, FEED_BATCH per transaction (so positions span many
 # transaction ids, as when the API writes them a change at a time); every FEED_SHARE-th is about
@@ -194,6 +212,33 @@ class BenchError(RuntimeError):
     """The run cannot go on; the message says why."""
 
 
+@dataclass(frozen=True)
+class Size:
+    """Whose data the reads are measured on: the list's cost follows how many tasks its
+    caller sees (the page, and the count of the visible total)."""
+
+    key: str
+    label: str
+    user: str
+    projects_user: str
+    team_project: str
+    # Only the heavy size runs the feed, the login storm and the writes: their cost does not
+    # depend on how many tasks the caller sees, and their pools need thousands of tasks.
+    full: bool
+
+
+SIZES = {
+    "typical": Size("typical", f"typical user ({TYPICAL_TASKS} own + {TYPICAL_ASSIGNED} "
+                    "assigned)", TYPICAL_USER, TYPICAL_PROJECTS_USER, TYPICAL_TEAM_PROJECT,
+                    full=False),
+    "heavy": Size("heavy", f"heavy user ({BENCH_TASKS:,} own + ~500 assigned)", BENCH_USER,
+                  PROJECTS_USER, TEAM_PROJECT, full=True),
+}  # fmt: skip
+# What the typical size measures (each with its ceiling): the reads whose cost follows the user.
+TYPICAL_READS = ("list", "list-304", "list-projects", "project", "filtered", "search", "get",
+                 "stats-hit", "stats-miss")  # fmt: skip
+
+
 # --- options ---------------------------------------------------------------------------------
 
 
@@ -209,6 +254,7 @@ class Options:
     keep: bool
     only: frozenset[str] | None = None  # measure just these scenarios (and their ceilings)
     quick: bool = False
+    sizes: tuple[str, ...] = ("typical", "heavy")
 
 
 def _worker_list(text: str) -> tuple[int, ...]:
@@ -271,6 +317,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "project,feed; the ceilings they are compared with always run; webhooks, batch: those "
         "scripts alone): for trying one scenario",
     )
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+        default=("typical", "heavy"),
+        help="user sizes to measure, in order (default: typical,heavy)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown here")
     parser.add_argument(
         "--keep",
@@ -282,6 +334,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if warmup < 0:
         parser.error("--warmup must be 0 or more")
+    if not args.sizes or set(args.sizes) - SIZES.keys():
+        parser.error(f"--sizes: a comma list of {', '.join(SIZES)}")
     return Options(
         workers=args.workers,
         duration=duration,
@@ -293,6 +347,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         keep=args.keep,
         only=args.only,
         quick=args.quick,
+        sizes=args.sizes,
     )
 
 
@@ -363,6 +418,12 @@ class Server:
             print(f"  {self.name} did not stop within 30 s; killing it", flush=True)
             process.kill()
             process.wait()
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BenchError(f"{self.name} is not running")
+        return self._process.pid
 
     def __enter__(self) -> Server:
         return self
@@ -556,20 +617,36 @@ LATERAL (SELECT
 ) AS vocabulary
 """
 
-# The heavy user with projects: user USERS + 1, with a copy of `bench`'s personal tasks (owned and
-# assigned, `bench` swapped for it), so its personal part of the list is the same as `bench`'s.
-SEED_PROJECTS_USER_SQL = """
+# A user with projects: user USERS + 1 (the heavy one) or USERS + 3 (the typical one), with a
+# copy of the personal tasks of the user of its size (owned and assigned, that user swapped for
+# it), so its personal part of the list is the same.
+SEED_EXTRA_USER_SQL = """
 INSERT INTO users (id, username, email, full_name, password_hash, created_at, updated_at)
-VALUES ($2::int + 1, $3::text, $3::text || '@example.com', 'Bench Projects User', $1,
+VALUES ($2::int, $3::text, $3::text || '@example.com', 'Bench User ' || $3::text, $1,
         now() - interval '400 days', now() - interval '400 days')
 """
 SEED_PROJECTS_USER_TASKS_SQL = """
 INSERT INTO tasks (owner_id, assignee_id, title, description, status, priority, due_date, tags,
                    created_at, updated_at, completed_at)
-SELECT CASE WHEN owner_id = 1 THEN $1 ELSE owner_id END,
-       CASE WHEN assignee_id = 1 THEN $1 ELSE assignee_id END,
+SELECT CASE WHEN owner_id = $2 THEN $1 ELSE owner_id END,
+       CASE WHEN assignee_id = $2 THEN $1 ELSE assignee_id END,
        title, description, status, priority, due_date, tags, created_at, updated_at, completed_at
-FROM tasks WHERE owner_id = 1 OR assignee_id = 1 ORDER BY id
+FROM tasks WHERE (owner_id = $2 OR assignee_id = $2) AND project_id IS NULL ORDER BY id
+"""
+# The typical user's own tasks: a copy of the first of `bench`'s unassigned personal tasks; and
+# the tasks it is assigned: other users' personal tasks nobody was assigned.
+SEED_TYPICAL_TASKS_SQL = """
+INSERT INTO tasks (owner_id, title, description, status, priority, due_date, tags, created_at,
+                   updated_at, completed_at)
+SELECT $1, title, description, status, priority, due_date, tags, created_at, updated_at,
+       completed_at
+FROM tasks WHERE owner_id = 1 AND assignee_id IS NULL AND project_id IS NULL ORDER BY id LIMIT $2
+"""
+SEED_TYPICAL_ASSIGNED_SQL = """
+UPDATE tasks SET assignee_id = $1
+WHERE id IN (SELECT id FROM tasks
+             WHERE owner_id BETWEEN 2 AND $3 AND assignee_id IS NULL AND project_id IS NULL
+             ORDER BY id DESC LIMIT $2)
 """
 SEED_PROJECT_SQL = """
 INSERT INTO projects (owner_id, name, description, member_count, created_at, updated_at)
@@ -604,13 +681,20 @@ def _project_roles(members: Sequence[int]) -> list[str]:
     return ["admin", "admin"] + ["editor"] * editors + ["viewer"] * (len(members) - 2 - editors)
 
 
-async def _seed_projects(conn: asyncpg.Connection, password_hash: str) -> None:
-    user_id = USERS + 1
-    await conn.execute(SEED_PROJECTS_USER_SQL, password_hash, USERS, PROJECTS_USER)
-    await conn.execute(SEED_PROJECTS_USER_TASKS_SQL, user_id)
-    projects = [(TEAM_PROJECT, TEAM_PROJECT_MEMBERS, TEAM_PROJECT_TASKS)]
-    projects += [(name, members, SMALL_PROJECT_TASKS) for name, members in SMALL_PROJECTS]
-    first_member, offset = 2, 0
+async def _seed_projects(
+    conn: asyncpg.Connection,
+    password_hash: str,
+    user_id: int,
+    username: str,
+    source_user: int,
+    projects: Sequence[tuple[str, int, int]],
+    first_member: int,
+    offset: int,
+) -> int:
+    """A user with projects (see SEED_EXTRA_USER_SQL); their tasks' content is other users'
+    personal tasks from `offset` on. Returns the offset after them."""
+    await conn.execute(SEED_EXTRA_USER_SQL, password_hash, user_id, username)
+    await conn.execute(SEED_PROJECTS_USER_TASKS_SQL, user_id, source_user)
     for name, count, tasks in projects:
         members = [user_id, *range(first_member, first_member + count - 1)]
         first_member += count - 1
@@ -618,6 +702,23 @@ async def _seed_projects(conn: asyncpg.Connection, password_hash: str) -> None:
         await conn.execute(SEED_PROJECT_MEMBERS_SQL, project_id, members, _project_roles(members))
         await conn.execute(SEED_PROJECT_TASKS_SQL, project_id, members, USERS, offset, tasks)
         offset += tasks
+    return offset
+
+
+async def _seed_users_with_projects(conn: asyncpg.Connection, password_hash: str) -> None:
+    heavy = [(TEAM_PROJECT, TEAM_PROJECT_MEMBERS, TEAM_PROJECT_TASKS)]
+    heavy += [(name, members, SMALL_PROJECT_TASKS) for name, members in SMALL_PROJECTS]
+    offset = await _seed_projects(
+        conn, password_hash, USERS + 1, PROJECTS_USER, 1, heavy, first_member=2, offset=0
+    )
+    typical_id = USERS + 2
+    await conn.execute(SEED_EXTRA_USER_SQL, password_hash, typical_id, TYPICAL_USER)
+    await conn.execute(SEED_TYPICAL_TASKS_SQL, typical_id, TYPICAL_TASKS)
+    await conn.execute(SEED_TYPICAL_ASSIGNED_SQL, typical_id, TYPICAL_ASSIGNED, USERS)
+    await _seed_projects(
+        conn, password_hash, USERS + 3, TYPICAL_PROJECTS_USER, typical_id, TYPICAL_PROJECTS,
+        first_member=TYPICAL_FIRST_MEMBER, offset=offset,
+    )  # fmt: skip
 
 
 # The change feed's events, one batch per transaction, each about a task ($1), written as the
@@ -712,7 +813,7 @@ async def _seed(app_url: str, password_hash: str) -> tuple[int, int, int]:
             await conn.execute("SELECT setseed(0.42)")
             await conn.execute(SEED_USERS_SQL, password_hash, USERS, BENCH_USER)
             await conn.execute(SEED_TASKS_SQL, USERS, BENCH_TASKS, TASKS_PER_OTHER_USER)
-            await _seed_projects(conn, password_hash)
+            await _seed_users_with_projects(conn, password_hash)
             # Explicit ids were inserted: move the identity past them for registrations.
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))"
@@ -819,15 +920,15 @@ class Fixtures:
     in_progress: list[int]
     done: list[int]
     cancelled: list[int]
-    team_project_id: int  # the project of TEAM_PROJECT_TASKS tasks the heavy user is in
+    team_project_id: int  # the size's team project, which its projects user is in
     feed_since: str  # a feed cursor right after the bench user's FEED_START-th event
     feed_events: int  # the events in the bench user's feed
 
 
-async def _fixtures(app_url: str) -> Fixtures:
+async def _fixtures(app_url: str, size: Size) -> Fixtures:
     conn = await asyncpg.connect(asyncpg_dsn(app_url))
     try:
-        user_id = await conn.fetchval("SELECT id FROM users WHERE username = $1", BENCH_USER)
+        user_id = await conn.fetchval("SELECT id FROM users WHERE username = $1", size.user)
         usernames = [row["username"] for row in await conn.fetch("SELECT username FROM users")]
         visible = [
             row["id"]
@@ -836,7 +937,7 @@ async def _fixtures(app_url: str) -> Fixtures:
             )
         ]
         team_project_id = await conn.fetchval(
-            "SELECT id FROM projects WHERE name = $1", TEAM_PROJECT
+            "SELECT id FROM projects WHERE name = $1", size.team_project
         )
         feed_events = await conn.fetchval(
             "SELECT count(*) FROM event_recipients WHERE user_id = $1", user_id
@@ -849,14 +950,18 @@ async def _fixtures(app_url: str) -> Fixtures:
             user_id,
             FEED_START - 1,
         )
-        if start is None or feed_events < FEED_START + FEED_PAGE + 1:
+        if size.full and (start is None or feed_events < FEED_START + FEED_PAGE + 1):
             raise BenchError(
                 f"the bench user's feed has {feed_events} events; the feed scenario needs "
                 f"{FEED_START + FEED_PAGE + 1}"
             )
-        feed_since = CURSORS.encode(
-            [int(start["xid"]), start["event_id"], int(start["occurred_at"].timestamp())],
-            FEED_FINGERPRINT,
+        feed_since = (
+            CURSORS.encode(
+                [int(start["xid"]), start["event_id"], int(start["occurred_at"].timestamp())],
+                FEED_FINGERPRINT,
+            )
+            if start is not None
+            else ""
         )
         by_status: dict[str, list[int]] = {}
         for row in await conn.fetch(
@@ -1096,6 +1201,7 @@ def build_scenarios(
     download_id: int,
     options: Options,
     list_etag: str = "*",
+    size: Size = SIZES["heavy"],
 ) -> dict[str, Scenario]:
     auth = {"Authorization": f"Bearer {token}"}
     projects_auth = {"Authorization": f"Bearer {projects_token}"}
@@ -1103,14 +1209,17 @@ def build_scenarios(
     boundary = "bench" + secrets.token_hex(8)
     upload_headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
 
+    def pool(count: int) -> int:
+        return count if size.full else 0  # (a size that runs no write needs no pool)
+
     todo, in_progress = list(fixtures.todo), list(fixtures.in_progress)
     transition_probe = _take(todo, 1, "todo tasks")[0]
-    transition_warmup = _take(todo, TRANSITION_WARMUP_POOL, "todo tasks")
-    transition_pool = _take(todo, TRANSITION_POOL, "todo tasks")
+    transition_warmup = _take(todo, pool(TRANSITION_WARMUP_POOL), "todo tasks")
+    transition_pool = _take(todo, pool(TRANSITION_POOL), "todo tasks")
     patch_probe = _take(in_progress, 1, "in_progress tasks")[0]
-    patch_warmup = _take(in_progress, PATCH_WARMUP_POOL, "in_progress tasks")
-    patch_pool = _take(in_progress, PATCH_POOL, "in_progress tasks")
-    upload_pool = _take(list(fixtures.done), UPLOAD_POOL, "done tasks")
+    patch_warmup = _take(in_progress, pool(PATCH_WARMUP_POOL), "in_progress tasks")
+    patch_pool = _take(in_progress, pool(PATCH_POOL), "in_progress tasks")
+    upload_pool = _take(list(fixtures.done), pool(UPLOAD_POOL), "done tasks")
     # Spread over the whole visible set (owned and assigned), not only the newest rows.
     step = max(1, len(fixtures.visible) // GET_POOL)
     get_pool = fixtures.visible[::step][:GET_POOL]
@@ -1147,6 +1256,7 @@ def build_scenarios(
         for task_id in upload_pool
     ]  # fmt: skip
     gets = [Req("GET", f"{API}/tasks/{task_id}") for task_id in get_pool]
+    user, projects_user = size.user, size.projects_user
 
     def single(method: str, path: str) -> Workload:
         return Workload.cycle([Req(method, path)])
@@ -1158,12 +1268,19 @@ def build_scenarios(
         f"{FEED_PAGE} events after the {FEED_START:,}th of {fixtures.feed_events:,}, fixed cursor"
     )
     stats = single("GET", f"{API}/tasks/stats")
-    team = f"{TEAM_PROJECT_TASKS:,} tasks, {TEAM_PROJECT_MEMBERS} members"
+    team = next(
+        f"{tasks:,} tasks, {members} members"
+        for name, members, tasks in (
+            (TEAM_PROJECT, TEAM_PROJECT_MEMBERS, TEAM_PROJECT_TASKS),
+            *TYPICAL_PROJECTS,
+        )
+        if name == size.team_project
+    )
     scenarios = [
         Scenario("ceiling", "ceiling (bare list)", first_page, auth, 200, target="ceiling",
                  detail="Starlette + asyncpg + orjson"),
         Scenario("ceiling-projects", "ceiling (list with 3 projects)", first_page, projects_auth,
-                 200, target="ceiling", detail=f"as {PROJECTS_USER}"),
+                 200, target="ceiling", detail=f"as {projects_user}"),
         Scenario("ceiling-project", "ceiling (project list)", project_page, projects_auth, 200,
                  target="ceiling", detail=f"one project: {team}"),
         Scenario("ceiling-feed", "ceiling (feed page)", feed_page, auth, 200, target="ceiling",
@@ -1173,7 +1290,7 @@ def build_scenarios(
                  {**auth, "If-None-Match": list_etag}, 304,
                  detail="the first page's current ETag: same query, no body, no token spent"),
         Scenario("list-projects", "list with 3 projects", first_page, projects_auth, 200,
-                 detail=f"first page of 20 as {PROJECTS_USER}: {BENCH_USER}'s tasks + 3 projects"),
+                 detail=f"first page of 20 as {projects_user}: {user}'s tasks + 3 projects"),
         Scenario("project", "project list", project_page, projects_auth, 200,
                  detail=f"project_id=, first page of 20; {team}"),
         Scenario("feed", "feed page", feed_page, auth, 200, detail=feed_detail),
@@ -1206,6 +1323,9 @@ def build_scenarios(
         Scenario("storm-list", "list alone", first_page, auth, 200,
                  connections=options.storm_list),
     ]  # fmt: skip
+    if not size.full:
+        wanted = {*TYPICAL_READS, "ceiling", "ceiling-projects", "ceiling-project"}
+        scenarios = [scenario for scenario in scenarios if scenario.key in wanted]
     return {scenario.key: scenario for scenario in scenarios}
 
 
@@ -1241,6 +1361,7 @@ class Storm:
 @dataclass
 class Phase:
     workers: int
+    size: Size = SIZES["heavy"]
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     storm: Storm | None = None
     # ERROR and CRITICAL lines in the servers' logs, by log file name.
@@ -1396,16 +1517,19 @@ def _short(response: httpx.Response) -> str:
 class PhaseRunner:
     """Everything measured with one worker count."""
 
-    def __init__(self, workers: int, options: Options, wrk: Wrk, workdir: Path) -> None:
+    def __init__(
+        self, workers: int, options: Options, wrk: Wrk, workdir: Path, size: Size = SIZES["heavy"]
+    ) -> None:
         self.workers = workers
         self.options = options
         self.wrk = wrk
         self.workdir = workdir
-        self.phase = Phase(workers)
+        self.size = size
+        self.phase = Phase(workers, size)
         self.urls: dict[Target, str] = {}
 
     def say(self, text: str) -> None:
-        print(f"  [{self.workers}w] {text}", flush=True)
+        print(f"  [{self.workers}w {self.size.key}] {text}", flush=True)
 
     def probe(self, scenario: Scenario, outcome: Outcome) -> bool:
         """One request, checked; notes what the scenario really measures (totals, cache)."""
@@ -1558,7 +1682,7 @@ class PhaseRunner:
 
     def run(self) -> Phase:
         workers = self.workers
-        scratch = self.workdir / f"{workers}-workers"
+        scratch = self.workdir / f"{workers}-workers-{self.size.key}"
         scratch.mkdir()
         self.phase.busy_before = cpu_busy_share()
         if self.phase.busy_before > BUSY_WARNING:
@@ -1593,16 +1717,19 @@ class PhaseRunner:
 
     def measure_all(self, env: dict[str, str], scratch: Path, prefixes: list[str]) -> None:
         api_url = self.urls["api"]
-        fixtures = asyncio.run(_fixtures(env["DATABASE_URL"]))
-        token = login(api_url, BENCH_USER)
-        projects_token = login(api_url, PROJECTS_USER)
-        download_id = upload_download_file(api_url, token, fixtures.cancelled[0])
+        size = self.size
+        fixtures = asyncio.run(_fixtures(env["DATABASE_URL"], size))
+        token = login(api_url, size.user)
+        projects_token = login(api_url, size.projects_user)
+        download_id = (
+            upload_download_file(api_url, token, fixtures.cancelled[0]) if size.full else 0
+        )
         # The list's current tag, for the conditional list (the seed is not changed before it).
         list_etag = httpx.get(
             f"{api_url}{API}/tasks", headers={"Authorization": f"Bearer {token}"}, timeout=30
         ).headers.get("etag", "*")
         scenarios = build_scenarios(
-            fixtures, token, projects_token, download_id, self.options, list_etag
+            fixtures, token, projects_token, download_id, self.options, list_etag, size
         )
         auth = dict(scenarios["list"].headers)
 
@@ -1613,7 +1740,7 @@ class PhaseRunner:
             self.urls["ceiling"] = ceiling.url
             self.measure(scenarios["ceiling"])
             for key, ceiling_key in PAIRED_CEILINGS.items():
-                if self.wanted(key):
+                if self.wanted(key) and key in scenarios:
                     self.measure(scenarios[ceiling_key])
             self.measure_api(env, scratch, prefixes, scenarios)
 
@@ -1622,6 +1749,8 @@ class PhaseRunner:
 
     def measure_only(self, scenarios: Mapping[str, Scenario]) -> None:
         """What --only asks for beyond the reads (no second server: stats-miss is left out)."""
+        if not self.size.full:
+            return
         if self.wanted("login"):
             self.measure(scenarios["login"])
         if self.wanted("storm"):
@@ -1641,7 +1770,7 @@ class PhaseRunner:
         reads = ("list", "list-304", "list-projects", "project", "feed", "filtered", "search",
                  "get", "stats-hit", "download")  # fmt: skip
         for key in reads:
-            if self.wanted(key):
+            if self.wanted(key) and key in scenarios:
                 self.measure(scenarios[key], paired=True)
         if self.options.only is not None:
             self.measure_only(scenarios)
@@ -1671,6 +1800,8 @@ class PhaseRunner:
             outcome.broken = str(error).splitlines()[0]
             self.phase.outcomes["stats-miss"] = outcome
             self.say(f"stats (cache miss): BROKEN, {error}")
+        if not self.size.full:
+            return
 
         self.measure(scenarios["login"])
         self.storm(scenarios)
@@ -1863,7 +1994,7 @@ def scenario_table(phase: Phase, options: Options) -> Table:
         rows.append((label, str(outcome.connections), f"{result.rps:,.0f}",
                      f"{result.p50_ms:.1f}", f"{result.p99_ms:.1f}", errors, alongside, vs_rps,
                      vs_p99, "; ".join(notes)))  # fmt: skip
-    workers = f"{phase.workers} worker{'s' if phase.workers > 1 else ''}"
+    workers = f"{phase.workers} worker{'s' if phase.workers > 1 else ''}, {phase.size.label}"
     log_note = "server log ERROR lines: " + (describe_log_errors(phase.log_errors) or "none.")
     return Table(
         f"{workers}: wrk -t1, {options.duration} s per scenario after a {options.warmup} s "
@@ -1915,7 +2046,7 @@ def storm_table(phases: Sequence[Phase], options: Options) -> Table:
 
 def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
     """PASS/FAIL per goal; a scenario that could not be measured validly FAILs its goal."""
-    workers = str(phase.workers)
+    workers = f"{phase.workers} {phase.size.key}"
     rows: list[tuple[str, ...]] = []
 
     def measured(key: str) -> WrkResult | None:
@@ -1952,6 +2083,8 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
     else:
         add(goal, None, False)
     shares = [(key, READ_GOAL) for key in READ_SCENARIOS] + [("create", CREATE_GOAL)]
+    if not phase.size.full:  # (the typical size measures its reads only)
+        shares = [(key, minimum) for key, minimum in shares if key in TYPICAL_READS]
     for key, minimum in shares:
         result, ceiling = measured(key), phase.ceiling_for(key)
         label = phase.outcomes[key].scenario.label if key in phase.outcomes else key
@@ -1961,6 +2094,8 @@ def goal_rows(phase: Phase) -> list[tuple[str, ...]]:
         else:
             add(goal, None, False)
     storm = phase.storm
+    if not phase.size.full:
+        return rows
     goal = f"list p99 during the login storm <= {STORM_GOAL:g}x alone"
     if storm is not None and storm.ok and storm.ratio is not None:
         add(goal, f"{storm.ratio:.2f}x", storm.ratio <= STORM_GOAL)
@@ -1985,7 +2120,11 @@ def build_report(
             tables.append(side.table)
         description, measured, passed = side.goal or (side.name, None, False)
         goals.append(("1", description, measured or "not measured", "PASS" if passed else "FAIL"))
-    busy = [str(p.workers) for p in phases if max(p.busy_before, p.busy_after) > BUSY_WARNING]
+    busy = [
+        f"{p.workers} {p.size.key}"
+        for p in phases
+        if max(p.busy_before, p.busy_after) > BUSY_WARNING
+    ]
     goal_notes = (
         [f"WARNING: other processes used the CPU around the {'/'.join(busy)}-worker run(s): "
          "those verdicts are not trustworthy."]
@@ -2013,7 +2152,9 @@ def invalid_measurements(phases: Sequence[Phase], side_runs: Sequence[SideRun]) 
         for outcome in phase.outcomes.values():
             if found := outcome.problems():
                 label = outcome.scenario.label
-                problems.append(f"{phase.workers} worker(s), {label}: {'; '.join(found)}")
+                problems.append(
+                    f"{phase.workers} worker(s) {phase.size.key}, {label}: {'; '.join(found)}"
+                )
         if phase.storm is not None and not phase.storm.ok and phase.storm.list_alone.ok:
             problems.append(f"{phase.workers} worker(s), login storm: errors or not measured")
     return problems
@@ -2074,8 +2215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         postgres_version = build_template(base_env) if serve else asyncio.run(_admin([]))
         machine = describe_machine(wrk_path, postgres_version, redis_ver)
         for workers in options.workers if serve else ():
-            print(f"\n== {workers} worker(s) ==", flush=True)
-            phases.append(PhaseRunner(workers, options, wrk, workdir).run())
+            for size in options.sizes:
+                print(f"\n== {workers} worker(s), {SIZES[size].label} ==", flush=True)
+                phases.append(PhaseRunner(workers, options, wrk, workdir, SIZES[size]).run())
         for name, (script, what) in SIDE_SCRIPTS.items():
             if options.only is None or name in options.only:
                 print(f"\n== {what} ({script.relative_to(ROOT)}) ==", flush=True)
