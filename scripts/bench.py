@@ -62,6 +62,12 @@ POST /tasks (sequential, then from 8 clients), 500 updates in one batch against 
 sequential PATCHes, and a batch each of 500 transitions and 500 deletes, median wall times and
 ratios side by side (goal: every batch of 500 operations under 1 s). `--only batch` runs it alone.
 
+SSE fan-out (issue 21): `sse` (last) runs scripts/bench/sse.py: one `taskapi serve` worker, 100
+open GET /events/stream connections of 50 project members, tasks written into their project at
+10/s and then as one batch of 500; every event checked on every stream exactly once, commit ->
+arrival p50/p99/max (goal: p99 under 1 s) and the burst's deliveries/s. `--only sse` runs it
+alone.
+
 Reading the table: `req/s` counts completed requests; p50/p99 are wrk's latency percentiles;
 `errors` counts connect/read/write errors, timeouts and every response of 400 or more. A scenario
 with errors (or a failed check) did not measure what it claims: it is listed at the end and the
@@ -117,6 +123,7 @@ WRK_SCRIPT = BENCH_DIR / "requests.lua"
 SIDE_SCRIPTS = {
     "webhooks": (BENCH_DIR / "webhooks.py", "webhook delivery"),
     "batch": (BENCH_DIR / "batch.py", "batch writes"),
+    "sse": (BENCH_DIR / "sse.py", "SSE fan-out"),
 }
 API = "/api/v1"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/taskapi"
@@ -314,7 +321,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--only",
         type=lambda text: frozenset(part.strip() for part in text.split(",") if part.strip()),
         help="measure only these scenarios, a comma list of keys (e.g. list,list-projects,"
-        "project,feed; the ceilings they are compared with always run; webhooks, batch: those "
+        "project,feed; the ceilings they are compared with always run; webhooks, batch, sse: those "
         "scripts alone): for trying one scenario",
     )
     parser.add_argument(
