@@ -28,18 +28,24 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
-from common import BIN, BenchError, admin, database_url, free_port, fresh_database
+from common import (
+    BIN,
+    BenchError,
+    check,
+    database_url,
+    free_port,
+    fresh_database,
+    run_scratch,
+    table_text,
+)
 from webhook_scenarios import Process
 
 DATABASE = "taskapi_bench_batch"
@@ -146,15 +152,6 @@ class Scenario:
             f"{operations / median:,.0f}",
             f"{median / batch_median:.1f}x",
         ]
-
-
-def check(response: httpx.Response, status: int) -> httpx.Response:
-    if response.status_code != status:
-        raise BenchError(
-            f"{response.request.method} {response.request.url.path}: "
-            f"{response.status_code} {response.text[:300]}"
-        )
-    return response
 
 
 class Bench:
@@ -317,62 +314,33 @@ async def measure(options: Options, base: str) -> list[list[str]]:
     return [s.cells(batches[s.kind], options.operations) for s in scenarios]
 
 
-def run(options: Options, workdir: Path) -> list[list[str]]:
-    url = database_url(DATABASE)
-    env = server_env(url, workdir)
-    fresh_database(DATABASE, env)
+@contextlib.contextmanager
+def serving(env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """One `taskapi serve` worker with `env`, its log in `workdir`: its base URL, once ready."""
     port = free_port()
-    command = [
-        str(BIN / "taskapi"),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    server = Process(command, env, workdir / "server.log")
+    command = [str(BIN / "taskapi"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = Process([*command, "--workers", "1"], env, workdir / "server.log")
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_server(server, base)
         print(f"taskapi serve (pid {server.popen.pid}, log {server.log}) on {base}", flush=True)
-        return asyncio.run(measure(options, base))
+        yield base
     finally:
         server.stop()
 
 
-def table_text(title: str, rows: list[list[str]], notes: list[str]) -> str:
-    widths = [max(len(row[i]) for row in [list(HEADER), *rows]) for i in range(len(HEADER))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if side == "r" else cell.ljust(w)
-            for cell, w, side in zip(cells, widths, ALIGN, strict=True)
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([title, line(HEADER), rule, *(line(row) for row in rows), *notes])
+def run(options: Options, workdir: Path) -> list[list[str]]:
+    env = server_env(database_url(DATABASE), workdir)
+    fresh_database(DATABASE, env)
+    with serving(env, workdir) as base:
+        return asyncio.run(measure(options, base))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="taskapi-bench-batch-"))
-    failed = True
-    try:
-        rows = run(options, workdir)
-        failed = False
-    except (BenchError, OSError, asyncpg.PostgresError, httpx.HTTPError) as error:
-        print(f"batch bench: {type(error).__name__}: {error}", file=sys.stderr)
+    rows = run_scratch("batch", DATABASE, options.keep, lambda workdir: run(options, workdir))
+    if rows is None:
         return 1
-    finally:
-        if options.keep or failed:
-            print(f"kept: {workdir} (the server's log)", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if not options.keep:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     title = "Batch writes: POST /tasks/batch against single requests, one `taskapi serve` worker"
     notes = [
         f"median (and min) wall time of {options.repeat} runs each, first request sent to last "
@@ -381,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"goal (issue 20): {options.operations} operations of any kind in one batch under "
         f"{GOAL_SECONDS:.0f} s.",
     ]
-    print("\n" + table_text(title, rows, notes))
+    print("\n" + table_text(title, HEADER, ALIGN, rows, notes))
     batches = {row[0]: float(row[2].replace(",", "")) for row in rows if row[1] == "1"}
     slowest = max(batches, key=lambda label: batches[label])
     goal = {

@@ -29,23 +29,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
-from batch import server_env, wait_for_server
-from common import BIN, BenchError, admin, database_url, free_port, fresh_database
-from webhook_scenarios import Process
+from batch import server_env, serving
+from common import (
+    BenchError,
+    check,
+    database_url,
+    fresh_database,
+    run_scratch,
+    table_text,
+)
 
 DATABASE = "taskapi_bench_sse"
 API = "/api/v1"
@@ -118,15 +120,6 @@ class World:
     streams: list[Stream]
     tasks: list[asyncio.Task[None]]
     clients: list[httpx.AsyncClient]
-
-
-def check(response: httpx.Response, status: int) -> httpx.Response:
-    if response.status_code != status:
-        raise BenchError(
-            f"{response.request.method} {response.request.url.path}: "
-            f"{response.status_code} {response.text[:300]}"
-        )
-    return response
 
 
 async def register(client: httpx.AsyncClient, name: str) -> tuple[int, str]:
@@ -291,52 +284,17 @@ async def measure(options: Options, base: str) -> list[list[str]]:
 
 
 def run(options: Options, workdir: Path) -> list[list[str]]:
-    url = database_url(DATABASE)
-    env = server_env(url, workdir)
+    env = server_env(database_url(DATABASE), workdir)
     fresh_database(DATABASE, env)
-    port = free_port()
-    command = [str(BIN / "taskapi"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    server = Process([*command, "--workers", "1"], env, workdir / "server.log")
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for_server(server, base)
-        print(f"taskapi serve (pid {server.popen.pid}, log {server.log}) on {base}", flush=True)
+    with serving(env, workdir) as base:
         return asyncio.run(measure(options, base))
-    finally:
-        server.stop()
-
-
-def table_text(title: str, rows: list[list[str]], notes: list[str]) -> str:
-    widths = [max(len(row[i]) for row in [list(HEADER), *rows]) for i in range(len(HEADER))]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(width) if side == "r" else cell.ljust(width)
-            for cell, width, side in zip(row, widths, ALIGN, strict=True)
-        ).rstrip()
-
-    return "\n".join([title, line(HEADER), "  ".join("-" * w for w in widths)]
-                     + [line(row) for row in rows] + notes)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="taskapi-bench-sse-"))
-    failed = True
-    try:
-        rows = run(options, workdir)
-        failed = False
-    except (BenchError, OSError, asyncpg.PostgresError, httpx.HTTPError) as error:
-        print(f"sse bench: {type(error).__name__}: {error}", file=sys.stderr)
+    rows = run_scratch("sse", DATABASE, options.keep, lambda workdir: run(options, workdir))
+    if rows is None:
         return 1
-    finally:
-        if options.keep or failed:
-            print(f"kept: {workdir} (the server's log)", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if not options.keep:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     title = "SSE fan-out: GET /events/stream, one `taskapi serve` worker"
     notes = [
         f"{options.members} project members with {STREAMS_PER_MEMBER} streams each; latency: "
@@ -344,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "every event checked on every stream, exactly once.",
         f"goal (issue 21): every delivery exactly once, latency p99 < {GOAL_P99_MS:,.0f} ms.",
     ]
-    print("\n" + table_text(title, rows, notes))
+    print("\n" + table_text(title, HEADER, ALIGN, rows, notes))
     p99_ms = float(rows[0][5].replace(",", ""))
     goal = {
         "description": "SSE fan-out: every event on every stream once, "

@@ -39,21 +39,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
-from common import BIN, BenchError, admin, database_url, free_port, fresh_database
+from common import (
+    BIN,
+    BenchError,
+    database_url,
+    free_port,
+    fresh_database,
+    run_scratch,
+    table_text,
+)
 from webhook_scenarios import GOAL, Bench, Process, Row
 
 from taskapi.kit.config import Settings
@@ -202,44 +206,11 @@ def log_errors(log: Path) -> list[str]:
     return [line[:300] for line in lines if " ERROR " in line or line.startswith("Traceback")]
 
 
-def table_text(title: str, rows: list[list[str]], notes: list[str]) -> str:
-    widths = [max(len(row[i]) for row in [list(HEADER), *rows]) for i in range(len(HEADER))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if side == "r" else cell.ljust(w)
-            for cell, w, side in zip(cells, widths, ALIGN, strict=True)
-        ).rstrip()
-
-    return "\n".join(
-        [
-            title,
-            line(HEADER),
-            "  ".join("-" * w for w in widths),
-            *(line(row) for row in rows),
-            *notes,
-        ]
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="taskapi-bench-webhooks-"))
-    failed = True
-    try:
-        rows = run(options, workdir)
-        failed = False
-    except (BenchError, OSError, asyncpg.PostgresError) as error:
-        print(f"webhooks bench: {type(error).__name__}: {error}", file=sys.stderr)
+    rows = run_scratch("webhooks", DATABASE, options.keep, lambda workdir: run(options, workdir))
+    if rows is None:
         return 1
-    finally:
-        if options.keep or failed:
-            print(f"kept: {workdir} (worker and receiver logs)", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if not options.keep:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     title = "Webhook delivery: one `taskapi worker`, a loopback receiver in its own process"
     notes = [
         "seconds: throughput, from the commit of the events to the last outcome the worker "
@@ -248,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"goal (issue 19): >= {GOAL} deliveries/s by one worker.",
     ]
     cells = [row.cells() for row in rows]
-    print("\n" + table_text(title, cells, notes))
+    print("\n" + table_text(title, HEADER, ALIGN, cells, notes))
     rates = [row.deliveries / row.seconds for row in rows if row.throughput]
     goal = {"description": f"webhook deliveries/s >= {GOAL} in every throughput run",
             "measured": " / ".join(f"{rate:,.0f}" for rate in rates),

@@ -129,7 +129,9 @@ class _Batch:
             await trash.check_trash(session, user, task, if_match)
             return partial(trash.apply_trash, session, user, task)
         if isinstance(op, UpdateOp):
-            checked = await service.check_update(session, user, task, op.changes, if_match)
+            checked = await service.check_change(
+                session, user, task, op.changes.changes(), if_match
+            )
         else:
             checked = await service.check_transition_to(session, user, task, op.status, if_match)
         return partial(service.apply_change, session, user, checked)

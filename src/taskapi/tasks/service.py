@@ -215,32 +215,17 @@ async def check_change(
 
 
 async def _change(
-    session: AsyncSession,
-    user: User,
-    task: Task,
-    changes: dict[str, Any],
-    if_match: IfMatch,
-    *,
-    explicit_status: bool = False,
+    session: AsyncSession, user: User, task: Task, changes: dict[str, Any], if_match: IfMatch
 ) -> Task:
-    checked = await check_change(
-        session, user, task, changes, if_match, explicit_status=explicit_status
+    return await apply_change(
+        session, user, await check_change(session, user, task, changes, if_match)
     )
-    return await apply_change(session, user, checked)
-
-
-async def check_update(
-    session: AsyncSession, user: User, task: Task, data: TaskPatch, if_match: IfMatch
-) -> Change:
-    return await check_change(session, user, task, data.changes(), if_match)
 
 
 async def update_task(
     session: AsyncSession, user: User, task: Task, data: TaskPatch, if_match: IfMatch
 ) -> Task:
-    return await apply_change(
-        session, user, await check_update(session, user, task, data, if_match)
-    )
+    return await _change(session, user, task, data.changes(), if_match)
 
 
 async def replace_task(
