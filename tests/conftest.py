@@ -30,11 +30,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from taskapi.app import create_app
+from taskapi.app import create_app, running_services
 from taskapi.auth.service import AUTH_SERVICE
 from taskapi.kit.config import Settings
 from taskapi.kit.db import create_engine
-from taskapi.kit.services import services_of
+from taskapi.kit.services import install_services, services_of
 from taskapi.models import User
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,22 +185,27 @@ def built_app(settings: Settings) -> FastAPI:
     return create_app(settings)
 
 
+@asynccontextmanager
+async def as_built(application: FastAPI) -> AsyncIterator[None]:
+    """A test may add routes of its own (test_logging does) or override dependencies: the next
+    test that is lent the same app gets it as it was built."""
+    routes = list(application.router.routes)
+    overrides = dict(application.dependency_overrides)
+    openapi_schema = application.openapi_schema
+    try:
+        yield
+    finally:
+        application.router.routes[:] = routes
+        application.dependency_overrides.clear()
+        application.dependency_overrides.update(overrides)
+        application.openapi_schema = openapi_schema
+
+
 @pytest.fixture
 async def app(built_app: FastAPI, connection: AsyncConnection) -> AsyncIterator[FastAPI]:
-    # A test may add routes of its own (test_logging does) or override dependencies: the next
-    # test gets the app as it was built.
-    routes = list(built_app.router.routes)
-    overrides = dict(built_app.dependency_overrides)
-    openapi_schema = built_app.openapi_schema
-    try:
-        async with built_app.router.lifespan_context(built_app):
-            bind_to_connection(built_app, connection)
-            yield built_app
-    finally:
-        built_app.router.routes[:] = routes
-        built_app.dependency_overrides.clear()
-        built_app.dependency_overrides.update(overrides)
-        built_app.openapi_schema = openapi_schema
+    async with as_built(built_app), built_app.router.lifespan_context(built_app):
+        bind_to_connection(built_app, connection)
+        yield built_app
 
 
 @pytest.fixture
@@ -210,18 +215,36 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield ac
 
 
+# Apps built for `cloned_app`, idle, by overrides: building one costs ~0.25 s of CPU with
+# coverage, and a hundred tests use one. What a build takes from the settings (body size limits,
+# CORS) depends on the overrides only; everything that names the database, the Redis keys or the
+# storage is made by the services each test starts. An app is lent to one test at a time.
+_IDLE_APPS: dict[tuple[tuple[str, Any], ...], list[FastAPI]] = {}
+
+
 @asynccontextmanager
 async def cloned_app(**overrides: Any) -> AsyncIterator[FastAPI]:
     """An app with its own engine on a fresh database cloned from the migrated template (real
-    commits, real concurrency), started and stopped through its lifespan; the database is dropped
-    afterwards. Needs the `migrated_databases` fixture."""
+    commits, real concurrency), its services started and stopped as its lifespan does; the
+    database is dropped afterwards. Needs the `migrated_databases` fixture."""
     name = f"taskapi_live_{uuid.uuid4().hex[:10]}"
     await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    key = tuple(sorted(overrides.items()))
     try:
-        application = create_app(make_settings(name, **overrides))
-        async with application.router.lifespan_context(application):
+        idle = _IDLE_APPS.setdefault(key, [])
+    except TypeError:  # an override that cannot be a key (a list): an app of its own
+        idle = []
+    application = idle.pop() if idle else create_app(make_settings("unused", **overrides))
+    try:
+        # The lifespan the app was built with would serve the settings it was built with.
+        async with (
+            as_built(application),
+            running_services(make_settings(name, **overrides)) as services,
+        ):
+            install_services(application, services)
             yield application
     finally:
+        idle.append(application)
         await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -7,6 +7,9 @@ function `expected()` derives every cell's status and problem `code` from that c
 kind of task (personal, in a project, in an archived project) and the actor's relation to it.
 Each cell is its own test (`<endpoint>-<context>-<actor>`), run against a small world built
 straight in the database (users, project, memberships) plus the task (and file) through the API.
+The worlds are built once per module (and xdist worker), in a database of the module's own
+cloned from the migrated template; each cell runs in a transaction rolled back afterwards, so
+every cell starts from the same untouched world whatever the cells before it changed.
 
 Contexts and actors:
 * `personal`: a personal task; actors its `owner`, its `assignee` and a `stranger`;
@@ -17,7 +20,9 @@ Contexts and actors:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,11 +30,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from taskapi.app import create_app
 from taskapi.auth.service import AUTH_SERVICE
+from taskapi.kit.config import Settings
+from taskapi.kit.db import create_engine
 from taskapi.kit.services import services_of
 from taskapi.models import Project, ProjectMember, ProjectRole, User
+from tests.conftest import TEMPLATE_DB, admin_execute, bind_to_connection, make_settings
 from tests.task_helpers import TASKS, assert_problem
 
 API = "/api/v1"
@@ -374,7 +383,9 @@ CELLS = [
 # --- the world -----------------------------------------------------------------------------------
 
 
-async def _users(app: FastAPI, db: AsyncSession, names: tuple[str, ...], login: set[str]) -> World:
+async def _users(
+    app: FastAPI, db: AsyncSession, names: tuple[str, ...], login: tuple[str, ...]
+) -> World:
     """Users straight in the database (one INSERT); those in `login` get tokens from the app's
     own auth service."""
     auth = services_of(app).get(AUTH_SERVICE)
@@ -410,22 +421,17 @@ async def _attach(client: httpx.AsyncClient, w: World, actor: str) -> int:
 
 
 async def build_world(
-    client: httpx.AsyncClient,
-    app: FastAPI,
-    db: AsyncSession,
-    context: Context,
-    actor: str,
-    *,
-    file: bool,
+    client: httpx.AsyncClient, app: FastAPI, db: AsyncSession, context: Context, *, file: bool
 ) -> World:
+    """The world of a context, every actor logged in."""
     if context == "personal":
-        w = await _users(app, db, PERSONAL_ACTORS, {actor, "owner"})
+        w = await _users(app, db, PERSONAL_ACTORS, PERSONAL_ACTORS)
         body = {"title": SECRET, "tags": ["t"], "assignee_id": w.ids["assignee"]}
         w.task_id = await _post_task(client, w, "owner", body)
         if file:
             w.file_id = await _attach(client, w, "owner")
         return w
-    w = await _users(app, db, (*PROJECT_ACTORS, *PROJECT_EXTRAS), {actor, "former_owner", "admin"})
+    w = await _users(app, db, (*PROJECT_ACTORS, *PROJECT_EXTRAS), PROJECT_ACTORS)
     w.context = context
     members = {
         "admin": ProjectRole.ADMIN,
@@ -471,6 +477,62 @@ async def build_world(
     return w
 
 
+WorldKey = tuple[Context, bool]  # the context, and whether the task has a file
+
+
+@pytest.fixture(scope="module")
+async def matrix_settings(migrated_databases: None) -> AsyncIterator[Settings]:
+    """A database of the module's own, cloned from the template, with Redis keys of its own
+    (its user ids are those of other databases' users)."""
+    name = f"taskapi_matrix_{uuid.uuid4().hex[:10]}"
+    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    try:
+        yield make_settings(name)
+    finally:
+        await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# `engine` and `built_app` replace conftest's for this module: its `connection`, `app`, `client`
+# and `db_session` then run each cell on the module's database, in a transaction rolled back
+# afterwards, as every other test runs on the worker's.
+@pytest.fixture(scope="module")
+async def engine(matrix_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(matrix_settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def built_app(matrix_settings: Settings) -> FastAPI:
+    return create_app(matrix_settings)
+
+
+@pytest.fixture(scope="module")
+async def worlds(built_app: FastAPI, engine: AsyncEngine) -> dict[WorldKey, World]:
+    """Every world, built once and committed: a cell's changes are rolled back after it, so
+    each cell finds its world as it was built. The app's lifespan is run for the building only
+    (each cell runs its own, as everywhere else)."""
+    transport = httpx.ASGITransport(app=built_app)
+    async with (
+        engine.connect() as conn,
+        built_app.router.lifespan_context(built_app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        transaction = await conn.begin()
+        bind_to_connection(built_app, conn)
+        sessionmaker = async_sessionmaker(
+            bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
+        async with sessionmaker() as db:
+            built = {
+                (context, file): await build_world(client, built_app, db, context, file=file)
+                for context in ALL
+                for file in (False, True)
+            }
+        await transaction.commit()
+    return built
+
+
 # --- the cells -----------------------------------------------------------------------------------
 
 
@@ -486,13 +548,13 @@ def _listed(endpoint: Endpoint, w: World, body: Any) -> bool:
 @pytest.mark.parametrize(("endpoint", "context", "actor"), CELLS)
 async def test_role_matrix(
     client: httpx.AsyncClient,
-    app: FastAPI,
     db_session: AsyncSession,
+    worlds: dict[WorldKey, World],
     endpoint: Endpoint,
     context: Context,
     actor: str,
 ) -> None:
-    w = await build_world(client, app, db_session, context, actor, file=endpoint.needs_file)
+    w = dataclasses.replace(worlds[context, endpoint.needs_file])
     if endpoint.needs_own_task:
         w.own_task_id = await _post_task(client, w, actor, {"title": SECRET})
     if endpoint.trashed:  # as DELETE /tasks/{id} would, whoever may (an archive blocks that)

@@ -7,6 +7,7 @@ upload is aborted so no parts are left behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,15 @@ from taskapi.storage.base import (
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
 PRESIGNED_URL_SECONDS = 300
+
+
+@functools.cache
+def _session() -> aioboto3.Session:
+    """One session per process: a session loads botocore's service models and credentials the
+    first time it makes a client (~0.1 s of CPU) and keeps them, so a storage started again in
+    the same process (each app lifespan: tests start thousands) reuses them. Clients are still
+    made, and closed, by each storage."""
+    return aioboto3.Session()
 
 
 def _missing(error: ClientError) -> bool:
@@ -108,7 +118,7 @@ class S3Storage(Storage):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._bucket = settings.s3_bucket
-        self._session = aioboto3.Session()
+        self._session = _session()
         self._exit_stack = contextlib.AsyncExitStack()
         self._client: Any = None
 

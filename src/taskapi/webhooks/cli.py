@@ -12,7 +12,7 @@ from typing import Any
 
 from taskapi.kit.cli_args import positive
 from taskapi.kit.config import Settings
-from taskapi.webhooks.schemas import STATUS_NAMES, DeliveryStatus
+from taskapi.webhooks.status import STATUS_NAMES, DeliveryStatus
 
 
 async def _with_session(settings: Settings, work: Any) -> Any:

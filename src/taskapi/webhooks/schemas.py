@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import IntEnum
 from typing import Annotated, Final, Literal
 
 from pydantic import (
@@ -45,16 +44,6 @@ EventFilter = Literal[EVENT_FILTERS]  # type: ignore[valid-type]
 
 PING: Final = "ping"
 
-
-class DeliveryStatus(IntEnum):
-    """As stored (webhook_deliveries.status); named in the API."""
-
-    PENDING = 0
-    DELIVERED = 1
-    FAILED = 2
-
-
-STATUS_NAMES: Final = {status: status.name.lower() for status in DeliveryStatus}
 
 _OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PORT: Final = (

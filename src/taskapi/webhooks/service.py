@@ -20,17 +20,16 @@ from taskapi.tasks.conditional import IfMatch
 from taskapi.webhooks import repository, signing
 from taskapi.webhooks.schemas import (
     MAX_WEBHOOKS_PER_USER,
-    STATUS_NAMES,
     DeliveryOut,
     DeliveryPage,
     DeliveryParams,
-    DeliveryStatus,
     SecretOut,
     WebhookCreate,
     WebhookList,
     WebhookOut,
     WebhookPatch,
 )
+from taskapi.webhooks.status import STATUS_NAMES, DeliveryStatus
 
 SECRET_OVERLAP: Final = timedelta(hours=24)
 
