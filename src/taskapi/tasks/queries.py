@@ -32,6 +32,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -233,13 +234,41 @@ def _after_values(shape: ListShape) -> list[ColumnElement[Any] | None]:
 
 
 def _keyset(parts: Sequence[_Part], shape: ListShape) -> ColumnElement[bool]:
-    """(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...: works for mixed directions."""
+    """Rows after the cursor's. Where the order's keys run in one direction, a row comparison
+    over them in the index's order, `(created_at, id) < ($1, $2)`: an index condition, so the
+    scan starts at the cursor. `(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...` alone is a
+    filter, and a cursor 5,000 rows deep had the scan read and drop the 5,000 rows before it
+    (its cost grew with depth, like an offset's). Past a change of direction or a null value
+    the OR form decides, behind the comparison of the keys before it as a bound."""
+    values = _after_values(shape)
+    # The order as index columns: a nullable key is two, `(k IS NULL)` ascending, then k.
+    columns: list[tuple[Any, bool, ColumnElement[Any] | None]] = []
+    for part, value in zip(parts, values, strict=True):
+        if part.key.nullable:
+            columns.append((part.expression.is_(None), False, true() if value is None else false()))
+        columns.append((part.expression, part.key.descending, value))
+    descending = columns[0][1]
+    run: list[tuple[Any, Any]] = []
+    for expression, column_descending, value in columns:
+        if column_descending != descending or value is None:
+            break
+        run.append((expression, value))
+    whole = len(run) == len(columns)
+    left = run[0][0] if len(run) == 1 else tuple_(*(expression for expression, _ in run))
+    right = run[0][1] if len(run) == 1 else tuple_(*(value for _, value in run))
+    if whole:
+        return left < right if descending else left > right
     alternatives: list[ColumnElement[bool]] = []
     prefix: list[ColumnElement[bool]] = []
-    for part, value in zip(parts, _after_values(shape), strict=True):
+    for part, value in zip(parts, values, strict=True):
         alternatives.append(and_(true(), *prefix, part.after(value)))
         prefix.append(part.equal(value))
-    return or_(*alternatives)
+    after = or_(*alternatives)
+    if len(run) == 1 and parts[0].key.nullable:
+        # Only the first key's `(k IS NULL)`: at or beyond `true` is `k IS NULL` (after a null
+        # value only nulls follow); beyond `false` is every row, no bound.
+        return and_(parts[0].expression.is_(None), after) if values[0] is None else after
+    return and_(left <= right if descending else left >= right, after)
 
 
 def _order_by(parts: Sequence[_Part]) -> list[ColumnElement[Any]]:
