@@ -95,3 +95,56 @@ async def test_a_deep_cursor_starts_the_index_scan_at_the_cursor(
     assert scan["Actual Rows"] <= LIMIT + 1, described
     assert scan.get("Rows Removed by Filter", 0) == 0, described
     assert ">" in scan["Index Cond"] or "<" in scan["Index Cond"], described
+
+
+# (title, tags, search, tags filter, matches?): the scoped match (migration 0015) against plain
+# `search_vector @@ query AND tags @> tags`, on words, prefixes, phrases, exclusions, weights'
+# positions and tags a tsquery must quote.
+SCOPED_CASES = [
+    ("Redis cache warmup", ["ops"], "redis:* & cache", None, True),
+    ("Redis cache warmup", ["ops"], "redis <-> cache", None, True),
+    ("Cache for redis", ["ops"], "redis <-> cache", None, False),
+    ("Redis cache warmup", ["ops"], "redis & !warmup", None, False),
+    ("Redis cache warmup", ["it's", "a\\b"], "warm:*", ["it's", "a\\b"], True),
+    ("Redis cache warmup", ["it's"], None, ["it's", "a\\b"], False),
+    ("Redis cache warmup", [], "the", None, False),  # stop words only: an empty query
+]
+
+
+@pytest.mark.parametrize(("title", "tags", "query", "wanted", "matches"), SCOPED_CASES)
+async def test_scoped_terms_match_exactly_what_the_plain_search_matches(
+    db_session: AsyncSession,
+    title: str,
+    tags: list[str],
+    query: str | None,
+    wanted: list[str] | None,
+    matches: bool,
+) -> None:
+    row = (
+        await db_session.execute(
+            text(
+                """
+SELECT coalesce(v @@ q, true) AND coalesce(t @> w, true) AS plain,
+       coalesce(task_scoped_terms(7, v, t) @@ task_scoped_query(ARRAY[7, 9], q, w), false)
+         AS scoped,
+       coalesce(task_scoped_terms(8, v, t) @@ task_scoped_query(ARRAY[7, 9], q, w), false)
+         AS other_scope
+FROM (SELECT to_tsvector('english', :title) AS v, CAST(:tags AS varchar[]) AS t,
+             to_tsquery('english', :query) AS q, CAST(:wanted AS varchar[]) AS w) x
+"""
+            ),
+            {"title": title, "tags": tags, "query": query, "wanted": wanted},
+        )
+    ).one()
+    assert row.plain is matches
+    assert row.scoped is matches
+    assert row.other_scope is False  # another scope's terms never match
+
+
+async def test_scoped_terms_of_no_scope_are_null(db_session: AsyncSession) -> None:
+    """An unassigned task has no assignee scope; the assignee part's index leaves it out, and a
+    recheck that computes its terms anyway gets NULL (not an error from a NULL lexeme)."""
+    terms = await db_session.scalar(
+        text("SELECT task_scoped_terms(NULL, to_tsvector('simple', 'redis'), ARRAY['ops'])")
+    )
+    assert terms is None

@@ -18,16 +18,13 @@ from typing import Any, Final, NamedTuple
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    CompoundSelect,
     Select,
     String,
     Update,
     and_,
     bindparam,
-    cast,
     false,
     func,
-    literal,
     not_,
     or_,
     select,
@@ -36,13 +33,20 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import REGCONFIG
 
 from taskapi.kit.db import CompiledQuery
-from taskapi.models import SEARCH_CONFIG, Task, TaskStatus
+from taskapi.models import Task, TaskStatus
 from taskapi.tasks.list_plan import ListShape, OrderKey
 from taskapi.tasks.overdue import is_overdue
-from taskapi.tasks.visibility import PROJECT_ID, USER_ID, VisiblePart, visible_parts, visible_to
+from taskapi.tasks.search_match import RANK, TAGS, scoped_match
+from taskapi.tasks.visibility import (
+    PROJECT_ID,
+    USER_ID,
+    VisiblePart,
+    visible_matching,
+    visible_parts,
+    visible_to,
+)
 
 TODAY: BindParameter[date] = bindparam("today")
 
@@ -98,37 +102,6 @@ VISIBLE_ITEM: Final = CompiledQuery.of(
 
 # --- the list: filters ---------------------------------------------------------------------------
 
-# How many words one prefix may stand for before a search stops expanding it (migration 0011).
-# Each word is one more entry looked up per visible part; past this (one or two letters) the
-# search reads the user's visible tasks and filters them, a cost bounded by what they see.
-SEARCH_PREFIX_WORDS: Final = 64
-# The search's query, parsed and stemmed once per statement, and the same query with each prefix
-# replaced by the words it stands for (`task_search_expand`, migration 0011): exact terms, which
-# the per-part text indexes answer part by part; NULL when a prefix stands for too many. A CTE
-# read by scalar subqueries (InitPlans): as plain calls in a prepared statement's generic plan
-# they would run again for every matching row, in the recheck and in ts_rank.
-_TERMS: Final = select(
-    func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery")).label("query")
-).subquery("parsed")
-SEARCH_TERMS: Final = select(
-    _TERMS.c.query,
-    func.task_search_expand(_TERMS.c.query, literal(SEARCH_PREFIX_WORDS)).label("expanded"),
-).cte("search_terms")
-TSQUERY: Final = select(SEARCH_TERMS.c.query).scalar_subquery()
-EXPANDED: Final = select(SEARCH_TERMS.c.expanded).scalar_subquery()
-# ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per match;
-# title-over-description weights and term frequency still order the results. Ranked by the query
-# as written, so the expansion changes which index finds the rows, never their order.
-RANK: Final = func.ts_rank(Task.search_vector, TSQUERY)
-# Which rows a search matches: one of these two holds for a statement, and PostgreSQL skips the
-# other without reading anything (a condition on an InitPlan alone is a one-time filter).
-# `ts_match_vq` is `@@` as a function call, which no index answers: the fallback filters the
-# visible rows instead of collecting a short prefix's matches in every part's index.
-SEARCH_MATCHES: Final = (
-    and_(EXPANDED.is_not(None), Task.search_vector.bool_op("@@")(EXPANDED)),
-    and_(EXPANDED.is_(None), func.ts_match_vq(Task.search_vector, TSQUERY)),
-)
-
 
 def _parameters(name: str, count: int) -> list[BindParameter[Any]]:
     return [bindparam(f"{name}_{i}") for i in range(count)]
@@ -160,7 +133,7 @@ def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
     if shape.overdue is not None:
         conditions.append(OVERDUE if shape.overdue else not_(OVERDUE))
     if shape.tags:
-        conditions.append(Task.tags.contains(bindparam("tags")))
+        conditions.append(Task.tags.contains(TAGS))
     if shape.due_before:
         conditions.append(Task.due_date <= bindparam("due_before"))
     if shape.due_after:
@@ -221,8 +194,8 @@ def _after_values(shape: ListShape) -> list[ColumnElement[Any] | None]:
     """Bind parameters standing for a cursor's values (None where the value is null)."""
     assert shape.after_nulls is not None
     values: list[ColumnElement[Any] | None] = []
-    for i, (key, null) in enumerate(zip(shape.order, shape.after_nulls, strict=True)):
-        if null:
+    for i, (key, is_null) in enumerate(zip(shape.order, shape.after_nulls, strict=True)):
+        if is_null:
             values.append(None)
         elif key.name == "title":
             # Compared with lower(title), lower-cased by the same function: Python's str.lower()
@@ -368,15 +341,10 @@ def _matched_statements(
     included) cost twice the whole statement; reading each part in list order and counting it
     again would scan every index twice, once per project (the tags filter for a member of 50
     projects: 45-50 ms, against ~25 ms this way)."""
-    matches = SEARCH_MATCHES if shape.search == "query" else (true(),)
+    match = visible_matching(USER_ID, scoped_match(shape.search == "query", shape.tags))
 
-    def found(*columns: ColumnElement[Any]) -> CompoundSelect[Any]:
-        """`columns` of every match: one branch per form of the match (one holds at a time)."""
-        branches = (
-            select(Task.id.label("id"), *columns).where(visible_to(USER_ID), *conditions, match)
-            for match in matches
-        )
-        return union_all(*branches)
+    def found(*columns: ColumnElement[Any]) -> Select[Any]:
+        return select(Task.id.label("id"), *columns).where(match, *conditions)
 
     matched = found(*sort_keys).cte("matched").prefix_with("MATERIALIZED")
     matched_parts = _parts_of(shape, matched.c)
