@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -68,7 +69,7 @@ SCENARIOS: list[tuple[str, str, Params, bool]] = [
         True,
     ),
     ("filter tags (all of 2)", "/api/v1/tasks", {"tags": "backend,bug"}, True),
-    ("filter overdue", "/api/v1/tasks", {"overdue": "true"}, False),
+    ("filter overdue", "/api/v1/tasks", {"overdue": "true"}, True),
     ("filter one project", "/api/v1/tasks", {"project_id": 7}, True),  # the member only
     ("filter project_id=none", "/api/v1/tasks", {"project_id": "none"}, False),
     ("sort due_date", "/api/v1/tasks", {"sort": "due_date"}, True),
@@ -178,8 +179,8 @@ async def main() -> None:
             print(f"=== {size} tasks ({database})", flush=True)
             await perf_seed.seed(database, SIZES[size], args.reseed)
             await _seed_events(database, SIZES[size])
-            if not args.seed_only:
-                results[size] = await measure(args, database)
+        if not args.seed_only:
+            results = await measure(args, sizes)
     finally:
         if args.drop:
             for size in sizes:
@@ -228,7 +229,60 @@ def _print_comparison(results: dict[str, Results]) -> None:
     print(f"{passed} of {len(first)} within {RATIO_LIMIT - 1:.0%} and under {GOAL_P95_MS:.0f} ms")
 
 
-async def measure(args: argparse.Namespace, database: str) -> Results:
+@dataclass
+class Target:
+    """One size's database, the application serving it, and each user's set-up there."""
+
+    size: str
+    conn: asyncpg.Connection
+    app: Any
+    client: httpx.AsyncClient
+    cursors: CursorCodec
+    headers: dict[int, dict[str, str]]
+    scenarios: dict[int, dict[str, tuple[str, Params, bool]]]  # user -> name -> scenario
+
+
+async def measure(args: argparse.Namespace, sizes: list[str]) -> dict[str, Results]:
+    """Every scenario of every user at every size, the sizes taking turns round by round: the
+    shared machine's load then weighs on each size alike, and the ratios compare like with
+    like (one size after the other, a busy minute made either look slower)."""
+    results: dict[str, Results] = {size: {} for size in sizes}
+    plans: list[tuple[str, str, list[str], float]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        targets = [await _target(args, size, stack) for size in sizes]
+        for user in USERS:
+            if args.user and user != args.user:
+                continue
+            for name in targets[0].scenarios[user]:
+                if args.only and args.only not in name:
+                    continue
+                timings: dict[str, list[float]] = {t.size: [] for t in targets}
+                totals: dict[str, Any] = {}
+                for _ in range(args.rounds):
+                    for target in targets:
+                        ms, totals[target.size] = await _request(target, user, name)
+                        timings[target.size].append(ms)
+                line = [f"user{user} {name:32}"]
+                for target in targets:
+                    ordered = sorted(timings[target.size])
+                    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
+                    timing = Timing(
+                        statistics.median(ordered), p95, ordered[-1], totals[target.size]
+                    )
+                    results[target.size][(user, name)] = timing
+                    line.append(f"{target.size} {timing.p50:6.1f} {p95:6.1f}")
+                print("  ".join(line), flush=True)
+                if args.explain and targets[0].scenarios[user][name][2]:
+                    for target in targets:
+                        plans.append(await _plan(target, user, name))
+    for name, text, findings, ms in plans:
+        verdict = "; ".join(findings) or "no Seq Scan on tasks, no Sort over the visible set"
+        print(f"\n--- {name}: {ms:.1f} ms in PostgreSQL; {verdict}\n{text}")
+    return results
+
+
+async def _target(args: argparse.Namespace, size: str, stack: contextlib.AsyncExitStack) -> Target:
+    database = f"taskapi_perf_{size.lower()}"
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         environment="test",
@@ -241,43 +295,32 @@ async def measure(args: argparse.Namespace, database: str) -> Results:
         worker_embedded=False,
     )
     conn = await asyncpg.connect(f"{SERVER}/{database}")
+    stack.push_async_callback(conn.close)
     tasks = await conn.fetchval("SELECT count(*) FROM tasks")
-    print(f"{tasks:,} tasks")
+    print(f"{size}: {tasks:,} tasks")
     app = create_app(settings)
-    cursors = CursorCodec(settings.signing_key)
-    results: Results = {}
-    plans: list[tuple[str, str, list[str], float]] = []
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://perf") as client:
-            for user in USERS:
-                if args.user and user != args.user:
-                    continue
-                await _measure_user(args, user, conn, app, client, cursors, results, plans)
-    await conn.close()
-    for name, text, findings, ms in plans:
-        verdict = "; ".join(findings) or "no Seq Scan on tasks, no Sort over the visible set"
-        print(f"\n--- {name}: {ms:.1f} ms in PostgreSQL; {verdict}\n{text}")
-    return results
+    await stack.enter_async_context(app.router.lifespan_context(app))
+    transport = httpx.ASGITransport(app=app)
+    client = await stack.enter_async_context(
+        httpx.AsyncClient(transport=transport, base_url="http://perf")
+    )
+    target = Target(size, conn, app, client, CursorCodec(settings.signing_key), {}, {})
+    for user in USERS:
+        if not args.user or user == args.user:
+            await _set_up_user(target, user)
+    return target
 
 
-async def _measure_user(
-    args: argparse.Namespace,
-    user: int,
-    conn: asyncpg.Connection,
-    app: Any,
-    client: httpx.AsyncClient,
-    cursors: CursorCodec,
-    results: Results,
-    plans: list[tuple[str, str, list[str], float]],
-) -> None:
-    visible = await conn.fetchrow(VISIBLE_SQL, user)
+async def _set_up_user(target: Target, user: int) -> None:
+    """Log in, walk a cursor 5,000 rows deep, and fill in the scenarios' parameters."""
+    visible = await target.conn.fetchrow(VISIBLE_SQL, user)
     print(
-        f"user{user} ({USERS[user]}) sees {visible['total']:,} tasks: {visible['owned']:,} "
-        f"owned, {visible['assigned']:,} assigned, {visible['projects']:,} in "
-        f"{visible['memberships']} projects",
+        f"{target.size}: user{user} ({USERS[user]}) sees {visible['total']:,} tasks: "
+        f"{visible['owned']:,} owned, {visible['assigned']:,} assigned, "
+        f"{visible['projects']:,} in {visible['memberships']} projects",
         flush=True,
     )
+    client = target.client
     login = {"username": f"user{user}", "password": PASSWORD}
     tokens = (await client.post("/api/v1/auth/login", json=login)).json()
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
@@ -292,49 +335,43 @@ async def _measure_user(
     # The cursor above is bound to limit-free parameters: valid with limit=20 too.
     # A project's id: the member's only (anyone else gets 404).
     scenarios = [s for s in SCENARIOS if user == MEMBER or s[2].get("project_id") in (None, "none")]
-    scenarios += await perf_events.scenarios(conn, cursors, user)
-    now = await client.get("/api/v1/events", headers=headers)
-    now_cursor = now.json()["next_cursor"]
-    print(f"{'scenario':32} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'total':>8}  goal")
+    scenarios += await perf_events.scenarios(target.conn, target.cursors, user)
+    now_cursor = (await client.get("/api/v1/events", headers=headers)).json()["next_cursor"]
+    target.headers[user] = headers
+    target.scenarios[user] = {}
     for name, path, template, wants_plan in scenarios:
-        if args.only and args.only not in name:
-            continue
         params = dict(template)
         if params.get("cursor") == "<deep>":
             params["cursor"] = cursor
         if params.get("since") == "<now>":
             params["since"] = now_cursor
-        invalidate = bool(params.pop("_invalidate", False))
-        timings = []
-        total = None
-        for _ in range(args.rounds):
-            if invalidate:
-                await services_of(app).get(STATS_CACHE).invalidate([user])
-            started = time.perf_counter()
-            response = await client.get(path, params=params, headers=headers)
-            timings.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200, response.text
-            body = response.json()
-            total = body.get("total", len(body.get("items", ())))
-        timings.sort()
-        p95 = timings[max(0, int(len(timings) * 0.95) - 1)]
-        timing = Timing(statistics.median(timings), p95, timings[-1], total)
-        results[(user, name)] = timing
-        verdict = "ok" if p95 < GOAL_P95_MS else "OVER"
-        print(
-            f"{name:32} {timing.p50:8.1f} {p95:8.1f} {timing.max:8.1f} {total!s:>8}  {verdict}",
-            flush=True,
-        )
-        if wants_plan and args.explain:
-            if not path.endswith(("/events", "/activity")):
-                sql, arguments = app_statement(path, params, user, cursors)
-            else:
-                horizon = await conn.fetchval(
-                    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
-                )
-                sql, arguments = perf_events.statement(path, params, user, cursors, int(horizon))
-            text, findings, ms = await explain(conn, sql, arguments)
-            plans.append((f"user{user} {name}", text, findings, ms))
+        target.scenarios[user][name] = (path, params, wants_plan)
+
+
+async def _request(target: Target, user: int, name: str) -> tuple[float, Any]:
+    """One timed request of the scenario: its time in ms, and the total it answered."""
+    path, template, _ = target.scenarios[user][name]
+    params = dict(template)
+    if params.pop("_invalidate", False):
+        await services_of(target.app).get(STATS_CACHE).invalidate([user])
+    started = time.perf_counter()
+    response = await target.client.get(path, params=params, headers=target.headers[user])
+    elapsed = (time.perf_counter() - started) * 1000
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return elapsed, body.get("total", len(body.get("items", ())))
+
+
+async def _plan(target: Target, user: int, name: str) -> tuple[str, str, list[str], float]:
+    path, template, _ = target.scenarios[user][name]
+    params = {k: v for k, v in template.items() if k != "_invalidate"}
+    if not path.endswith(("/events", "/activity")):
+        sql, arguments = app_statement(path, params, user, target.cursors)
+    else:
+        horizon = await target.conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+        sql, arguments = perf_events.statement(path, params, user, target.cursors, int(horizon))
+    text, findings, ms = await explain(target.conn, sql, arguments)
+    return f"{target.size} user{user} {name}", text, findings, ms
 
 
 VISIBLE_SQL = """
