@@ -1,10 +1,10 @@
 """The event log at a million events, for scripts/perf_tasks.py (issue 18: a feed page and an
 activity page under 50 ms p95 at 1M events).
 
-Seeded once into the perf database (`--events`, default 1,000,000; skipped when that many are
-there): `task.updated` events on random tasks, 30% of them on tasks user1 sees (so user1's feed
-holds ~300,000 events among ~3M recipient rows), 2,000 on one of user1's tasks (a long
-activity), written as the application writes them: each batch one transaction (so positions
+Seeded once into each perf database (`--events`, by default as many as tasks; skipped when it
+has events): `task.updated` events, 150,000 on the tasks each measured user sees (the same
+events at every size), 2,000 of them on one of user1's tasks (a long activity), the rest on
+other users' tasks, written as the application writes them: each batch one transaction (so positions
 span many transaction ids), the recipients each task's viewers (`task_viewers`), the task
 snapshot as JSON, versions increasing per task.
 """
@@ -46,54 +46,71 @@ SELECT v.user_id, pg_current_xact_id(), i.id
 FROM picked i JOIN tasks t ON t.id = i.task_id CROSS JOIN LATERAL task_viewers(t) AS v(user_id)
 """
 
-_USER1_TASKS = """
-SELECT id FROM tasks
-WHERE deleted_at IS NULL AND (
-    (project_id IS NULL AND (owner_id = 1 OR assignee_id = 1))
-    OR project_id IN (SELECT project_id FROM project_members WHERE user_id = 1))
-"""
+MEASURED_EVENTS = 150_000  # on the tasks each measured user sees, at every size
 
 
-async def seed_events(conn: asyncpg.Connection, count: int) -> None:
+async def seed_events(conn: asyncpg.Connection, count: int, measured: list[list[int]]) -> None:
+    """`count` events: MEASURED_EVENTS on the tasks of each list of `measured` (the same picks at
+    every size: their own random sequence), HOT_TASK_EVENTS of them on the first task of the
+    first list, and the rest on tasks outside every list (so only other users' feeds grow)."""
     have = await conn.fetchval("SELECT count(*) FROM events")
-    if have >= count:
+    if have:
         return
     started = time.perf_counter()
-    rng = random.Random(18)  # noqa: S311 - a repeatable seed, not a secret
-    user1 = [r["id"] for r in await conn.fetch(_USER1_TASKS)]
-    hot = await conn.fetchval("SELECT min(id) FROM tasks WHERE owner_id = 1 AND project_id IS NULL")
+    # Where measured events go, which measured tasks they are on, which others: three
+    # sequences, so each measured user's picks are the same whatever `count` is.
+    place = random.Random(7)  # noqa: S311 - repeatable seeds, not secrets
+    ours = [random.Random(18 + i) for i in range(len(measured))]  # noqa: S311
+    theirs = random.Random(21)  # noqa: S311
+    excluded = {task for tasks in measured for task in tasks}
+    hot = measured[0][0]
     top = await conn.fetchval("SELECT max(id) FROM tasks")
-    todo = count - have
-    hot_left = HOT_TASK_EVENTS if have == 0 else 0
+    ours_left = [MEASURED_EVENTS] * len(measured)
+    ours_left[0] -= HOT_TASK_EVENTS
+    hot_left = HOT_TASK_EVENTS
+    todo = count
     await conn.execute("SET synchronous_commit = off")
     while todo > 0:
         size = min(BATCH, todo)
         picks: list[int] = []
         for _ in range(size):
-            if hot_left and rng.random() < HOT_TASK_EVENTS / count * 2:
+            # Spread evenly: each measured user's share of what is left, so every batch has some.
+            left = todo - len(picks)
+            r = place.random() * left
+            if hot_left and r < hot_left:
                 picks.append(hot)
                 hot_left -= 1
-            elif rng.random() < USER1_SHARE:
-                picks.append(rng.choice(user1))
+                continue
+            r -= hot_left
+            for i, n in enumerate(ours_left):
+                if r < n:
+                    picks.append(ours[i].choice(measured[i]))
+                    ours_left[i] -= 1
+                    break
+                r -= n
             else:
-                picks.append(rng.randint(1, top))
+                task = theirs.randint(1, top)
+                while task in excluded:
+                    task = theirs.randint(1, top)
+                picks.append(task)
         async with conn.transaction():
             await conn.execute(_INSERT_BATCH, picks)
         todo -= size
     await conn.execute("VACUUM ANALYZE events")
     await conn.execute("VACUUM ANALYZE event_recipients")
-    print(f"{count - have:,} events seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"{count:,} events seeded in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 async def scenarios(
-    conn: asyncpg.Connection, cursors: CursorCodec
+    conn: asyncpg.Connection, cursors: CursorCodec, user_id: int
 ) -> list[tuple[str, str, dict[str, Any], bool]]:
-    """Feed pages of 100 (from the start, halfway through user1's events, caught up) and
-    activity pages of the long-lived task (first, 1,000 events back)."""
-    total = await conn.fetchval("SELECT count(*) FROM event_recipients WHERE user_id = 1")
+    """Feed pages of 100 (from the start, halfway through the user's events, caught up) and,
+    when the user sees it, activity pages of the long-lived task (first, 1,000 events back)."""
+    total = await conn.fetchval("SELECT count(*) FROM event_recipients WHERE user_id = $1", user_id)
     middle = await conn.fetchrow(
-        "SELECT xid::text AS xid, event_id FROM event_recipients WHERE user_id = 1 "
-        "ORDER BY xid, event_id OFFSET $1 LIMIT 1",
+        "SELECT xid::text AS xid, event_id FROM event_recipients WHERE user_id = $1 "
+        "ORDER BY xid, event_id OFFSET $2 LIMIT 1",
+        user_id,
         total // 2,
     )
     now = int(time.time())
@@ -111,14 +128,25 @@ async def scenarios(
     activity = f"/api/v1/tasks/{hot['task_id']}/activity"
     back = cursors.encode([int(deep["xid"]), deep["id"]], f"activity:{hot['task_id']}")
     events = await conn.fetchval("SELECT count(*) FROM events")
-    print(f"user1 receives {total:,} of {events:,} events; task {hot['task_id']} has {hot['n']:,}")
-    return [
+    print(f"user{user_id} receives {total:,} of {events:,} events")
+    feed: list[tuple[str, str, dict[str, Any], bool]] = [
         ("feed page of 100, from start", "/api/v1/events", {"since": start, "limit": 100}, True),
         ("feed page of 100, halfway", "/api/v1/events", {"since": halfway, "limit": 100}, True),
         ("feed, caught up (empty)", "/api/v1/events", {"since": "<now>"}, False),
+    ]  # fmt: skip
+    sees_hot = await conn.fetchval(
+        "SELECT 1 FROM event_recipients r JOIN events e ON e.id = r.event_id "
+        "WHERE r.user_id = $1 AND e.task_id = $2 LIMIT 1",
+        user_id,
+        hot["task_id"],
+    )
+    if not sees_hot:
+        return feed
+    return [
+        *feed,
         ("activity, first page", activity, {}, True),
         ("activity, 1,000 events back", activity, {"cursor": back}, True),
-    ]  # fmt: skip
+    ]
 
 
 def statement(

@@ -1,36 +1,45 @@
-"""Task queries at two million rows: seeds a database once, then times list/search/stats requests.
+"""Task queries at 1M and 5M rows: the same queries of the same two users at each size.
 
-    .venv/bin/python scripts/perf_tasks.py [--reseed] [--database taskapi_perf] [--rounds 30]
+    .venv/bin/python scripts/perf_tasks.py [--sizes 1M,5M] [--reseed] [--rounds 30]
         [--only WORD] [--explain] [--drop]
 
+Each size has its own database (`taskapi_perf_1m`, `taskapi_perf_5m`), seeded once by
+scripts/perf_seed.py and reused by later runs until --reseed (--drop removes them after the
+run). The two measured users' data is identical at every size: user1, a heavy user (10,000
+personal tasks, 214 more assigned: sees 10,214), and user2, a member of 50 projects (sees
+50,150); only the other 998 users' tasks grow. Each database also holds as many events as
+tasks (scripts/perf_events.py), 150,000 of them each measured user's, the same at every size.
+
 Requests go through the real application in-process (httpx over ASGITransport), so the figures
-include routing, auth, validation, SQL and serialisation, but no network or HTTP parsing.
-Seeding (once, into its own database, reused by later runs until --reseed; --drop removes it
-after the run): 1,000 users; 1,000,000 personal tasks, of which user1 owns 10,000 and ~20% are
-assigned; 10,000 projects with 5 members each (roles mixed) holding 1,000,000 more tasks. user1
-is a member of projects 1..50 (1,000 tasks each); the other 9,950 share the rest (~95 each).
-So user1, the one measured, sees ~60,000 tasks: 10,000 owned, ~200 assigned, 50,000 in projects.
+include routing, auth, validation, SQL and serialisation, but no network or HTTP parsing. A
+table per size, then, with two sizes, each query's p95 side by side: PASS when the larger
+size's p95 is within 20% of the smaller's and under 50 ms (issue 21: a query's cost follows
+the caller's own data, not the table's).
 
 --explain prints EXPLAIN (ANALYZE, BUFFERS) of the statements the application itself runs for
 each scenario: the page statement `taskapi.tasks.queries.list_statements(shape)` for the shape
-and values `taskapi.tasks.list_plan.plan_list` makes of the request's parameters, and the stats
-read of `taskapi.tasks.stat_counts` (GET /tasks/stats, every visible task).
+and values `taskapi.tasks.list_plan.plan_list` makes of the request's parameters, the stats
+read of `taskapi.tasks.stat_counts` (GET /tasks/stats, every visible task), and the feed's and
+activity's statements (scripts/perf_events.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
 import perf_events
-from argon2 import PasswordHasher
+import perf_seed
+from perf_seed import HEAVY, MEMBER, PASSWORD, RARE_WORD, SERVER
 
 from taskapi.app import create_app
 from taskapi.kit.config import Settings
@@ -42,190 +51,13 @@ from taskapi.tasks.list_plan import plan_list
 from taskapi.tasks.overdue import today
 from taskapi.tasks.stats_cache import STATS_CACHE
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-PASSWORD = "perf-password"
-WORDS = (  # noqa: SIM905
-    "alpha api async backend billing bug build cache cafe calendar client cloud cluster config "
-    "customer dashboard data database debug deploy design docs email error export feature fix "
-    "frontend gateway graph import index invoice kafka kubernetes latency layout login logging "
-    "meeting metrics migration mobile monitor network notify oauth onboarding payment pipeline "
-    "planning postgres profile python query queue redis refactor release report review roadmap "
-    "search security server session sprint sqlalchemy storage support sync test ticket token "
-    "upgrade upload user vendor webhook widget worker"
-).split()
-TAGS = [
-    "backend",
-    "frontend",
-    "urgent",
-    "docs",
-    "ops",
-    "bug",
-    "feature",
-    "research",
-    "design",
-    "infra",
-]
-
-SEED_USERS = """
-INSERT INTO users (username, email, password_hash)
-SELECT 'user' || g, 'user' || g || '@example.com', $1 FROM generate_series(1, 1000) g
-"""
-
-SEED_TASKS = """
-INSERT INTO tasks (owner_id, assignee_id, title, description, status, priority, due_date, tags,
-                   created_at, updated_at)
-SELECT owner,
-       CASE WHEN random() < 0.2 THEN 1 + floor(random() * 1000)::int END,
-       initcap(w[1 + floor(random() * n)::int] || ' ' || w[1 + floor(random() * n)::int] || ' '
-               || w[1 + floor(random() * n)::int]),
-       CASE WHEN random() < 0.6 THEN
-         w[1 + floor(random() * n)::int] || ' ' || w[1 + floor(random() * n)::int] || ' then '
-         || w[1 + floor(random() * n)::int] || ' and ' || w[1 + floor(random() * n)::int] END,
-       (ARRAY['todo','in_progress','done','cancelled'])[1 + floor(random() * 4)::int]::task_status,
-       (ARRAY['low','medium','high','urgent'])[1 + floor(random() * 4)::int]::task_priority,
-       CASE WHEN random() < 0.7 THEN current_date + (floor(random() * 120)::int - 60) END,
-       CASE WHEN random() < 0.8 THEN
-         ARRAY[t[1 + floor(random() * 10)::int]]::varchar[] ELSE '{}'::varchar[] END,
-       created, created
-FROM (
-  SELECT CASE WHEN g <= 10000 THEN 1 ELSE 2 + (g % 999) END AS owner,
-         now() - (g || ' seconds')::interval AS created
-  FROM generate_series(1, 1000000) g
-) s,
-LATERAL (SELECT $1::text[] AS w, array_length($1::text[], 1) AS n, $2::text[] AS t) c
-"""
-
-# Projects 1..10,000; member k (0..4) of project p is user 2 + (7p + 131k) % 999 (five distinct
-# users other than user1), k = 0 its creator and admin, k = 1 an editor, the rest viewers.
-# user1 joins projects 1..50 too: admin of 1..10, editor of 11..40, viewer of 41..50.
-MEMBER_PROJECTS = 50
-PROJECTS = 10_000
-MEMBER = "2 + ((7 * {p} + 131 * {k}) % 999)"
-SEED_PROJECTS = f"""
-INSERT INTO projects (id, owner_id, name, description, created_at, updated_at)
-SELECT p, {MEMBER.format(p="p", k=0)}, 'Project ' || p, 'Seeded by scripts/perf_tasks.py',
-       now() - interval '30 days', now() - interval '30 days'
-FROM generate_series(1, {PROJECTS}) p
-"""  # noqa: S608 - constants only
-SEED_MEMBERS = f"""
-INSERT INTO project_members (project_id, user_id, role)
-SELECT p, {MEMBER.format(p="p", k="k")},
-       (CASE k WHEN 0 THEN 'admin' WHEN 1 THEN 'editor' ELSE 'viewer' END)::project_role
-FROM generate_series(1, {PROJECTS}) p, generate_series(0, 4) k
-UNION ALL
-SELECT p, 1, (CASE WHEN p <= 10 THEN 'admin' WHEN p <= 40 THEN 'editor' ELSE 'viewer' END)
-             ::project_role
-FROM generate_series(1, {MEMBER_PROJECTS}) p
-"""  # noqa: S608 - constants only
-# Kept by the code in the transaction of each membership change; here set once from the rows.
-SEED_MEMBER_COUNTS = """
-UPDATE projects SET member_count = m.n
-FROM (SELECT project_id, count(*) AS n FROM project_members GROUP BY project_id) m
-WHERE m.project_id = projects.id
-"""
-# 1,000,000 project tasks: 1,000 in each of user1's 50 projects, ~95 in each other one. Owners and
-# assignees (30%) are members of the task's project; creation times interleave with the
-# personal tasks' (the last ~12 days).
-SEED_PROJECT_TASKS = f"""
-INSERT INTO tasks (owner_id, assignee_id, project_id, title, description, status, priority,
-                   due_date, tags, created_at, updated_at)
-SELECT {MEMBER.format(p="project", k="floor(random() * 5)::int")},
-       CASE WHEN random() < 0.3 THEN {MEMBER.format(p="project", k="floor(random() * 5)::int")}
-       END,
-       project,
-       initcap(w[1 + floor(random() * n)::int] || ' ' || w[1 + floor(random() * n)::int] || ' '
-               || w[1 + floor(random() * n)::int]),
-       CASE WHEN random() < 0.6 THEN
-         w[1 + floor(random() * n)::int] || ' ' || w[1 + floor(random() * n)::int] || ' then '
-         || w[1 + floor(random() * n)::int] || ' and ' || w[1 + floor(random() * n)::int] END,
-       (ARRAY['todo','in_progress','done','cancelled'])[1 + floor(random() * 4)::int]::task_status,
-       (ARRAY['low','medium','high','urgent'])[1 + floor(random() * 4)::int]::task_priority,
-       CASE WHEN random() < 0.7 THEN current_date + (floor(random() * 120)::int - 60) END,
-       CASE WHEN random() < 0.8 THEN
-         ARRAY[t[1 + floor(random() * 10)::int]]::varchar[] ELSE '{{}}'::varchar[] END,
-       created, created
-FROM (
-  SELECT CASE WHEN g <= {MEMBER_PROJECTS * 1000} THEN 1 + g % {MEMBER_PROJECTS}
-              ELSE {MEMBER_PROJECTS + 1} + g % {PROJECTS - MEMBER_PROJECTS} END AS project,
-         now() - (random() * 1000000 || ' seconds')::interval AS created
-  FROM generate_series(1, 1000000) g
-) s,
-LATERAL (SELECT $1::text[] AS w, array_length($1::text[], 1) AS n, $2::text[] AS t) c
-"""  # noqa: S608 - constants only
-
-
-async def seed(database: str, reseed: bool) -> None:
-    """Create and fill `database` unless it exists (or `reseed`). Filled under another name and
-    renamed at the end, so an interrupted seed is never taken for a finished one."""
-    building = f"{database}_seeding"
-    admin = await asyncpg.connect(f"{SERVER}/postgres")
-    exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
-    if exists and not reseed:
-        await admin.close()
-        return
-    for name in (database, building):
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{building}"')
-    await admin.close()
-    proc = await asyncio.create_subprocess_exec(
-        ".venv/bin/alembic",
-        "upgrade",
-        "head",
-        env={
-            "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{building}",
-            "PATH": "/usr/bin:/bin",
-        },
-    )
-    assert await proc.wait() == 0
-    await _fill(building)
-    admin = await asyncpg.connect(f"{SERVER}/postgres")
-    await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{database}"')
-    await admin.close()
-
-
-async def drop(database: str) -> None:
-    admin = await asyncpg.connect(f"{SERVER}/postgres")
-    await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    await admin.close()
-
-
-# A rare word (in 1 task of 5,000; every seeded word is in ~6% of tasks): user1 sees ~12 of them.
-RARE_WORD = "zeppelin"
-RARE_WORD_SQL = f"""
-UPDATE tasks SET description = coalesce(description || ' ', '') || '{RARE_WORD}'
-WHERE id % 4999 = 0
-"""  # noqa: S608 - constants only
-
-
-async def _fill(database: str) -> None:
-    conn = await asyncpg.connect(f"{SERVER}/{database}")
-    started = time.perf_counter()
-    hashed = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(PASSWORD)
-    await conn.execute("SET synchronous_commit = off")
-    await conn.execute(SEED_USERS, hashed)
-    await conn.execute(SEED_TASKS, WORDS, TAGS)
-    print(f"personal tasks in {time.perf_counter() - started:.0f} s", flush=True)
-    await conn.execute(SEED_PROJECTS)
-    await conn.execute(
-        "SELECT setval(pg_get_serial_sequence('projects', 'id'), (SELECT max(id) FROM projects))"
-    )
-    await conn.execute(SEED_MEMBERS)
-    await conn.execute(SEED_MEMBER_COUNTS)
-    await conn.execute(SEED_PROJECT_TASKS, WORDS, TAGS)
-    print(f"project tasks in {time.perf_counter() - started:.0f} s", flush=True)
-    await conn.execute("UPDATE tasks SET completed_at = updated_at WHERE status = 'done'")
-    # A second tag on every seventh task, so "all of two tags" has something to find.
-    await conn.execute(
-        "UPDATE tasks SET tags = tags || 'bug'::varchar WHERE id % 7 = 0 AND NOT 'bug' = ANY(tags)"
-    )
-    await conn.execute(RARE_WORD_SQL)
-    await conn.execute("VACUUM ANALYZE")
-    print(f"seeded in {time.perf_counter() - started:.0f} s")
-    await conn.close()
+SIZES = {"1M": 1_000_000, "5M": 5_000_000}
+USERS = {HEAVY: "heavy user", MEMBER: "member of 50 projects"}
+RATIO_LIMIT = 1.2
 
 
 Params = dict[str, Any]
-# (name, path, params, explain?): the member of 50 projects (user1) on every one of them.
+# (name, path, params, explain?): every measured user on every one of them.
 SCENARIOS: list[tuple[str, str, Params, bool]] = [
     ("list, first page", "/api/v1/tasks", {}, True),
     ("list, offset 5000", "/api/v1/tasks", {"offset": 5000}, False),
@@ -237,8 +69,8 @@ SCENARIOS: list[tuple[str, str, Params, bool]] = [
         True,
     ),
     ("filter tags (all of 2)", "/api/v1/tasks", {"tags": "backend,bug"}, True),
-    ("filter overdue", "/api/v1/tasks", {"overdue": "true"}, False),
-    ("filter one project", "/api/v1/tasks", {"project_id": 7}, True),
+    ("filter overdue", "/api/v1/tasks", {"overdue": "true"}, True),
+    ("filter one project", "/api/v1/tasks", {"project_id": 7}, True),  # the member only
     ("filter project_id=none", "/api/v1/tasks", {"project_id": "none"}, False),
     ("sort due_date", "/api/v1/tasks", {"sort": "due_date"}, True),
     ("sort -due_date", "/api/v1/tasks", {"sort": "-due_date"}, True),
@@ -253,6 +85,7 @@ SCENARIOS: list[tuple[str, str, Params, bool]] = [
     ("search, sort -created", "/api/v1/tasks", {"search": "webhook", "sort": "-created_at"}, False),
     ("search two words", "/api/v1/tasks", {"search": "postgres cache"}, False),
     ("search one letter", "/api/v1/tasks", {"search": "p"}, True),
+    ("search one letter d", "/api/v1/tasks", {"search": "d"}, False),
     ("search + tags", "/api/v1/tasks", {"search": "redis", "tags": "backend"}, False),
     ("stats (cache hit)", "/api/v1/tasks/stats", {}, False),
     ("stats (cache miss)", "/api/v1/tasks/stats", {"_invalidate": True}, True),
@@ -314,141 +147,245 @@ def app_statement(
     return page.sql, page.arguments(plan.values)
 
 
+@dataclass(frozen=True, slots=True)
+class Timing:
+    p50: float
+    p95: float
+    max: float
+    total: Any
+
+
+Results = dict[tuple[int, str], Timing]  # (user id, scenario) -> its timing
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--database", default="taskapi_perf")
+    parser.add_argument("--sizes", default="1M", help="comma-separated: 1M, 5M (default 1M)")
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--only", help="only scenarios whose name contains this")
+    parser.add_argument("--user", type=int, choices=sorted(USERS), help="only this user")
     parser.add_argument("--explain", action="store_true", help="print the plans (see above)")
-    parser.add_argument("--drop", action="store_true", help="drop the database at the end")
-    parser.add_argument(
-        "--events", type=int, default=1_000_000, help="events in the log (scripts/perf_events.py)"
-    )
+    parser.add_argument("--drop", action="store_true", help="drop the databases at the end")
+    parser.add_argument("--seed-only", action="store_true", help="seed, measure nothing")
     args = parser.parse_args()
-    await seed(args.database, args.reseed)
-    if args.events:
-        conn = await asyncpg.connect(f"{SERVER}/{args.database}")
-        try:
-            await perf_events.seed_events(conn, args.events)
-        finally:
-            await conn.close()
+    sizes = [size.strip().upper() for size in args.sizes.split(",")]
+    results: dict[str, Results] = {}
     try:
-        await measure(args)
+        for size in sizes:
+            database = f"taskapi_perf_{size.lower()}"
+            print(f"=== {size} tasks ({database})", flush=True)
+            await perf_seed.seed(database, SIZES[size], args.reseed)
+            await _seed_events(database, SIZES[size])
+        if not args.seed_only:
+            results = await measure(args, sizes)
     finally:
         if args.drop:
-            await drop(args.database)
-            print(f"dropped {args.database}")
+            for size in sizes:
+                await perf_seed.drop(f"taskapi_perf_{size.lower()}")
+                print(f"dropped taskapi_perf_{size.lower()}")
+    for size, timings in results.items():
+        _print_table(size, timings)
+    if len(results) > 1:
+        _print_comparison(results)
 
 
-async def measure(args: argparse.Namespace) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        environment="test",
-        database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{args.database}",
-        secret_key="perf-secret-key-that-is-long-enough-0123456789",
-        rate_limit_enabled=False,
-        # Requests only: the periodic jobs (the due-soon scan of two million tasks, the stats
-        # fold, the event purge) belong to `taskapi worker`, and in-process they ran between
-        # the timed requests.
-        worker_embedded=False,
-    )
-    conn = await asyncpg.connect(f"{SERVER}/{args.database}")
-    visible = await conn.fetchrow(VISIBLE_SQL)
-    print(
-        f"user1 sees {visible['total']:,} tasks: {visible['owned']:,} owned, "
-        f"{visible['assigned']:,} assigned, {visible['projects']:,} in "
-        f"{visible['memberships']} projects"
-    )
-    app = create_app(settings)
-    cursors = CursorCodec(settings.signing_key)
+async def _seed_events(database: str, count: int) -> None:
+    conn = await asyncpg.connect(f"{SERVER}/{database}")
+    try:
+        measured = [
+            [row["id"] for row in await conn.fetch(perf_seed.MEASURED_TASKS, user)]
+            for user in USERS
+        ]
+        await perf_events.seed_events(conn, count, measured)
+    finally:
+        await conn.close()
+
+
+def _print_table(size: str, timings: Results) -> None:
+    print(f"\n{size} tasks: {'scenario':40} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'total':>8}")
+    for (user, name), t in timings.items():
+        verdict = "ok" if t.p95 < GOAL_P95_MS else "OVER"
+        label = f"user{user} {name}"
+        print(f"{'':10}{label:40} {t.p50:8.1f} {t.p95:8.1f} {t.max:8.1f} {t.total!s:>8}  {verdict}")
+
+
+def _print_comparison(results: dict[str, Results]) -> None:
+    (small, first), (large, second) = list(results.items())[:2]
+    print(f"\n{'p95 ms':50} {small:>7} {large:>7} {'ratio':>6}  verdict")
+    passed = 0
+    for key, before in first.items():
+        after = second.get(key)
+        if after is None:
+            continue
+        ratio = after.p95 / before.p95
+        ok = ratio <= RATIO_LIMIT and after.p95 < GOAL_P95_MS and before.p95 < GOAL_P95_MS
+        passed += ok
+        label = f"user{key[0]} {key[1]}"
+        verdict = "PASS" if ok else "FAIL"
+        print(f"{label:50} {before.p95:7.1f} {after.p95:7.1f} {ratio:6.2f}  {verdict}")
+    print(f"{passed} of {len(first)} within {RATIO_LIMIT - 1:.0%} and under {GOAL_P95_MS:.0f} ms")
+
+
+@dataclass
+class Target:
+    """One size's database, the application serving it, and each user's set-up there."""
+
+    size: str
+    conn: asyncpg.Connection
+    app: Any
+    client: httpx.AsyncClient
+    cursors: CursorCodec
+    headers: dict[int, dict[str, str]]
+    scenarios: dict[int, dict[str, tuple[str, Params, bool]]]  # user -> name -> scenario
+
+
+async def measure(args: argparse.Namespace, sizes: list[str]) -> dict[str, Results]:
+    """Every scenario of every user at every size, the sizes taking turns round by round: the
+    shared machine's load then weighs on each size alike, and the ratios compare like with
+    like (one size after the other, a busy minute made either look slower)."""
+    results: dict[str, Results] = {size: {} for size in sizes}
     plans: list[tuple[str, str, list[str], float]] = []
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://perf") as client:
-            tokens = (
-                await client.post(
-                    "/api/v1/auth/login", json={"username": "user1", "password": PASSWORD}
-                )
-            ).json()
-            headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-            page = (
-                await client.get("/api/v1/tasks", params={"limit": 100}, headers=headers)
-            ).json()
-            cursor = page["next_cursor"]
-            for _ in range(49):  # 5,000 rows deep
-                cursor = (
-                    await client.get(
-                        "/api/v1/tasks", params={"limit": 100, "cursor": cursor}, headers=headers
-                    )
-                ).json()["next_cursor"]
-            # The cursor above is bound to limit-free parameters: valid with limit=20 too.
-            scenarios = list(SCENARIOS)
-            if args.events:
-                scenarios += await perf_events.scenarios(conn, cursors)
-                now = await client.get("/api/v1/events", headers=headers)
-                now_cursor = now.json()["next_cursor"]
-            print(f"{'scenario':32} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'total':>8}  goal")
-            for name, path, template, wants_plan in scenarios:
+    async with contextlib.AsyncExitStack() as stack:
+        targets = [await _target(args, size, stack) for size in sizes]
+        for user in USERS:
+            if args.user and user != args.user:
+                continue
+            for name in targets[0].scenarios[user]:
                 if args.only and args.only not in name:
                     continue
-                params = dict(template)
-                if params.get("cursor") == "<deep>":
-                    params["cursor"] = cursor
-                if params.get("since") == "<now>":
-                    params["since"] = now_cursor
-                invalidate = bool(params.pop("_invalidate", False))
-                timings = []
-                total = None
+                timings: dict[str, list[float]] = {t.size: [] for t in targets}
+                totals: dict[str, Any] = {}
                 for _ in range(args.rounds):
-                    if invalidate:
-                        await services_of(app).get(STATS_CACHE).invalidate([1])
-                    started = time.perf_counter()
-                    response = await client.get(path, params=params, headers=headers)
-                    timings.append((time.perf_counter() - started) * 1000)
-                    assert response.status_code == 200, response.text
-                    body = response.json()
-                    total = body.get("total", len(body.get("items", ())))
-                timings.sort()
-                p95 = timings[max(0, int(len(timings) * 0.95) - 1)]
-                verdict = "ok" if p95 < GOAL_P95_MS else "OVER"
-                print(
-                    f"{name:32} {statistics.median(timings):8.1f} {p95:8.1f} "
-                    f"{timings[-1]:8.1f} {total!s:>8}  {verdict}",
-                    flush=True,
-                )
-                if wants_plan and args.explain:
-                    if not path.endswith(("/events", "/activity")):
-                        sql, arguments = app_statement(path, params, 1, cursors)
-                    else:
-                        horizon = await conn.fetchval(
-                            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
-                        )
-                        sql, arguments = perf_events.statement(
-                            path, params, 1, cursors, int(horizon)
-                        )
-                    text, findings, ms = await explain(conn, sql, arguments)
-                    plans.append((name, text, findings, ms))
-    await conn.close()
+                    for target in targets:
+                        ms, totals[target.size] = await _request(target, user, name)
+                        timings[target.size].append(ms)
+                line = [f"user{user} {name:32}"]
+                for target in targets:
+                    ordered = sorted(timings[target.size])
+                    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
+                    timing = Timing(
+                        statistics.median(ordered), p95, ordered[-1], totals[target.size]
+                    )
+                    results[target.size][(user, name)] = timing
+                    line.append(f"{target.size} {timing.p50:6.1f} {p95:6.1f}")
+                print("  ".join(line), flush=True)
+                if args.explain and targets[0].scenarios[user][name][2]:
+                    for target in targets:
+                        plans.append(await _plan(target, user, name))
     for name, text, findings, ms in plans:
         verdict = "; ".join(findings) or "no Seq Scan on tasks, no Sort over the visible set"
         print(f"\n--- {name}: {ms:.1f} ms in PostgreSQL; {verdict}\n{text}")
+    return results
+
+
+async def _target(args: argparse.Namespace, size: str, stack: contextlib.AsyncExitStack) -> Target:
+    database = f"taskapi_perf_{size.lower()}"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        environment="test",
+        database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        secret_key="perf-secret-key-that-is-long-enough-0123456789",
+        rate_limit_enabled=False,
+        # Requests only: the periodic jobs (the due-soon scan of every task, the stats fold, the
+        # event purge) belong to `taskapi worker`, and in-process they ran between the timed
+        # requests.
+        worker_embedded=False,
+    )
+    conn = await asyncpg.connect(f"{SERVER}/{database}")
+    stack.push_async_callback(conn.close)
+    tasks = await conn.fetchval("SELECT count(*) FROM tasks")
+    print(f"{size}: {tasks:,} tasks")
+    app = create_app(settings)
+    await stack.enter_async_context(app.router.lifespan_context(app))
+    transport = httpx.ASGITransport(app=app)
+    client = await stack.enter_async_context(
+        httpx.AsyncClient(transport=transport, base_url="http://perf")
+    )
+    target = Target(size, conn, app, client, CursorCodec(settings.signing_key), {}, {})
+    for user in USERS:
+        if not args.user or user == args.user:
+            await _set_up_user(target, user)
+    return target
+
+
+async def _set_up_user(target: Target, user: int) -> None:
+    """Log in, walk a cursor 5,000 rows deep, and fill in the scenarios' parameters."""
+    visible = await target.conn.fetchrow(VISIBLE_SQL, user)
+    print(
+        f"{target.size}: user{user} ({USERS[user]}) sees {visible['total']:,} tasks: "
+        f"{visible['owned']:,} owned, {visible['assigned']:,} assigned, "
+        f"{visible['projects']:,} in {visible['memberships']} projects",
+        flush=True,
+    )
+    client = target.client
+    login = {"username": f"user{user}", "password": PASSWORD}
+    tokens = (await client.post("/api/v1/auth/login", json=login)).json()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    page = (await client.get("/api/v1/tasks", params={"limit": 100}, headers=headers)).json()
+    cursor = page["next_cursor"]
+    for _ in range(49):  # 5,000 rows deep
+        cursor = (
+            await client.get(
+                "/api/v1/tasks", params={"limit": 100, "cursor": cursor}, headers=headers
+            )
+        ).json()["next_cursor"]
+    # The cursor above is bound to limit-free parameters: valid with limit=20 too.
+    # A project's id: the member's only (anyone else gets 404).
+    scenarios = [s for s in SCENARIOS if user == MEMBER or s[2].get("project_id") in (None, "none")]
+    scenarios += await perf_events.scenarios(target.conn, target.cursors, user)
+    now_cursor = (await client.get("/api/v1/events", headers=headers)).json()["next_cursor"]
+    target.headers[user] = headers
+    target.scenarios[user] = {}
+    for name, path, template, wants_plan in scenarios:
+        params = dict(template)
+        if params.get("cursor") == "<deep>":
+            params["cursor"] = cursor
+        if params.get("since") == "<now>":
+            params["since"] = now_cursor
+        target.scenarios[user][name] = (path, params, wants_plan)
+
+
+async def _request(target: Target, user: int, name: str) -> tuple[float, Any]:
+    """One timed request of the scenario: its time in ms, and the total it answered."""
+    path, template, _ = target.scenarios[user][name]
+    params = dict(template)
+    if params.pop("_invalidate", False):
+        await services_of(target.app).get(STATS_CACHE).invalidate([user])
+    started = time.perf_counter()
+    response = await target.client.get(path, params=params, headers=target.headers[user])
+    elapsed = (time.perf_counter() - started) * 1000
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return elapsed, body.get("total", len(body.get("items", ())))
+
+
+async def _plan(target: Target, user: int, name: str) -> tuple[str, str, list[str], float]:
+    path, template, _ = target.scenarios[user][name]
+    params = {k: v for k, v in template.items() if k != "_invalidate"}
+    if not path.endswith(("/events", "/activity")):
+        sql, arguments = app_statement(path, params, user, target.cursors)
+    else:
+        horizon = await target.conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+        sql, arguments = perf_events.statement(path, params, user, target.cursors, int(horizon))
+    text, findings, ms = await explain(target.conn, sql, arguments)
+    return f"{target.size} user{user} {name}", text, findings, ms
 
 
 VISIBLE_SQL = """
-SELECT (SELECT count(*) FROM tasks WHERE project_id IS NULL AND owner_id = 1) AS owned,
+SELECT (SELECT count(*) FROM tasks WHERE project_id IS NULL AND owner_id = $1) AS owned,
        (SELECT count(*) FROM tasks
-        WHERE project_id IS NULL AND assignee_id = 1 AND owner_id <> 1) AS assigned,
+        WHERE project_id IS NULL AND assignee_id = $1 AND owner_id <> $1) AS assigned,
        (SELECT count(*) FROM tasks JOIN project_members m USING (project_id)
-        WHERE m.user_id = 1) AS projects,
-       (SELECT count(*) FROM project_members WHERE user_id = 1) AS memberships,
-       (SELECT count(*) FROM tasks WHERE project_id IS NULL AND owner_id = 1)
+        WHERE m.user_id = $1) AS projects,
+       (SELECT count(*) FROM project_members WHERE user_id = $1) AS memberships,
+       (SELECT count(*) FROM tasks WHERE project_id IS NULL AND owner_id = $1)
        + (SELECT count(*) FROM tasks
-          WHERE project_id IS NULL AND assignee_id = 1 AND owner_id <> 1)
+          WHERE project_id IS NULL AND assignee_id = $1 AND owner_id <> $1)
        + (SELECT count(*) FROM tasks JOIN project_members m USING (project_id)
-          WHERE m.user_id = 1) AS total
+          WHERE m.user_id = $1) AS total
 """
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, select, text
 from taskapi.kit.services import services_of
 from taskapi.models import SEARCH_CONFIG, Task
 from taskapi.models.tasks import TASK_SEARCH_LEXEMES
-from taskapi.tasks.queries import SEARCH_PREFIX_WORDS
+from taskapi.tasks.search_match import SEARCH_PREFIX_WORDS
 from taskapi.tasks.search_query import build_tsquery
 from tests.conftest import register_and_login
 from tests.task_helpers import TASKS, task_url

@@ -200,14 +200,13 @@ class Task(Base):
             "deleted_at",
             postgresql_where=text("deleted_at IS NOT NULL"),
         ),
-        # Tags filters and searches, per visible part (btree_gin; migration 0011): each part's
-        # scan reads its own matches, not every match in the table.
+        # Tags filters and searches, per visible part (migration 0015): each word and tag joined
+        # to the part's scope (`task_scoped_terms`), so a search reads the entries of the
+        # caller's own scopes, and no one else's matches.
         *(
             Index(
-                f"ix_tasks_{prefix}_text",
-                column,
-                "tags",
-                "search_vector",
+                f"ix_tasks_{prefix}_scoped",
+                text(f"task_scoped_terms({column}, search_vector, tags)"),
                 postgresql_using="gin",
                 postgresql_where=text(where),
             )

@@ -18,30 +18,35 @@ from typing import Any, Final, NamedTuple
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    CompoundSelect,
     Select,
     String,
     Update,
     and_,
     bindparam,
-    cast,
     false,
     func,
-    literal,
     not_,
     or_,
     select,
     true,
+    tuple_,
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import REGCONFIG
 
 from taskapi.kit.db import CompiledQuery
-from taskapi.models import SEARCH_CONFIG, Task, TaskStatus
+from taskapi.models import Task, TaskStatus
 from taskapi.tasks.list_plan import ListShape, OrderKey
 from taskapi.tasks.overdue import is_overdue
-from taskapi.tasks.visibility import PROJECT_ID, USER_ID, VisiblePart, visible_parts, visible_to
+from taskapi.tasks.search_match import RANK, TAGS, scoped_match
+from taskapi.tasks.visibility import (
+    PROJECT_ID,
+    USER_ID,
+    VisiblePart,
+    visible_matching,
+    visible_parts,
+    visible_to,
+)
 
 TODAY: BindParameter[date] = bindparam("today")
 
@@ -97,37 +102,6 @@ VISIBLE_ITEM: Final = CompiledQuery.of(
 
 # --- the list: filters ---------------------------------------------------------------------------
 
-# How many words one prefix may stand for before a search stops expanding it (migration 0011).
-# Each word is one more entry looked up per visible part; past this (one or two letters) the
-# search reads the user's visible tasks and filters them, a cost bounded by what they see.
-SEARCH_PREFIX_WORDS: Final = 64
-# The search's query, parsed and stemmed once per statement, and the same query with each prefix
-# replaced by the words it stands for (`task_search_expand`, migration 0011): exact terms, which
-# the per-part text indexes answer part by part; NULL when a prefix stands for too many. A CTE
-# read by scalar subqueries (InitPlans): as plain calls in a prepared statement's generic plan
-# they would run again for every matching row, in the recheck and in ts_rank.
-_TERMS: Final = select(
-    func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery")).label("query")
-).subquery("parsed")
-SEARCH_TERMS: Final = select(
-    _TERMS.c.query,
-    func.task_search_expand(_TERMS.c.query, literal(SEARCH_PREFIX_WORDS)).label("expanded"),
-).cte("search_terms")
-TSQUERY: Final = select(SEARCH_TERMS.c.query).scalar_subquery()
-EXPANDED: Final = select(SEARCH_TERMS.c.expanded).scalar_subquery()
-# ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per match;
-# title-over-description weights and term frequency still order the results. Ranked by the query
-# as written, so the expansion changes which index finds the rows, never their order.
-RANK: Final = func.ts_rank(Task.search_vector, TSQUERY)
-# Which rows a search matches: one of these two holds for a statement, and PostgreSQL skips the
-# other without reading anything (a condition on an InitPlan alone is a one-time filter).
-# `ts_match_vq` is `@@` as a function call, which no index answers: the fallback filters the
-# visible rows instead of collecting a short prefix's matches in every part's index.
-SEARCH_MATCHES: Final = (
-    and_(EXPANDED.is_not(None), Task.search_vector.bool_op("@@")(EXPANDED)),
-    and_(EXPANDED.is_(None), func.ts_match_vq(Task.search_vector, TSQUERY)),
-)
-
 
 def _parameters(name: str, count: int) -> list[BindParameter[Any]]:
     return [bindparam(f"{name}_{i}") for i in range(count)]
@@ -159,7 +133,7 @@ def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
     if shape.overdue is not None:
         conditions.append(OVERDUE if shape.overdue else not_(OVERDUE))
     if shape.tags:
-        conditions.append(Task.tags.contains(bindparam("tags")))
+        conditions.append(Task.tags.contains(TAGS))
     if shape.due_before:
         conditions.append(Task.due_date <= bindparam("due_before"))
     if shape.due_after:
@@ -220,8 +194,8 @@ def _after_values(shape: ListShape) -> list[ColumnElement[Any] | None]:
     """Bind parameters standing for a cursor's values (None where the value is null)."""
     assert shape.after_nulls is not None
     values: list[ColumnElement[Any] | None] = []
-    for i, (key, null) in enumerate(zip(shape.order, shape.after_nulls, strict=True)):
-        if null:
+    for i, (key, is_null) in enumerate(zip(shape.order, shape.after_nulls, strict=True)):
+        if is_null:
             values.append(None)
         elif key.name == "title":
             # Compared with lower(title), lower-cased by the same function: Python's str.lower()
@@ -233,13 +207,41 @@ def _after_values(shape: ListShape) -> list[ColumnElement[Any] | None]:
 
 
 def _keyset(parts: Sequence[_Part], shape: ListShape) -> ColumnElement[bool]:
-    """(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...: works for mixed directions."""
+    """Rows after the cursor's. Where the order's keys run in one direction, a row comparison
+    over them in the index's order, `(created_at, id) < ($1, $2)`: an index condition, so the
+    scan starts at the cursor. `(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...` alone is a
+    filter, and a cursor 5,000 rows deep had the scan read and drop the 5,000 rows before it
+    (its cost grew with depth, like an offset's). Past a change of direction or a null value
+    the OR form decides, behind the comparison of the keys before it as a bound."""
+    values = _after_values(shape)
+    # The order as index columns: a nullable key is two, `(k IS NULL)` ascending, then k.
+    columns: list[tuple[Any, bool, ColumnElement[Any] | None]] = []
+    for part, value in zip(parts, values, strict=True):
+        if part.key.nullable:
+            columns.append((part.expression.is_(None), False, true() if value is None else false()))
+        columns.append((part.expression, part.key.descending, value))
+    descending = columns[0][1]
+    run: list[tuple[Any, Any]] = []
+    for expression, column_descending, value in columns:
+        if column_descending != descending or value is None:
+            break
+        run.append((expression, value))
+    whole = len(run) == len(columns)
+    left = run[0][0] if len(run) == 1 else tuple_(*(expression for expression, _ in run))
+    right = run[0][1] if len(run) == 1 else tuple_(*(value for _, value in run))
+    if whole:
+        return left < right if descending else left > right
     alternatives: list[ColumnElement[bool]] = []
     prefix: list[ColumnElement[bool]] = []
-    for part, value in zip(parts, _after_values(shape), strict=True):
+    for part, value in zip(parts, values, strict=True):
         alternatives.append(and_(true(), *prefix, part.after(value)))
         prefix.append(part.equal(value))
-    return or_(*alternatives)
+    after = or_(*alternatives)
+    if len(run) == 1 and parts[0].key.nullable:
+        # Only the first key's `(k IS NULL)`: at or beyond `true` is `k IS NULL` (after a null
+        # value only nulls follow); beyond `false` is every row, no bound.
+        return and_(parts[0].expression.is_(None), after) if values[0] is None else after
+    return and_(left <= right if descending else left >= right, after)
 
 
 def _order_by(parts: Sequence[_Part]) -> list[ColumnElement[Any]]:
@@ -339,15 +341,10 @@ def _matched_statements(
     included) cost twice the whole statement; reading each part in list order and counting it
     again would scan every index twice, once per project (the tags filter for a member of 50
     projects: 45-50 ms, against ~25 ms this way)."""
-    matches = SEARCH_MATCHES if shape.search == "query" else (true(),)
+    match = visible_matching(USER_ID, scoped_match(shape.search == "query", shape.tags))
 
-    def found(*columns: ColumnElement[Any]) -> CompoundSelect[Any]:
-        """`columns` of every match: one branch per form of the match (one holds at a time)."""
-        branches = (
-            select(Task.id.label("id"), *columns).where(visible_to(USER_ID), *conditions, match)
-            for match in matches
-        )
-        return union_all(*branches)
+    def found(*columns: ColumnElement[Any]) -> Select[Any]:
+        return select(Task.id.label("id"), *columns).where(match, *conditions)
 
     matched = found(*sort_keys).cte("matched").prefix_with("MATERIALIZED")
     matched_parts = _parts_of(shape, matched.c)

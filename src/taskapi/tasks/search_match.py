@@ -1,0 +1,56 @@
+"""How GET /tasks?search=...&tags=... matches, as SQL: the query parsed once per statement, its
+rank, and the match each visible part's index answers (taskapi.tasks.visibility.visible_matching
+applies it part by part). The grammar from user text to tsquery is taskapi.tasks.search_query.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, String, bindparam, cast, func, literal, null, select
+from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
+
+from taskapi.models import SEARCH_CONFIG, Task
+from taskapi.tasks.visibility import ScopedMatch
+
+# How many words one prefix may stand for before a search stops expanding it (migration 0011).
+# Each word is one more entry looked up per scope; past this (one or two letters) the prefix
+# itself is looked up, as a range of each scope's own words (migration 0015).
+SEARCH_PREFIX_WORDS: Final = 64
+# The search's query, parsed and stemmed once per statement, and the query it is matched by:
+# the same with each prefix replaced by the words it stands for (`task_search_expand`,
+# migration 0011), or as written when a prefix stands for too many. A CTE read by scalar
+# subqueries (InitPlans): as plain calls in a prepared statement's generic plan they would run
+# again for every matching row, in the recheck and in ts_rank.
+_TERMS: Final = select(
+    func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery")).label("query")
+).subquery("parsed")
+SEARCH_TERMS: Final = select(
+    _TERMS.c.query,
+    func.coalesce(
+        func.task_search_expand(_TERMS.c.query, literal(SEARCH_PREFIX_WORDS)), _TERMS.c.query
+    ).label("matching"),
+).cte("search_terms")
+TSQUERY: Final = select(SEARCH_TERMS.c.query).scalar_subquery()
+MATCHING: Final = select(SEARCH_TERMS.c.matching).scalar_subquery()
+# ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per match;
+# title-over-description weights and term frequency still order the results. Ranked by the query
+# as written, so the expansion changes which index finds the rows, never their order.
+RANK: Final = func.ts_rank(Task.search_vector, TSQUERY)
+TAGS: Final = bindparam("tags", type_=ARRAY(String(50)))
+
+
+def scoped_match(search: bool, tags: bool) -> ScopedMatch:
+    """A search and/or tags filter as each visible part's index answers it (migration 0015):
+    the part's scoped terms of a task (`task_scoped_terms`: its words and tags, each joined to
+    the part's scope) against the query and tags joined to each of the caller's scopes, built
+    once per statement (an InitPlan)."""
+
+    def matches(column: ColumnElement[Any], scopes: ColumnElement[Any]) -> ColumnElement[bool]:
+        query = func.task_scoped_query(
+            scopes, MATCHING if search else null(), TAGS if tags else null()
+        )
+        terms = func.task_scoped_terms(column, Task.search_vector, Task.tags)
+        return terms.bool_op("@@")(select(query).scalar_subquery())
+
+    return matches

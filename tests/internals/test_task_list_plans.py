@@ -1,0 +1,150 @@
+"""A cursor deep into a list starts its index scan at the cursor: the work of a page must not
+grow with how far the walk has gone (issue 21: a cursor 5,000 deep read and dropped the 5,000
+rows before it, its keyset a filter rather than an index condition). Checked on PostgreSQL's
+own plans (EXPLAIN ANALYZE) of the page statement the application runs, for a user with 3,000
+tasks and a cursor 2,000 rows deep, in every order whose keys run in one direction (their
+index serves the cursor as a row comparison). Sorts and bitmap scans are turned off, so the
+plan is the ordered index scan a big table gets whatever the planner thinks of a small one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskapi.kit.pagination import CursorCodec
+from taskapi.tasks import queries
+from taskapi.tasks.list_page import build_page
+from taskapi.tasks.list_params import TaskListParams
+from taskapi.tasks.list_plan import plan_list
+from tests.conftest import UserHandle
+
+TASKS = 3_000
+DEPTH = 2_000
+LIMIT = 20
+
+_SEED = text(
+    """
+INSERT INTO tasks (owner_id, title, priority, due_date, created_at, updated_at)
+SELECT :user_id, 'Task ' || (g * 7919 % 3001),
+       (ARRAY['low','medium','high','urgent'])[1 + g % 4]::task_priority,
+       CASE WHEN g % 5 <> 0 THEN DATE '2026-01-01' + g % 97 END,
+       TIMESTAMPTZ '2026-01-01' + g * interval '1 minute' / 3,
+       TIMESTAMPTZ '2026-01-01'
+FROM generate_series(1, :tasks) g
+"""
+)
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _nodes(child)
+
+
+async def _page_plan(
+    session: AsyncSession, user: UserHandle, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The plan of the page `params` ask for, followed from a cursor DEPTH rows deep."""
+    cursors = CursorCodec("plan-test-secret")
+    today = date(2026, 6, 1)
+    # The cursor the page ending at row DEPTH hands out, as the application makes it.
+    start = TaskListParams.model_validate({**params, "limit": "1", "offset": str(DEPTH - 1)})
+    plan = plan_list(start, user.id, today, cursors)
+    rows = await queries.list_statements(plan.shape).page.fetch(session, plan.values)
+    cursor = build_page(plan, rows, int(rows[0]["total"]), cursors)["next_cursor"]
+    deep = TaskListParams.model_validate({**params, "limit": str(LIMIT), "cursor": cursor})
+    plan = plan_list(deep, user.id, today, cursors)
+    page = queries.list_statements(plan.shape).page
+    driver = (await (await session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+    (row,) = await driver.fetch(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + page.sql, *page.arguments(plan.values)
+    )
+    document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    return list(_nodes(document[0]["Plan"]))
+
+
+@pytest.mark.parametrize(
+    "sort", [None, "created_at", "due_date", "priority", "-priority", "title", "-title"]
+)
+async def test_a_deep_cursor_starts_the_index_scan_at_the_cursor(
+    db_session: AsyncSession, alice: UserHandle, sort: str | None
+) -> None:
+    await db_session.execute(_SEED, {"user_id": alice.id, "tasks": TASKS})
+    await db_session.execute(text("ANALYZE tasks"))
+    for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+        await db_session.execute(text(f"SET LOCAL {setting} = off"))
+    nodes = await _page_plan(db_session, alice, {"sort": sort} if sort else {})
+    # The owner's part of the page (the totals' index-only scans count every row, as they must).
+    owned = [
+        n
+        for n in nodes
+        if n["Node Type"] == "Index Scan"
+        and n.get("Index Name", "").startswith("ix_tasks_personal_owner")
+    ]
+    assert len(owned) == 1, [(n["Node Type"], n.get("Index Name")) for n in nodes]
+    (scan,) = owned
+    # The owner's part is read from the cursor on: a page and one row, none of them dropped.
+    described = (scan["Node Type"], scan.get("Index Cond"), scan.get("Filter"))
+    assert scan["Actual Rows"] <= LIMIT + 1, described
+    assert scan.get("Rows Removed by Filter", 0) == 0, described
+    assert ">" in scan["Index Cond"] or "<" in scan["Index Cond"], described
+
+
+# (title, tags, search, tags filter, matches?): the scoped match (migration 0015) against plain
+# `search_vector @@ query AND tags @> tags`, on words, prefixes, phrases, exclusions, weights'
+# positions and tags a tsquery must quote.
+SCOPED_CASES = [
+    ("Redis cache warmup", ["ops"], "redis:* & cache", None, True),
+    ("Redis cache warmup", ["ops"], "redis <-> cache", None, True),
+    ("Cache for redis", ["ops"], "redis <-> cache", None, False),
+    ("Redis cache warmup", ["ops"], "redis & !warmup", None, False),
+    ("Redis cache warmup", ["it's", "a\\b"], "warm:*", ["it's", "a\\b"], True),
+    ("Redis cache warmup", ["it's"], None, ["it's", "a\\b"], False),
+    ("Redis cache warmup", [], "the", None, False),  # stop words only: an empty query
+]
+
+
+@pytest.mark.parametrize(("title", "tags", "query", "wanted", "matches"), SCOPED_CASES)
+async def test_scoped_terms_match_exactly_what_the_plain_search_matches(
+    db_session: AsyncSession,
+    title: str,
+    tags: list[str],
+    query: str | None,
+    wanted: list[str] | None,
+    matches: bool,
+) -> None:
+    row = (
+        await db_session.execute(
+            text(
+                """
+SELECT coalesce(v @@ q, true) AND coalesce(t @> w, true) AS plain,
+       coalesce(task_scoped_terms(7, v, t) @@ task_scoped_query(ARRAY[7, 9], q, w), false)
+         AS scoped,
+       coalesce(task_scoped_terms(8, v, t) @@ task_scoped_query(ARRAY[7, 9], q, w), false)
+         AS other_scope
+FROM (SELECT to_tsvector('english', :title) AS v, CAST(:tags AS varchar[]) AS t,
+             to_tsquery('english', :query) AS q, CAST(:wanted AS varchar[]) AS w) x
+"""
+            ),
+            {"title": title, "tags": tags, "query": query, "wanted": wanted},
+        )
+    ).one()
+    assert row.plain is matches
+    assert row.scoped is matches
+    assert row.other_scope is False  # another scope's terms never match
+
+
+async def test_scoped_terms_of_no_scope_are_null(db_session: AsyncSession) -> None:
+    """An unassigned task has no assignee scope; the assignee part's index leaves it out, and a
+    recheck that computes its terms anyway gets NULL (not an error from a NULL lexeme)."""
+    terms = await db_session.scalar(
+        text("SELECT task_scoped_terms(NULL, to_tsvector('simple', 'redis'), ARRAY['ops'])")
+    )
+    assert terms is None
