@@ -222,13 +222,24 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 _IDLE_APPS: dict[tuple[tuple[str, Any], ...], list[FastAPI]] = {}
 
 
+async def clone_template(name: str) -> None:
+    """A fresh database `name` from the migrated template. Its commits do not wait for the WAL
+    to reach the disk (synchronous_commit off, set on the database, so for every connection and
+    process using it): no test depends on surviving a crash of the shared server, and live
+    tests commit thousands of times."""
+    await admin_execute(
+        f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"',
+        f'ALTER DATABASE "{name}" SET synchronous_commit = off',
+    )
+
+
 @asynccontextmanager
 async def cloned_app(**overrides: Any) -> AsyncIterator[FastAPI]:
     """An app with its own engine on a fresh database cloned from the migrated template (real
     commits, real concurrency), its services started and stopped as its lifespan does; the
     database is dropped afterwards. Needs the `migrated_databases` fixture."""
     name = f"taskapi_live_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     key = tuple(sorted(overrides.items()))
     try:
         idle = _IDLE_APPS.setdefault(key, [])

@@ -34,10 +34,10 @@ from taskapi.kit.services import services_of
 from tests.conftest import (
     MAIN_DB,
     ROOT,
-    TEMPLATE_DB,
     UserHandle,
     admin_execute,
     bind_to_connection,
+    clone_template,
     database_url,
     make_settings,
 )
@@ -607,7 +607,7 @@ async def wait_until_healthy(
 @asynccontextmanager
 async def serve_two_workers(tmp_path: Path, **variables: str) -> AsyncIterator[str]:
     name = f"taskapi_rl_{uuid.uuid4().hex[:12]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     port = free_port()
     env = {
         key: value

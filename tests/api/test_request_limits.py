@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from taskapi.app import create_app
 from tests.conftest import (
     MAIN_DB,
-    TEMPLATE_DB,
     UserHandle,
     admin_execute,
     bind_to_connection,
+    clone_template,
     database_url,
     make_settings,
     register_and_login,
@@ -267,7 +267,7 @@ HEADER_LIMIT = 16 * 1024
 async def served(migrated_databases: None, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     name = f"taskapi_limits_{uuid.uuid4().hex[:12]}"
     port = free_port()
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     log_path = tmp_path / "server.log"
     env = cli_env(
         DATABASE_URL=database_url(name),

@@ -38,7 +38,12 @@ from taskapi.kit.config import Settings
 from taskapi.kit.db import create_engine
 from taskapi.kit.services import services_of
 from taskapi.models import Project, ProjectMember, ProjectRole, User
-from tests.conftest import TEMPLATE_DB, admin_execute, bind_to_connection, make_settings
+from tests.conftest import (
+    admin_execute,
+    bind_to_connection,
+    clone_template,
+    make_settings,
+)
 from tests.task_helpers import TASKS, assert_problem
 
 API = "/api/v1"
@@ -485,7 +490,7 @@ async def matrix_settings(migrated_databases: None) -> AsyncIterator[Settings]:
     """A database of the module's own, cloned from the template, with Redis keys of its own
     (its user ids are those of other databases' users)."""
     name = f"taskapi_matrix_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     try:
         yield make_settings(name)
     finally:

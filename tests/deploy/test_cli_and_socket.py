@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import (
     ROOT,
-    TEMPLATE_DB,
     TEST_SECRET,
     admin_execute,
+    clone_template,
     database_url,
 )
 
@@ -198,7 +198,7 @@ async def served(migrated_databases: None, tmp_path: Path) -> AsyncIterator[str]
     """`taskapi serve` on a free port against a fresh migrated database; yields its base URL."""
     name = f"taskapi_sock_{uuid.uuid4().hex[:12]}"
     port = free_port()
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     log_path = tmp_path / "server.log"
     env = cli_env(
         DATABASE_URL=database_url(name),

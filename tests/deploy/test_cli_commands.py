@@ -20,8 +20,8 @@ import pytest
 
 from taskapi.app import create_app
 from tests.conftest import (
-    TEMPLATE_DB,
     admin_execute,
+    clone_template,
     database_url,
     make_settings,
     register_and_login,
@@ -108,7 +108,7 @@ class Deployment:
 @pytest.fixture
 async def deployment(migrated_databases: None, tmp_path: Path) -> AsyncIterator[Deployment]:
     name = f"taskapi_clicmd_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     try:

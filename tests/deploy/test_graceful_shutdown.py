@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import TEMPLATE_DB, admin_execute, database_url
+from tests.conftest import admin_execute, clone_template, database_url
 from tests.deploy.test_cli_and_socket import (
     TASKAPI,
     _plain_dsn,
@@ -47,7 +47,7 @@ class Outcome:
 @pytest.fixture
 async def database(migrated_databases: None) -> AsyncIterator[str]:
     name = f"taskapi_term_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     try:
         yield name
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TEMPLATE_DB, admin_execute, database_url
+from tests.conftest import ROOT, admin_execute, clone_template, database_url
 from tests.deploy.test_cli_and_socket import (
     TASKAPI,
     _wait_until_healthy,
@@ -59,7 +59,7 @@ async def server(
 ) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """`taskapi serve` on a fresh database, limits on but far above what 4 users send."""
     name = f"taskapi_load_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     port = free_port()
     env = cli_env(
         DATABASE_URL=database_url(name),

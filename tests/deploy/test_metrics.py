@@ -23,7 +23,7 @@ from taskapi.jobs.worker import Worker
 from taskapi.kit.services import services_of
 from taskapi.storage import STORAGE
 from tests.api.test_ratelimit import bad_login, http, limited_settings, running
-from tests.conftest import TEMPLATE_DB, UserHandle, admin_execute, database_url
+from tests.conftest import UserHandle, admin_execute, clone_template, database_url
 from tests.deploy.test_cli_and_socket import TASKAPI, _wait_until_healthy, cli_env, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -195,7 +195,7 @@ async def served_by_two_workers(
 ) -> AsyncIterator[tuple[str, Path]]:
     name = f"taskapi_metrics_{uuid.uuid4().hex[:12]}"
     port = free_port()
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     log_path = tmp_path / "server.log"
     env = cli_env(
         DATABASE_URL=database_url(name),

@@ -12,7 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEMPLATE_DB, admin_execute, database_url, register_and_login
+from tests.conftest import (
+    admin_execute,
+    clone_template,
+    database_url,
+    register_and_login,
+)
 from tests.deploy.test_cli_and_socket import (
     TASKAPI,
     _wait_until_healthy,
@@ -24,7 +29,7 @@ from tests.deploy.test_cli_and_socket import (
 @pytest.fixture
 async def database(migrated_databases: None) -> AsyncIterator[str]:
     name = f"taskapi_pat_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     try:
         yield database_url(name)
     finally:

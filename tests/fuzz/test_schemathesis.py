@@ -33,7 +33,7 @@ from schemathesis.schemas import BaseSchema
 
 from taskapi.app import create_app
 from taskapi.tasks.batch_schemas import DUPLICATE_TEMP_ID
-from tests.conftest import TEMPLATE_DB, admin_execute, make_settings
+from tests.conftest import admin_execute, clone_template, make_settings
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
 # What a schema-valid request may still be refused for, because it depends on state the schema
@@ -206,7 +206,7 @@ def report_requests() -> Iterator[None]:
 @pytest.fixture(scope="module")
 async def fuzz_database(migrated_databases: None) -> AsyncIterator[str]:
     name = f"taskapi_fuzz_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     try:
         yield name
     finally:

@@ -44,9 +44,9 @@ from taskapi.tasks.jobs import FOLD_TASK_STATS, PURGE_TRASH
 from taskapi.webhooks.jobs import PURGE_PINGS
 from taskapi.wiring import EXPIRE_IDEMPOTENCY_KEYS, JOBS
 from tests.conftest import (
-    TEMPLATE_DB,
     UserHandle,
     admin_execute,
+    clone_template,
     cloned_app,
     database_url,
     make_settings,
@@ -682,7 +682,7 @@ async def test_due_soon_notifications_reach_owner_and_assignee_once(app: FastAPI
 @pytest.fixture
 async def cloned_database(migrated_databases: None) -> AsyncIterator[str]:
     name = f"taskapi_jobs_{uuid.uuid4().hex[:10]}"
-    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    await clone_template(name)
     try:
         yield name
     finally:
