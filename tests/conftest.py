@@ -466,3 +466,30 @@ async def sql_log(connection: AsyncConnection) -> AsyncIterator[StatementLog]:
     yield log
     driver.remove_query_logger(record_direct)
     event.remove(sync_connection, "before_cursor_execute", record)
+
+
+# The modules whose tests take longest (5-25 s each, measured by `make test --durations`): run
+# first, so that no worker is still busy with one while the other has run out of tests. xdist's
+# worksteal hands each worker half of the collection in order and lets it take not-yet-started
+# tests from the other's end: the long ones started early, the run ends on short ones.
+SLOW_FIRST = (
+    "tests/api/test_visibility_state_machine.py",
+    "tests/faults/test_faults_under_load.py",
+    "tests/deploy/test_graceful_shutdown.py",
+    "tests/fuzz/test_visibility_property.py",
+    "tests/deploy/test_load_script.py",
+    "tests/deploy/test_cli_commands.py",
+    "tests/deploy/test_k8s_manifests.py",
+    "tests/docs/test_sync_example.py",
+    "tests/faults/test_redis_outage.py",
+    "tests/faults/test_storage_outage.py",
+    "tests/deploy/test_event_stream_processes.py",
+    "tests/deploy/test_webhook_worker.py",
+    "tests/api/test_webhook_concurrency.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(SLOW_FIRST)}
+    last = len(SLOW_FIRST)
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], last))
