@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("routing (Starlette, FastAPI)", r"\((starlette|fastapi|anyio)/|\(contextlib"),
     ("server (uvicorn, event loop)", r"\((uvicorn|asyncio|uvloop|httptools|h11)/"),
 )
-OTHER = "no Python frame (C code of the loop, GC)"
+OTHER = "other (no Python frame: the loop's C code, GC; or frames of no layer)"
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,7 @@ def read_raw(path: Path) -> tuple[Counter[str], int]:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        layers[layer_of(stack.split(";"))] += int(count)
+        layers[layer_of(stack.split(";")) if stack else OTHER] += int(count)
         total += int(count)
     return layers, total
 
