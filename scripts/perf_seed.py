@@ -149,25 +149,30 @@ async def seed(database: str, tasks: int, reseed: bool) -> None:
     exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
     if exists and not reseed:
         await admin.close()
+        await _migrate(database)  # a database seeded before a new migration gets it
         return
     for name in (database, building):
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{building}"')
     await admin.close()
+    await _migrate(building)
+    await _fill(building, tasks)
+    admin = await asyncpg.connect(f"{SERVER}/postgres")
+    await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{database}"')
+    await admin.close()
+
+
+async def _migrate(database: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         ".venv/bin/alembic",
         "upgrade",
         "head",
         env={
-            "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{building}",
+            "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
             "PATH": "/usr/bin:/bin",
         },
     )
     assert await proc.wait() == 0
-    await _fill(building, tasks)
-    admin = await asyncpg.connect(f"{SERVER}/postgres")
-    await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{database}"')
-    await admin.close()
 
 
 async def drop(database: str) -> None:

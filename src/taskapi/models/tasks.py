@@ -113,12 +113,15 @@ class Task(Base):
             "due_date",
             postgresql_where=text("project_id IS NULL AND deleted_at IS NULL"),
         ),
+        # Filters and filtered totals. created_at and id are INCLUDE'd: a filtered part is put
+        # in list order from the index alone, and only the page's rows are read (migration 0016).
         Index(
             "ix_tasks_personal_owner_status_priority",
             "owner_id",
             "status",
             "priority",
             "due_date",
+            postgresql_include=["created_at", "id"],
             postgresql_where=text("project_id IS NULL AND deleted_at IS NULL"),
         ),
         Index(
@@ -127,7 +130,7 @@ class Task(Base):
             "status",
             "priority",
             "due_date",
-            postgresql_include=["owner_id"],
+            postgresql_include=["owner_id", "created_at", "id"],
             postgresql_where=text(
                 "assignee_id IS NOT NULL AND project_id IS NULL AND deleted_at IS NULL"
             ),
@@ -145,6 +148,7 @@ class Task(Base):
             "status",
             "priority",
             "due_date",
+            postgresql_include=["created_at", "id"],
             postgresql_where=text("project_id IS NOT NULL AND deleted_at IS NULL"),
         ),
         # The list's order for sort=(-)due_date, (-)priority and (-)title, per part (migration
