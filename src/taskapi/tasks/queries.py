@@ -207,13 +207,36 @@ def _after_values(shape: ListShape) -> list[ColumnElement[Any] | None]:
 
 
 def _keyset(parts: Sequence[_Part], shape: ListShape) -> ColumnElement[bool]:
-    """Rows after the cursor's. Where the order's keys run in one direction, a row comparison
-    over them in the index's order, `(created_at, id) < ($1, $2)`: an index condition, so the
-    scan starts at the cursor. `(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...` alone is a
+    """Rows after the cursor's, as one condition (see `_keysets`)."""
+    return or_(*_keysets(parts, shape))
+
+
+def _keysets(parts: Sequence[_Part], shape: ListShape) -> list[ColumnElement[bool]]:
+    """Rows after the cursor's, as disjoint conditions, each an index range in list order (a
+    part reads each with a scan of its own). A descending nullable first key with a value,
+    `sort=-due_date`, is two: the dated rows after the cursor's date, then every undated row
+    (missing dates come last); one `OR` of the two is not a range, and its scan read and
+    dropped every dated row before the cursor."""
+    values = _after_values(shape)
+    first = parts[0]
+    if first.key.nullable and first.key.descending and values[0] is not None:
+        dated = [_Part(first.key._replace(nullable=False), first.expression), *parts[1:]]
+        return [
+            and_(first.expression.is_not(None), _keyset_of(dated, values)),
+            first.expression.is_(None),
+        ]
+    return [_keyset_of(parts, values)]
+
+
+def _keyset_of(
+    parts: Sequence[_Part], values: Sequence[ColumnElement[Any] | None]
+) -> ColumnElement[bool]:
+    """Rows after `values`. Where the order's keys run in one direction, a row comparison over
+    them in the index's order, `(created_at, id) < ($1, $2)`: an index condition, so the scan
+    starts at the cursor. `(k1 after v1) OR (k1 = v1 AND k2 after v2) OR ...` alone is a
     filter, and a cursor 5,000 rows deep had the scan read and drop the 5,000 rows before it
     (its cost grew with depth, like an offset's). Past a change of direction or a null value
     the OR form decides, behind the comparison of the keys before it as a bound."""
-    values = _after_values(shape)
     # The order as index columns: a nullable key is two, `(k IS NULL)` ascending, then k.
     columns: list[tuple[Any, bool, ColumnElement[Any] | None]] = []
     for part, value in zip(parts, values, strict=True):
@@ -279,7 +302,8 @@ def list_statements(shape: ListShape) -> ListStatements:
     if shape.search == "query" or shape.tags:
         return _matched_statements(shape, parts, conditions, sort_keys)
     visible = visible_parts(USER_ID, shape.project)
-    branches = [_branch(part, shape, parts, conditions, sort_keys) for part in visible]
+    keysets: Sequence[Any] = [None] if shape.after_nulls is None else _keysets(parts, shape)
+    branches = [_branch(p, k, parts, conditions, sort_keys) for p in visible for k in keysets]
     merged = union_all(*branches).subquery("visible_page")
     # One count per part: each an index(-only) scan, where a count over visible_to's OR would
     # be a bitmap heap scan of the user's whole visible set.
@@ -316,7 +340,7 @@ def _page(shape: ListShape, chosen: Select[Any], total: ColumnElement[int]) -> S
 
 def _branch(
     part: VisiblePart,
-    shape: ListShape,
+    keyset: ColumnElement[bool] | None,
     parts: Sequence[_Part],
     conditions: Sequence[ColumnElement[bool]],
     sort_keys: Sequence[ColumnElement[Any]],
@@ -332,8 +356,8 @@ def _branch(
         within = () if part.within is None else (part.within,)
         condition = and_(Task.project_id == driver.c.project_id, *within)
     branch = select(Task.id.label("id"), *sort_keys).where(condition, *conditions)
-    if shape.after_nulls is not None:
-        branch = branch.where(_keyset(parts, shape))
+    if keyset is not None:
+        branch = branch.where(keyset)
     branch = branch.order_by(*_order_by(parts)).limit(bindparam("reach"))
     if driver is None:
         return branch
