@@ -63,6 +63,12 @@ SCENARIOS: list[tuple[str, str, Params, bool]] = [
     ("list, offset 5000", "/api/v1/tasks", {"offset": 5000}, False),
     ("list, cursor 5000 deep", "/api/v1/tasks", {"limit": 20, "cursor": "<deep>"}, True),
     (
+        "sort -due_date, cursor 5000 deep",
+        "/api/v1/tasks",
+        {"sort": "-due_date", "limit": 20, "cursor": "<deep>"},
+        True,
+    ),
+    (
         "filter status+priority",
         "/api/v1/tasks",
         {"status": "todo,in_progress", "priority": "high,urgent"},
@@ -324,15 +330,6 @@ async def _set_up_user(target: Target, user: int) -> None:
     login = {"username": f"user{user}", "password": PASSWORD}
     tokens = (await client.post("/api/v1/auth/login", json=login)).json()
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-    page = (await client.get("/api/v1/tasks", params={"limit": 100}, headers=headers)).json()
-    cursor = page["next_cursor"]
-    for _ in range(49):  # 5,000 rows deep
-        cursor = (
-            await client.get(
-                "/api/v1/tasks", params={"limit": 100, "cursor": cursor}, headers=headers
-            )
-        ).json()["next_cursor"]
-    # The cursor above is bound to limit-free parameters: valid with limit=20 too.
     # A project's id: the member's only (anyone else gets 404).
     scenarios = [s for s in SCENARIOS if user == MEMBER or s[2].get("project_id") in (None, "none")]
     scenarios += await perf_events.scenarios(target.conn, target.cursors, user)
@@ -342,10 +339,23 @@ async def _set_up_user(target: Target, user: int) -> None:
     for name, path, template, wants_plan in scenarios:
         params = dict(template)
         if params.get("cursor") == "<deep>":
-            params["cursor"] = cursor
+            params["cursor"] = await _deep_cursor(client, headers, params)
         if params.get("since") == "<now>":
             params["since"] = now_cursor
         target.scenarios[user][name] = (path, params, wants_plan)
+
+
+async def _deep_cursor(client: httpx.AsyncClient, headers: Params, params: Params) -> str:
+    """The cursor 5,000 rows into the list `params` ask for (their other parameters kept). A
+    cursor is bound to limit-free parameters: walked 100 at a time, it is valid with limit=20."""
+    walk = {k: v for k, v in params.items() if k not in ("cursor", "limit")} | {"limit": 100}
+    cursor = None
+    for _ in range(50):
+        at = walk if cursor is None else walk | {"cursor": cursor}
+        page = await client.get("/api/v1/tasks", params=at, headers=headers)
+        cursor = page.json()["next_cursor"]
+        assert cursor is not None, "the list ended before 5,000 rows"
+    return str(cursor)
 
 
 async def _request(target: Target, user: int, name: str) -> tuple[float, Any]:
