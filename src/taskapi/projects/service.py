@@ -251,8 +251,11 @@ async def _remove(
     if member.role == ProjectRole.ADMIN:
         await _check_admin_remains(session, project.id, member.user_id)
     leaver = member.user_id
-    # Their tombstones first: this locks the project's tasks, so a change under way that named
-    # them commits before, and none after it can (they are no longer a member by then).
+    # Their tombstones first: this locks the project's tasks (in id order, the project being
+    # locked already: the lock order, taskapi.tasks.access), so a change under way that named
+    # them commits before, and none after it can (they are no longer a member by then). No task
+    # can join the project meanwhile (that needs the project's lock), so the statements below
+    # lock no task this one did not.
     await events.record_project_access_lost(session, actor_id, project.id, leaver)
     unassigned = await tasks_repository.unassign_in_project(session, project.id, leaver)
     await repository.remove_member(session, project.id, leaver)
