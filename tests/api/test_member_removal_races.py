@@ -6,6 +6,9 @@ parallel transactions): no request may fail, however their locks interleave.
    That move locked the task and then waited for the project (to put the task into it), while
    the removal, which locks every row that was in the project when it began, came to wait for
    that task: PostgreSQL aborted one of them (40P01), a 500.
+   The same with an account's deletion (it removes its member from every project) and a bulk
+   change holding tasks of two of those projects: the deletion locked them project by project,
+   the bulk change in id order across projects.
 2. Seeded random schedules: 8 editors move tasks between two projects, assign them to the
    leaving member, edit, trash, restore, force delete and create, each transaction
    held open a random while after its events are written; meanwhile the member is removed from
@@ -77,6 +80,12 @@ async def create_task(client: httpx.AsyncClient, user: UserHandle, **body: Any) 
 async def assert_gone_for_the_leaver(client: httpx.AsyncClient, team: Team, project: int) -> None:
     """The leaver sees nothing of the project, and none of its tasks is assigned to them."""
     assert_problem(await client.get(f"{PROJECTS}/{project}", headers=team.leaver.headers), 404)
+    await assert_none_assigned_to_the_leaver(client, team, project)
+
+
+async def assert_none_assigned_to_the_leaver(
+    client: httpx.AsyncClient, team: Team, project: int
+) -> None:
     listed = await client.get(
         TASKS, params={"project_id": project, "limit": 100}, headers=team.admin.headers
     )
@@ -114,19 +123,19 @@ def _gate_event_inserts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(event_repository, "insert", gated_insert)
 
 
-async def _until_waiting(app: FastAPI, fragment: str) -> None:
-    """Until a transaction of the app's database waits for a lock in a statement containing
-    `fragment`."""
+async def _until_waiting(app: FastAPI, fragment: str, count: int = 1) -> None:
+    """Until `count` transactions of the app's database wait for a lock in statements
+    containing `fragment`."""
     query = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock' AND strpos(query, :fragment) > 0"
     )
     for _ in range(500):
         async with services_of(app).sessionmaker() as session:
-            if await session.scalar(query, {"fragment": fragment}):
+            if await session.scalar(query, {"fragment": fragment}) >= count:
                 return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"nothing waits in {fragment!r}")
+    raise AssertionError(f"fewer than {count} wait in {fragment!r}")
 
 
 async def test_a_task_moved_out_and_back_in_during_a_removal_deadlocks_nothing(
@@ -172,6 +181,58 @@ async def test_a_task_moved_out_and_back_in_during_a_removal_deadlocks_nothing(
     assert moved.status_code == 200, moved.text
     assert moved.json()["project_id"] == team.p
     await assert_gone_for_the_leaver(client, team, team.p)
+
+
+async def test_an_account_deleted_while_a_bulk_change_holds_tasks_of_its_projects(
+    live_app: FastAPI, live_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An account's deletion removes its member from every project; a bulk change locks the
+    tasks it names in id order, across projects. The deletion locked them project by project
+    (the first project's tasks, then the second's), so with a later task of the first project
+    and an earlier one of the second, each came to hold one the other waited for."""
+    client, app = live_client, live_app
+    team = await make_team(client, 2)
+    editor, other = team.writers
+    first, second = team.p, team.q  # locked by the deletion in this order (ascending ids)
+    early = await create_task(client, team.admin, project_id=second, assignee_id=team.leaver.id)
+    late = await create_task(client, team.admin, project_id=first)
+    assert first < second
+    assert early < late
+    _gate_event_inserts(monkeypatch)
+
+    # 1. An edit of `late` holds it, its transaction open.
+    held = Gate()
+
+    async def edit_late() -> httpx.Response:
+        GATE.set(held)
+        return await client.patch(task_url(late), json={"title": "edited"}, headers=other.headers)
+
+    edit = asyncio.create_task(edit_late())
+    try:
+        await asyncio.wait_for(held.reached.wait(), 5)
+        # 2. The leaver deletes their account: it waits for `late`, first in line for it.
+        deletion = asyncio.create_task(
+            client.delete("/api/v1/users/me", headers=team.leaver.headers)
+        )
+        await _until_waiting(app, "FOR UPDATE")
+        # 3. A bulk change of both tasks (locked in id order: `early`, then `late`) waits too.
+        body = {"task_ids": [early, late], "updates": {"priority": "high"}}
+        change = asyncio.create_task(
+            client.patch(f"{TASKS}/bulk", json=body, headers=editor.headers)
+        )
+        await _until_waiting(app, "FOR UPDATE", 2)
+    finally:
+        # 4. The edit commits.
+        held.release.set()
+    edited, deleted, changed = await asyncio.wait_for(asyncio.gather(edit, deletion, change), 10)
+
+    assert edited.status_code == 200, edited.text
+    assert deleted.status_code == 204, deleted.text
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["successful"] == 2
+    assert_problem(await client.get("/api/v1/users/me", headers=team.leaver.headers), 401)
+    for project in (first, second):
+        await assert_none_assigned_to_the_leaver(client, team, project)
 
 
 # --- 2. random schedules -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_
+from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -306,12 +306,29 @@ async def _tasks_updated(
 
 
 async def leave_all_projects(session: AsyncSession, user: User) -> None:
-    """Before `user`'s account is deleted, for each project they are in (all locked first):
-    the only member -> the project is deleted as by DELETE /projects/{id}; the last admin with
-    other members -> 409 `last_admin`; otherwise their tasks there pass to the earliest-added
-    remaining admin and they leave. Tasks they own in a project they already left pass to its
-    earliest admin too (the account's own tasks are deleted with it; a project's are not)."""
-    for project in await repository.lock_projects_of(session, user.id):
+    """Before `user`'s account is deleted, for each project they are in (all locked first, then
+    every task the deletion changes): the only member -> the project is deleted as by DELETE
+    /projects/{id}; the last admin with other members -> 409 `last_admin`; otherwise their tasks
+    there pass to the earliest-added remaining admin and they leave. Tasks they own in a project
+    they already left pass to its earliest admin too (the account's own tasks are deleted with
+    it; a project's are not)."""
+    projects = await repository.lock_projects_of(session, user.id)
+    # The tasks in one statement, in id order (the lock order, taskapi.tasks.access): those of
+    # these projects and the account's personal ones (its own, and others' assigned to it).
+    # Locked project by project as the loop below goes, a bulk change or a batch holding tasks
+    # of two of them (locked in id order across projects) could hold one the deletion waited
+    # for while waiting for one it held. No task can join these projects meanwhile.
+    await tasks_repository.lock_in_order(
+        session,
+        or_(
+            Task.project_id.in_([project.id for project in projects]),
+            and_(
+                Task.project_id.is_(None),
+                or_(Task.owner_id == user.id, Task.assignee_id == user.id),
+            ),
+        ),
+    )
+    for project in projects:
         member = await repository.member(session, project.id, user.id)
         others = [m for m in await repository.member_ids(session, project.id) if m != user.id]
         if member is not None and not others:
