@@ -203,8 +203,8 @@ async def check_change(
     now = utc_now()
     if changes.get("project_id") != task.project_id:
         # Held already, before the task was locked (the lock order, taskapi.tasks.access: PATCH
-        # through `visible_for_update`, a batch for all of its operations at its start); again
-        # here at no cost. A task already there needs no hold: it is locked, as a deletion of
+        # by its dependency, a batch for all of its operations at its start); taken again here
+        # without a wait. A task already there needs no hold: it is locked, as a deletion of
         # that project would lock it.
         await access.hold_target(session, changes.get("project_id"))
     members = await access.memberships(
