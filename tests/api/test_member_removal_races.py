@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,8 @@ class Team:
 
 
 async def _project(client: httpx.AsyncClient, admin: UserHandle, members: list[UserHandle]) -> int:
-    created = await client.post(PROJECTS, json={"name": f"p{id(members)}"}, headers=admin.headers)
+    body = {"name": f"p {uuid.uuid4().hex[:8]}"}
+    created = await client.post(PROJECTS, json=body, headers=admin.headers)
     assert created.status_code == 201, created.text
     project_id: int = created.json()["id"]
     for member in members:
