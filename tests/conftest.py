@@ -486,6 +486,7 @@ SLOW_FIRST = (
     "tests/deploy/test_event_stream_processes.py",
     "tests/deploy/test_webhook_worker.py",
     "tests/api/test_webhook_concurrency.py",
+    "tests/api/test_member_removal_races.py",
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_
+from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -251,8 +251,11 @@ async def _remove(
     if member.role == ProjectRole.ADMIN:
         await _check_admin_remains(session, project.id, member.user_id)
     leaver = member.user_id
-    # Their tombstones first: this locks the project's tasks, so a change under way that named
-    # them commits before, and none after it can (they are no longer a member by then).
+    # Their tombstones first: this locks the project's tasks (in id order, the project being
+    # locked already: the lock order, taskapi.tasks.access), so a change under way that named
+    # them commits before, and none after it can (they are no longer a member by then). No task
+    # can join the project meanwhile (that needs the project's lock), so the statements below
+    # lock no task this one did not.
     await events.record_project_access_lost(session, actor_id, project.id, leaver)
     unassigned = await tasks_repository.unassign_in_project(session, project.id, leaver)
     await repository.remove_member(session, project.id, leaver)
@@ -303,12 +306,29 @@ async def _tasks_updated(
 
 
 async def leave_all_projects(session: AsyncSession, user: User) -> None:
-    """Before `user`'s account is deleted, for each project they are in (all locked first):
-    the only member -> the project is deleted as by DELETE /projects/{id}; the last admin with
-    other members -> 409 `last_admin`; otherwise their tasks there pass to the earliest-added
-    remaining admin and they leave. Tasks they own in a project they already left pass to its
-    earliest admin too (the account's own tasks are deleted with it; a project's are not)."""
-    for project in await repository.lock_projects_of(session, user.id):
+    """Before `user`'s account is deleted, for each project they are in (all locked first, then
+    every task the deletion changes): the only member -> the project is deleted as by DELETE
+    /projects/{id}; the last admin with other members -> 409 `last_admin`; otherwise their tasks
+    there pass to the earliest-added remaining admin and they leave. Tasks they own in a project
+    they already left pass to its earliest admin too (the account's own tasks are deleted with
+    it; a project's are not)."""
+    projects = await repository.lock_projects_of(session, user.id)
+    # The tasks in one statement, in id order (the lock order, taskapi.tasks.access): those of
+    # these projects and the account's personal ones (its own, and others' assigned to it).
+    # Locked project by project as the loop below goes, a bulk change or a batch holding tasks
+    # of two of them (locked in id order across projects) could hold one the deletion waited
+    # for while waiting for one it held. No task can join these projects meanwhile.
+    await tasks_repository.lock_in_order(
+        session,
+        or_(
+            Task.project_id.in_([project.id for project in projects]),
+            and_(
+                Task.project_id.is_(None),
+                or_(Task.owner_id == user.id, Task.assignee_id == user.id),
+            ),
+        ),
+    )
+    for project in projects:
         member = await repository.member(session, project.id, user.id)
         others = [m for m in await repository.member_ids(session, project.id) if m != user.id]
         if member is not None and not others:

@@ -47,11 +47,29 @@ class Membership:
     archived: bool
 
 
+# The lock order. Every transaction that locks rows of both takes them in this order, so no two
+# ever wait for each other crosswise (PostgreSQL aborts one of them: 40P01, a 500):
+#
+#   1. projects, by ascending id: FOR UPDATE by a request that changes a project or its members
+#      (taskapi.projects.dependencies, its first statement; an account's deletion locks all of
+#      its projects at once), FOR KEY SHARE by a write that puts a task into one (`hold_target`:
+#      creates, moves, bulk changes, batches; the foreign key check takes the same lock);
+#   2. tasks, by ascending id, FOR UPDATE.
+#
+# A project is never locked after a task, even one the task is not in yet. A member's removal
+# (or the project's deletion) holds the project, then locks every task of it; under READ
+# COMMITTED a row that matched when that statement began is locked even if it has left the
+# project since (PostgreSQL locks the newest version, then finds it no longer matches). So a
+# move that locked such a task first and then waited for the project, to put it back, was
+# waited for by the removal it was waiting for.
+
+
 async def hold_target(session: AsyncSession, project_id: int | None) -> None:
     """Before a task is put into a project (created there or moved there): hold the project row
     (FOR KEY SHARE, what the foreign key check would take) so a deletion or a membership change
     running now finishes first, and the membership read next sees its outcome: a project
-    deleted meanwhile is then a 404, never a foreign-key error."""
+    deleted meanwhile is then a 404, never a foreign-key error. Taken before the task is locked
+    (the lock order above); taking it again in the same transaction costs no wait."""
     if project_id is not None:
         await session.execute(
             select(Project.id)

@@ -147,10 +147,10 @@ def _target_project(op: CreateOp | ChangeOp) -> int | None:
 
 
 async def apply_batch(session: AsyncSession, user: User, batch: BatchIn) -> BatchResult:
-    # Locks in the order every other writer takes them, before anything changes: the projects
-    # tasks go into (as bulk changes hold them: a project deletion holds its project, then locks
-    # its tasks), then every existing task the batch names, in id order (concurrent batches on
-    # overlapping tasks then wait for each other instead of deadlocking).
+    # Locks in the order every writer takes them (taskapi.tasks.access), before anything
+    # changes: the projects tasks go into, then every existing task the batch names, in id
+    # order (concurrent batches on overlapping tasks then wait for each other instead of
+    # deadlocking).
     for project_id in sorted({p for p in map(_target_project, batch.operations) if p}):
         await access.hold_target(session, project_id)
     named = {

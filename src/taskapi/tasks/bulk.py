@@ -39,7 +39,7 @@ async def _bulk_apply(
     ids = _unique(ids)
     if changes.get("assignee_id") is not None:
         await service.check_assignee_exists(session, changes["assignee_id"])
-    # Before the tasks are locked: a project deletion holds the project, then locks its tasks.
+    # Before the tasks are locked: the lock order (taskapi.tasks.access), projects first.
     await access.hold_target(session, changes.get("project_id"))
     tasks = {t.id: t for t in await repository.get_visible_many(session, user.id, ids)}
     members = await access.memberships(

@@ -14,6 +14,7 @@ from taskapi.kit.validation import MAX_ID
 from taskapi.models import Task
 from taskapi.tasks import access, repository, service
 from taskapi.tasks.batch_schemas import BatchIn
+from taskapi.tasks.schemas import TaskPatch
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id")]
 
@@ -31,6 +32,16 @@ async def load_visible_task_for_update(
     return await service.visible_for_update(session, user, task_id)
 
 
+async def load_task_to_patch(
+    task_id: TaskId, data: TaskPatch, user: CurrentUser, session: DbSession
+) -> Task:
+    """`load_visible_task_for_update` for PATCH, which may move the task: the project it names
+    is held before the task is locked (the lock order, taskapi.tasks.access)."""
+    return await service.visible_for_update(
+        session, user, task_id, into=data.changes().get("project_id")
+    )
+
+
 async def load_editable_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Task:
     """A task the caller can see and may change (403/409 otherwise: taskapi.tasks.access)."""
     task = await load_visible_task(task_id, user, session)
@@ -41,6 +52,7 @@ async def load_editable_task(task_id: TaskId, user: CurrentUser, session: DbSess
 VisibleTask = Annotated[Task, Depends(load_visible_task)]
 EditableTask = Annotated[Task, Depends(load_editable_task)]
 VisibleTaskForUpdate = Annotated[Task, Depends(load_visible_task_for_update)]
+TaskToPatch = Annotated[Task, Depends(load_task_to_patch)]
 
 
 async def paid_batch(batch: BatchIn, user: CurrentUser, request: Request) -> BatchIn:

@@ -16,7 +16,7 @@ from taskapi.models import Task
 from taskapi.tasks import batch, bulk, reads, service, trash
 from taskapi.tasks.batch_schemas import BATCH_RESULT_JSON, BatchResult
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
-from taskapi.tasks.dependencies import PaidBatch, TaskId, VisibleTaskForUpdate
+from taskapi.tasks.dependencies import PaidBatch, TaskId, TaskToPatch, VisibleTaskForUpdate
 from taskapi.tasks.list_params import TaskListParams
 from taskapi.tasks.list_query import QUERY_PARAMETERS, read_list_params
 from taskapi.tasks.overdue import today
@@ -213,7 +213,7 @@ async def get_task(
 )
 async def update_task(
     data: TaskPatch,
-    task: VisibleTaskForUpdate,
+    task: TaskToPatch,
     user: CurrentUser,
     session: DbSession,
     if_match: IfMatchDep,

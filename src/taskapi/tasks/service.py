@@ -166,8 +166,13 @@ async def create_task(session: AsyncSession, user: User, data: TaskCreate) -> Ta
     return task
 
 
-async def visible_for_update(session: AsyncSession, user: User, task_id: int) -> Task:
-    """The task, locked for a change, if the caller can see it (404 otherwise)."""
+async def visible_for_update(
+    session: AsyncSession, user: User, task_id: int, *, into: int | None = None
+) -> Task:
+    """The task, locked for a change, if the caller can see it (404 otherwise). A change that
+    may put it into a project (`into`: the project it names) holds that project first, before
+    the task: the lock order (taskapi.tasks.access)."""
+    await access.hold_target(session, into)
     task = await repository.get_visible(session, user.id, task_id, for_update=True)
     if task is None:
         raise TaskNotFound()
@@ -197,7 +202,10 @@ async def check_change(
     if_match.check(task.version)
     now = utc_now()
     if changes.get("project_id") != task.project_id:
-        # (a task already there is locked, as a deletion of that project would lock it: no hold)
+        # Held already, before the task was locked (the lock order, taskapi.tasks.access: PATCH
+        # by its dependency, a batch for all of its operations at its start); taken again here
+        # without a wait. A task already there needs no hold: it is locked, as a deletion of
+        # that project would lock it.
         await access.hold_target(session, changes.get("project_id"))
     members = await access.memberships(
         session, user.id, [task.project_id, changes.get("project_id")]
