@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_env = {**env, **dict(item.split("=", 1) for item in options.env)}
         with (
             bench.api_server("taskapi serve", api_env, 1, workdir / "api.log") as api,
-            bench.ceiling_server(env, 1, workdir / "ceiling.log") as ceiling,
+            bench.ceiling_server(size.ceiling_env(env), 1, workdir / "ceiling.log") as ceiling,
         ):
             api.start("/ops/ready")
             headers = {"Authorization": f"Bearer {bench.login(api.url, size.user)}"}

@@ -124,6 +124,12 @@ AUDIENCE = _settings.jwt_audience
 POOL_SIZE = _settings.database_pool_size + _settings.database_max_overflow  # the API's maximum
 # asyncpg wants a plain libpq URL; the API's is SQLAlchemy's `postgresql+asyncpg://`.
 DSN = _settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+# PostgreSQL plans a prepared statement anew on every run while it estimates its generic plan
+# dearer than the custom ones: for the typical user (220 tasks) the bare list's was, 0.7 ms of
+# planning in each 0.9 ms statement, where the API's own statement ran its generic plan (0.27
+# ms). A ceiling must not pay for work the answer does not need: scripts/bench.py sets
+# `force_generic_plan` for the sizes where that is faster (measured in docs/performance.md).
+PLAN_CACHE_MODE = os.environ.get("CEILING_PLAN_CACHE_MODE")
 # The cursor is the API's own: same key derivation, same query fingerprint (of the default list,
 # computed once here by the API's own code so that the two cannot drift apart).
 CURSORS = CursorCodec(SIGNING_KEY)
@@ -327,8 +333,9 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings = {"plan_cache_mode": PLAN_CACHE_MODE} if PLAN_CACHE_MODE else None
     app.state.pool = await asyncpg.create_pool(
-        DSN, min_size=1, max_size=POOL_SIZE, init=init_connection
+        DSN, min_size=1, max_size=POOL_SIZE, init=init_connection, server_settings=settings
     )
     try:
         yield
