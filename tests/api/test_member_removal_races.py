@@ -140,6 +140,22 @@ async def _until_waiting(app: FastAPI, fragment: str, count: int = 1) -> None:
     raise AssertionError(f"fewer than {count} wait in {fragment!r}")
 
 
+def _edit_held_open(
+    client: httpx.AsyncClient, task_id: int, editor: Any
+) -> tuple[Gate, asyncio.Task[httpx.Response]]:
+    """An edit of the task whose transaction stays open, its row locked, from the moment it
+    writes its events (`gate.reached`) until `gate.release` is set."""
+    gate = Gate()
+
+    async def edit() -> httpx.Response:
+        GATE.set(gate)
+        return await client.patch(
+            task_url(task_id), json={"title": "edited"}, headers=editor.headers
+        )
+
+    return gate, asyncio.create_task(edit())
+
+
 async def test_a_task_moved_out_and_back_in_during_a_removal_deadlocks_nothing(
     live_app: FastAPI, live_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -152,13 +168,7 @@ async def test_a_task_moved_out_and_back_in_during_a_removal_deadlocks_nothing(
     _gate_event_inserts(monkeypatch)
 
     # 1. An edit of `a` holds it, its transaction open.
-    held = Gate()
-
-    async def edit_a() -> httpx.Response:
-        GATE.set(held)
-        return await client.patch(task_url(a), json={"title": "edited"}, headers=first.headers)
-
-    edit = asyncio.create_task(edit_a())
+    held, edit = _edit_held_open(client, a, first)
     try:
         await asyncio.wait_for(held.reached.wait(), 5)
         # 2. The removal holds the project and waits for `a`.
@@ -203,13 +213,7 @@ async def test_an_account_deleted_while_a_bulk_change_holds_tasks_of_its_project
     _gate_event_inserts(monkeypatch)
 
     # 1. An edit of `late` holds it, its transaction open.
-    held = Gate()
-
-    async def edit_late() -> httpx.Response:
-        GATE.set(held)
-        return await client.patch(task_url(late), json={"title": "edited"}, headers=other.headers)
-
-    edit = asyncio.create_task(edit_late())
+    held, edit = _edit_held_open(client, late, other)
     try:
         await asyncio.wait_for(held.reached.wait(), 5)
         # 2. The leaver deletes their account: it waits for `late`, first in line for it.
