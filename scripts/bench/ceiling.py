@@ -16,9 +16,9 @@ It answers three requests:
   round trip: the personal tasks the caller owns, the personal tasks they are assigned, and the
   tasks of each project they are a member of, each read in list order from its own index and cut
   at the page (a LATERAL read per project: `project_id IN (...)` would read and sort every task
-  of every project), merged; the total counted from the same indexes.
+  of every project), merged; the total summed from the trigger-kept counts, as the API does.
 * `GET /api/v1/tasks?project_id=<id>`: one project's tasks, for a member (404 otherwise): one
-  index scan in list order, its count, and the membership as a one-time filter.
+  index scan in list order, its total from the counts, and the membership as a one-time filter.
 * `GET /api/v1/events?since=<cursor>&limit=<n>`: a page of the change feed. Unlike the lists,
   the SQL here is the API's own (taskapi.events.repository.HORIZON and FEED, imported, not
   copied), on one pooled connection: the horizon, then the page below it (two round trips, the
@@ -66,17 +66,19 @@ CLOSED_STATUSES = frozenset({"done", "cancelled"})
 # Live personal tasks (`project_id IS NULL AND deleted_at IS NULL`, the partial indexes'
 # predicate): `owner_id <> $1` on the assignee side keeps a self-assigned task from appearing
 # twice. Project tasks: per membership, the project's first rows in order. The totals are
-# uncorrelated subqueries, computed once; an empty first page means a total of 0.
+# uncorrelated subqueries, computed once, summing the trigger-kept (status, priority) counts of
+# the caller and their projects as the API does (`task_stat_deltas`, migration 0017): counting
+# the tasks costs more, and the ceiling must not do more work than the API; an empty first
+# page means a total of 0.
 COLUMNS = """id, title, description, status, priority, due_date, tags, owner_id, assignee_id,
             project_id, attachment_count, created_at, updated_at, completed_at, version"""
 PAGE_SQL = """
 SELECT page.*,
-       (SELECT count(*) FROM tasks
-        WHERE owner_id = $1 AND project_id IS NULL AND deleted_at IS NULL)
-       + (SELECT count(*) FROM tasks
-          WHERE assignee_id = $1 AND owner_id <> $1 AND project_id IS NULL AND deleted_at IS NULL)
-       + (SELECT count(*) FROM project_members AS m JOIN tasks AS t ON t.project_id = m.project_id
-          WHERE m.user_id = $1 AND t.deleted_at IS NULL) AS total
+       (SELECT coalesce(sum(n), 0) FROM task_stat_deltas
+        WHERE user_id = $1 AND priority IS NOT NULL)
+       + (SELECT coalesce(sum(d.n), 0) FROM project_members AS m
+          JOIN task_stat_deltas AS d ON d.project_id = m.project_id
+          WHERE m.user_id = $1 AND d.priority IS NOT NULL) AS total
 FROM (
     (SELECT COLUMNS
      FROM tasks WHERE owner_id = $1 AND project_id IS NULL AND deleted_at IS NULL
@@ -101,7 +103,9 @@ LIMIT $2
 """
 # One project's page, when the caller is a member ($1 user, $2 project): no rows otherwise.
 PROJECT_PAGE_SQL = """
-SELECT COLUMNS, (SELECT count(*) FROM tasks WHERE project_id = $2 AND deleted_at IS NULL) AS total
+SELECT COLUMNS,
+       (SELECT coalesce(sum(n), 0) FROM task_stat_deltas
+        WHERE project_id = $2 AND priority IS NOT NULL) AS total
 FROM tasks
 WHERE project_id = $2 AND deleted_at IS NULL
   AND EXISTS (SELECT FROM project_members WHERE user_id = $1 AND project_id = $2)

@@ -62,6 +62,10 @@ async def _build_app(
             "redis_url": server.url,
             "rate_limit_enabled": True,
             "rate_limit_user_burst": 1000,
+            # Refilled one token a minute: a test sees each request's token spent, however
+            # slowly a loaded machine serves them (at the default 20/s, a request slower than
+            # 50 ms got its token back).
+            "rate_limit_user_per_minute": 1,
             "rate_limit_auth_burst": 1000,
             "redis_retry_cooldown_seconds": COOLDOWN,
             **overrides,

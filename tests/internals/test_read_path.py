@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import httpx
@@ -838,27 +838,24 @@ async def test_restart_within_the_ping_window_costs_one_503_not_a_stream_of_500s
         assert statuses[1:] == [200, 200, 200], statuses
 
 
-async def _list_plans(
+async def _list_plan(
     session: AsyncSession, params: TaskListParams, user_id: int
-) -> tuple[queries.ListStatements, dict[str, Any], list[str]]:
-    """The list statements for `params`, the page's bind values, and the EXPLAIN of the page
-    and of the total statement as PostgreSQL plans them on the session's connection."""
+) -> tuple[queries.ListStatements, dict[str, Any], str]:
+    """The list statement for `params`, its bind values, and its EXPLAIN as PostgreSQL plans
+    it on the session's connection."""
     plan = plan_list(params, user_id, datetime.now(UTC).date(), CursorCodec("unused"))
     statements = queries.list_statements(plan.shape)
     bound = plan.values
     driver = (await (await session.connection()).get_raw_connection()).driver_connection
     assert driver is not None
-    plans = []
-    for query, arguments in (
-        (statements.page, statements.page.arguments(bound)),
-        (statements.total, statements.total.arguments(bound)),
-    ):
-        rows = await driver.fetch("EXPLAIN " + query.sql, *arguments)
-        plans.append("\n".join(row[0] for row in rows))
-    return statements, bound, plans
+    rows = await driver.fetch("EXPLAIN " + statements.page.sql, *statements.page.arguments(bound))
+    return statements, bound, "\n".join(row[0] for row in rows)
 
 
 # --- 8. the covering index serves filtered totals ------------------------------------------------
+
+# In EXPLAIN's text: an aggregate (a count) right over a scan of the tasks.
+COUNT_OF_TASKS = r"Aggregate[^\n]*\n[^\n]*Scan[^\n]* on tasks "
 
 
 async def test_filtered_totals_use_the_status_priority_indexes(
@@ -885,15 +882,49 @@ async def test_filtered_totals_use_the_status_priority_indexes(
     # Only about usability: with a few thousand rows a sequential scan can be costed close to
     # the index; ruling it out leaves the index against the other indexes on owner/assignee.
     await db_session.execute(text("SET LOCAL enable_seqscan = off"))
-    params = TaskListParams(status=["todo", "done"], priority=["high"])
-    statements, bound, plans = await _list_plans(db_session, params, alice.id)
-    for plan in plans:
-        # Each half's count reads its own status/priority index.
-        assert "ix_tasks_personal_owner_status_priority" in plan, plan
-        assert "ix_tasks_personal_assignee_status_priority" in plan, plan
+    # A filter the trigger-kept counts do not hold (a due date): counted from the tasks.
+    params = TaskListParams(status=["todo", "done"], priority=["high"], due_after=date(2025, 1, 1))
+    statements, bound, plan = await _list_plan(db_session, params, alice.id)
+    # Each half's rows and count read its own status/priority index.
+    assert "ix_tasks_personal_owner_status_priority" in plan, plan
+    assert "ix_tasks_personal_assignee_status_priority" in plan, plan
+    assert "task_stat_deltas" not in plan, plan
+    assert re.search(COUNT_OF_TASKS, plan) is not None, plan
     # And the statement counts what it should: 500 owned + 250 assigned.
     rows = await statements.page.fetch(db_session, bound)
     assert int(rows[0]["total"]) == 750
+
+
+async def test_totals_of_counted_filters_sum_the_counts_not_the_tasks(
+    db_session: AsyncSession, alice: UserHandle
+) -> None:
+    """Status, priority, completed and project filters alone: the total is a sum of the
+    (status, priority) rows of the caller's subjects (their own partial indexes, migration
+    0017), the rows still come from the status/priority indexes, and the two agree with a
+    count of the tasks (issue 21, point 5)."""
+    bulk = text(
+        "INSERT INTO tasks (owner_id, title, status, priority) "
+        "SELECT :owner, 'bulk ' || g, "
+        "(ARRAY['todo','in_progress','done','cancelled'])[g % 4 + 1]::task_status, "
+        "(ARRAY['low','medium','high','urgent'])[(g / 4) % 4 + 1]::task_priority "
+        "FROM generate_series(1, 4000) AS g"
+    )
+    await db_session.execute(bulk, {"owner": alice.id})
+    await db_session.execute(text("ANALYZE tasks"))
+    await db_session.execute(text("ANALYZE task_stat_deltas"))
+    await db_session.execute(text("SET LOCAL enable_seqscan = off"))
+    cases = [
+        (TaskListParams(), 4000),
+        (TaskListParams(status=["todo", "done"], priority=["high"]), 500),
+        (TaskListParams(completed=True, project_id="none"), 1000),
+        (TaskListParams(completed=False, priority=["low", "urgent"]), 1500),
+    ]
+    for params, expected in cases:
+        statements, bound, plan = await _list_plan(db_session, params, alice.id)
+        assert "ix_task_stat_deltas_user_pairs" in plan, plan
+        assert re.search(COUNT_OF_TASKS, plan) is None, plan
+        rows = await statements.page.fetch(db_session, bound)
+        assert int(rows[0]["total"]) == expected, params
 
 
 # --- 9. a search parses its query once -----------------------------------------------------------
@@ -909,10 +940,9 @@ async def test_search_parses_its_query_once_in_a_generic_plan(
     EXPLAIN shows as a bare parameter in the index and recheck conditions."""
     params = TaskListParams(search='invoice -"draft copy"', sort=sort)
     await db_session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-    _, _, plans = await _list_plans(db_session, params, alice.id)
-    for plan in plans:
-        assert "@@" in plan, plan  # the match is in the plan...
-        assert "to_tsquery" not in plan, plan  # ...against the InitPlan's result, not a call
+    _, _, plan = await _list_plan(db_session, params, alice.id)
+    assert "@@" in plan, plan  # the match is in the plan...
+    assert "to_tsquery" not in plan, plan  # ...against the InitPlan's result, not a call
 
 
 # --- routes added flat, documented as included ---------------------------------------------------

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Select,
     String,
@@ -25,7 +24,6 @@ from sqlalchemy import (
     bindparam,
     false,
     func,
-    not_,
     or_,
     select,
     true,
@@ -36,20 +34,16 @@ from sqlalchemy import (
 
 from taskapi.kit.db import CompiledQuery
 from taskapi.models import Task, TaskStatus
+from taskapi.tasks.list_filters import OVERDUE, counted, counted_total, filter_conditions
 from taskapi.tasks.list_plan import ListShape, OrderKey
-from taskapi.tasks.overdue import is_overdue
-from taskapi.tasks.search_match import RANK, TAGS, scoped_match
+from taskapi.tasks.search_match import RANK, scoped_match
 from taskapi.tasks.visibility import (
-    PROJECT_ID,
     USER_ID,
     VisiblePart,
     visible_matching,
     visible_parts,
     visible_to,
 )
-
-TODAY: BindParameter[date] = bindparam("today")
-
 
 # --- one task, and writes ------------------------------------------------------------------------
 
@@ -79,7 +73,6 @@ def update_tasks(task_ids: Sequence[int], values: dict[str, Any], now: datetime)
 
 # What a list row carries: every column but the search vector, plus the two derived flags, so a
 # page is built from plain rows without loading (and tracking) ORM objects.
-OVERDUE: Final = is_overdue(Task.due_date, Task.status, TODAY)
 _ITEM_COLUMNS: Final[dict[str, ColumnElement[Any]]] = {
     **{column.key: column for column in Task.__table__.c if column.key != "search_vector"},
     "completed": (Task.status == TaskStatus.DONE).label("completed"),
@@ -98,56 +91,6 @@ VISIBLE_ITEM: Final = CompiledQuery.of(
         Task.id == bindparam("task_id"), visible_to(USER_ID)
     )
 )
-
-
-# --- the list: filters ---------------------------------------------------------------------------
-
-
-def _parameters(name: str, count: int) -> list[BindParameter[Any]]:
-    return [bindparam(f"{name}_{i}") for i in range(count)]
-
-
-def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if shape.project == "none":
-        conditions.append(Task.project_id.is_(None))
-    elif shape.project == "id":
-        conditions.append(Task.project_id == PROJECT_ID)
-    if shape.scope == "owned":
-        conditions.append(Task.owner_id == USER_ID)
-    elif shape.scope == "assigned":
-        conditions.append(Task.assignee_id == USER_ID)
-    if shape.assignee == "me":
-        conditions.append(Task.assignee_id == USER_ID)
-    elif shape.assignee == "none":
-        conditions.append(Task.assignee_id.is_(None))
-    elif shape.assignee == "id":
-        conditions.append(Task.assignee_id == bindparam("assignee_id"))
-    if shape.status:
-        conditions.append(Task.status.in_(_parameters("any_status", shape.status)))
-    if shape.priority:
-        conditions.append(Task.priority.in_(_parameters("any_priority", shape.priority)))
-    if shape.completed is not None:
-        is_done = Task.status == TaskStatus.DONE
-        conditions.append(is_done if shape.completed else Task.status != TaskStatus.DONE)
-    if shape.overdue is not None:
-        conditions.append(OVERDUE if shape.overdue else not_(OVERDUE))
-    if shape.tags:
-        conditions.append(Task.tags.contains(TAGS))
-    if shape.due_before:
-        conditions.append(Task.due_date <= bindparam("due_before"))
-    if shape.due_after:
-        conditions.append(Task.due_date >= bindparam("due_after"))
-    if shape.created_before:
-        conditions.append(Task.created_at < bindparam("created_before"))
-    if shape.created_after:
-        conditions.append(Task.created_at >= bindparam("created_after"))
-    if shape.updated_since:
-        conditions.append(Task.updated_at >= bindparam("updated_since"))
-    if shape.search == "nothing":
-        conditions.append(false())
-    # (shape.search == "query": SEARCH_MATCHES, in _matched_statements)
-    return conditions
 
 
 # --- the list: order and keyset ------------------------------------------------------------------
@@ -280,8 +223,9 @@ def _parts_of(shape: ListShape, columns: Any) -> list[_Part]:
 
 
 class ListStatements(NamedTuple):
-    page: CompiledQuery  # the page's rows (plus one), each with the filtered `total`
-    total: CompiledQuery  # the total alone, for when the page is empty
+    # The page's rows (plus one), each with the filtered `total`; an empty page is one row of
+    # nulls carrying the total (`_page`).
+    page: CompiledQuery
 
 
 @lru_cache(maxsize=512)
@@ -293,8 +237,9 @@ def list_statements(shape: ListShape) -> ListStatements:
     rows, so with the default order the owner's, the assignee's and each project's index yield a
     few rows instead of the user's whole set being fetched and sorted; the parts are then merged
     and cut again. The parts carry only ids and sort keys (`_page`). Rows carry the item
-    columns, `total`, and `rank` when ordered by relevance. Searches and tags filters take
-    `_matched_statements`.
+    columns, `total`, and `rank` when ordered by relevance. The total is summed from the
+    trigger-kept counts where those hold the filters (list_filters.counted), else counted part
+    by part. Searches and tags filters take `_matched_statements`.
     """
     parts = [_Part(key, _expression(key)) for key in shape.order]
     conditions = filter_conditions(shape)
@@ -305,8 +250,15 @@ def list_statements(shape: ListShape) -> ListStatements:
     keysets: Sequence[Any] = [None] if shape.after_nulls is None else _keysets(parts, shape)
     branches = [_branch(p, k, parts, conditions, sort_keys) for p in visible for k in keysets]
     merged = union_all(*branches).subquery("visible_page")
-    # One count per part: each an index(-only) scan, where a count over visible_to's OR would
-    # be a bitmap heap scan of the user's whole visible set.
+    total = counted_total(shape) if counted(shape) else _total(visible, conditions)
+    chosen = select(merged.c.id, *(merged.c[f"sort_{i}"] for i in range(len(parts))))
+    page = _page(shape, chosen.order_by(*_order_by(_parts_of(shape, merged.c))), total)
+    return ListStatements(page=CompiledQuery.of(page))
+
+
+def _total(visible: Sequence[VisiblePart], conditions: Sequence[ColumnElement[bool]]) -> Any:
+    """The tasks counted part by part: each an index(-only) scan, where a count over
+    visible_to's OR would be a bitmap heap scan of the user's whole visible set."""
     counts = [
         select(func.count()).select_from(Task).where(part.condition, *conditions).scalar_subquery()
         for part in visible
@@ -314,9 +266,7 @@ def list_statements(shape: ListShape) -> ListStatements:
     total: ColumnElement[int] = counts[0]
     for count in counts[1:]:
         total = total + count
-    chosen = select(merged.c.id, *(merged.c[f"sort_{i}"] for i in range(len(parts))))
-    page = _page(shape, chosen.order_by(*_order_by(_parts_of(shape, merged.c))), total)
-    return ListStatements(page=CompiledQuery.of(page), total=CompiledQuery.of(select(total)))
+    return total
 
 
 def _page(shape: ListShape, chosen: Select[Any], total: ColumnElement[int]) -> Select[Any]:
@@ -324,17 +274,30 @@ def _page(shape: ListShape, chosen: Select[Any], total: ColumnElement[int]) -> S
     joined to tasks by id. Candidates are many more than the page (up to `reach` per visible
     part: 1,050 for a member of 50 projects, for a page of 20), and with only their ids and sort
     keys a part's index answers them alone (an index-only scan for the default order); reading
-    every candidate's whole row cost 4-6 times the page's statement."""
+    every candidate's whole row cost 4-6 times the page's statement.
+
+    The rows hang off the total (a LEFT JOIN LATERAL of the page to its one-row count), so an
+    empty page still answers one row, of nulls and the total: a second statement for the total
+    alone saw another snapshot, and a write between the two could answer `total: 1` with no
+    items."""
     chosen_page = (
         chosen.limit(bindparam("page_limit")).offset(bindparam("page_offset")).subquery("chosen")
     )
     outputs = [_ITEM_COLUMNS[name] for name in LIST_ITEM_COLUMNS]
     if shape.ranked:
         outputs.append(chosen_page.c.sort_0.label("rank"))  # the first key, computed once
-    return (
-        select(*outputs, total.label("total"))
+    order = [chosen_page.c[f"sort_{i}"] for i in range(len(shape.order))]
+    rows = (
+        select(*outputs, *order)
         .select_from(chosen_page.join(Task, Task.id == chosen_page.c.id))
-        .order_by(*_order_by(_parts_of(shape, chosen_page.c)))
+        .lateral("page")
+    )
+    counted = select(total.label("total")).subquery("counted")
+    columns = [rows.c[str(column.key)] for column in outputs]
+    return (
+        select(*columns, counted.c.total)
+        .select_from(counted.outerjoin(rows, true()))
+        .order_by(*_order_by(_parts_of(shape, rows.c)))
     )
 
 
@@ -380,17 +343,12 @@ def _matched_statements(
     again would scan every index twice, once per project (the tags filter for a member of 50
     projects: 45-50 ms, against ~25 ms this way)."""
     match = visible_matching(USER_ID, scoped_match(shape.search == "query", shape.tags))
-
-    def found(*columns: ColumnElement[Any]) -> Select[Any]:
-        return select(Task.id.label("id"), *columns).where(match, *conditions)
-
-    matched = found(*sort_keys).cte("matched").prefix_with("MATERIALIZED")
+    found = select(Task.id.label("id"), *sort_keys).where(match, *conditions)
+    matched = found.cte("matched").prefix_with("MATERIALIZED")
     matched_parts = _parts_of(shape, matched.c)
     chosen = select(matched.c.id, *(matched.c[f"sort_{i}"] for i in range(len(parts))))
     if shape.after_nulls is not None:
         chosen = chosen.where(_keyset(matched_parts, shape))
     total = select(func.count()).select_from(matched).scalar_subquery()
     page = _page(shape, chosen.order_by(*_order_by(matched_parts)), total)
-    # Past the end (or after the last cursor row) the page is empty: the total on its own.
-    alone = select(func.count()).select_from(found().subquery("matched"))
-    return ListStatements(page=CompiledQuery.of(page), total=CompiledQuery.of(alone))
+    return ListStatements(page=CompiledQuery.of(page))

@@ -55,13 +55,10 @@ async def get_visible_item(
 async def list_page(session: AsyncSession, plan: ListPlan) -> tuple[list[Any], int]:
     """The plan's page plus one row (whether another page follows), and the filtered total:
     asyncpg records with the `LIST_ITEM_COLUMNS`, `total` and, when ranked, `rank`."""
-    statements = queries.list_statements(plan.shape)
-    rows = await statements.page.fetch(session, plan.values)
-    if rows:
-        return rows, int(rows[0]["total"])
-    # Nothing on this page (past the end, or nothing matches): the total needs its own query.
-    (row,) = await statements.total.fetch(session, plan.values)
-    return rows, int(row[0] or 0)
+    rows = await queries.list_statements(plan.shape).page.fetch(session, plan.values)
+    total = int(rows[0]["total"])
+    # Nothing on this page (past the end, or nothing matches): one row of nulls and the total.
+    return (rows if rows[0]["id"] is not None else []), total
 
 
 async def user_exists(session: AsyncSession, user_id: int) -> bool:
