@@ -67,7 +67,7 @@ async def _listing(client: httpx.AsyncClient, user: UserHandle, query: dict[str,
     return page
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 async def test_a_total_is_the_number_of_rows_of_its_snapshot_under_concurrent_writes(
     live_app: FastAPI, live_client: httpx.AsyncClient, seed: int
 ) -> None:
@@ -86,7 +86,7 @@ async def test_a_total_is_the_number_of_rows_of_its_snapshot_under_concurrent_wr
 
     await join()
     tasks: list[int] = []
-    for n in range(24):
+    for n in range(18):
         body: dict[str, Any] = {"title": f"task {n}", "priority": rng.choice(PRIORITIES)}
         if n % 3 == 0:
             body["project_id"] = project_id
@@ -98,7 +98,7 @@ async def test_a_total_is_the_number_of_rows_of_its_snapshot_under_concurrent_wr
     writing = True
 
     async def writer() -> None:
-        for _ in range(25):
+        for _ in range(16):
             task_id = rng.choice(tasks)
             roll = rng.random()
             if roll < 0.4:
