@@ -1,6 +1,6 @@
 """A list's `total` and its rows come from one snapshot, whoever writes meanwhile (issue 21,
-point 5: an unfiltered or status/priority/completed/project-filtered list sums its total from
-the trigger-kept counts instead of counting the tasks).
+point 5: an unfiltered list, or one filtered by status, priority, completed, overdue or project,
+sums its total from the trigger-kept counts instead of counting the tasks).
 
 Real commits: writers move tasks between statuses and priorities, trash and restore them,
 create new ones and leave and rejoin the project, on seeded random schedules, while readers list
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -42,6 +43,10 @@ def _filters(project_id: int) -> list[dict[str, str]]:
         {"project_id": "none"},
         {"project_id": "none", "completed": "false"},
         {"sort": "title", "status": "cancelled,todo"},
+        {"overdue": "true"},
+        {"overdue": "false", "status": "todo,done"},
+        {"overdue": "true", "project_id": str(project_id)},
+        {"overdue": "false", "completed": "false", "project_id": "none"},
     ]
 
 
@@ -55,6 +60,8 @@ def _selects(query: dict[str, str], task: dict[str, Any]) -> bool:
     if "status" in query and task["status"] not in query["status"].split(","):
         return False
     if "priority" in query and task["priority"] not in query["priority"].split(","):
+        return False
+    if "overdue" in query and task["is_overdue"] != (query["overdue"] == "true"):
         return False
     return "completed" not in query or (task["status"] == "done") == (query["completed"] == "true")
 
@@ -88,6 +95,8 @@ async def test_a_total_is_the_number_of_rows_of_its_snapshot_under_concurrent_wr
     tasks: list[int] = []
     for n in range(18):
         body: dict[str, Any] = {"title": f"task {n}", "priority": rng.choice(PRIORITIES)}
+        if n % 4:  # due a few days ago or ahead: overdue while open
+            body["due_date"] = (date.today() + timedelta(days=rng.randint(-5, 5))).isoformat()
         if n % 3 == 0:
             body["project_id"] = project_id
         elif n % 3 == 1:

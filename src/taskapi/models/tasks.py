@@ -305,18 +305,17 @@ class TaskStatDelta(Base):
             "project_id",
             postgresql_where=text("NOT folded AND project_id IS NOT NULL"),
         ),
-        # A list's total: each subject's (status, priority) rows alone (migration 0017).
-        Index(
-            "ix_task_stat_deltas_user_pairs",
-            "user_id",
-            postgresql_include=["status", "priority", "n"],
-            postgresql_where=text("priority IS NOT NULL AND user_id IS NOT NULL"),
-        ),
-        Index(
-            "ix_task_stat_deltas_project_pairs",
-            "project_id",
-            postgresql_include=["status", "priority", "n"],
-            postgresql_where=text("priority IS NOT NULL AND project_id IS NOT NULL"),
+        # A list's total: each subject's (status, priority) rows alone, and its (status, due
+        # date) rows alone for overdue (migration 0017).
+        *(
+            Index(
+                f"ix_task_stat_deltas_{subject.removesuffix('_id')}_{kind}",
+                subject,
+                postgresql_include=["status", column, "n"],
+                postgresql_where=text(f"{column} IS NOT NULL AND {subject} IS NOT NULL"),
+            )
+            for subject in ("user_id", "project_id")
+            for kind, column in (("pairs", "priority"), ("dates", "due_date"))
         ),
     )
 

@@ -68,16 +68,22 @@ def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
 
 def counted(shape: ListShape) -> bool:
     """Whether the shape's only filters are keys of the trigger-kept counts (project, status,
-    priority, completed): then its total is a sum of a few counted rows per subject, not a count
-    of every visible task, which grows with everyone's tasks (see stat_counts.counted_total)."""
+    priority, completed; overdue, but not with a priority): then its total is a sum of counted
+    rows per subject, not a count of every visible task, which grows with everyone's tasks (see
+    stat_counts.counted_total)."""
     flags = (shape.due_before, shape.due_after, shape.created_before, shape.created_after,
              shape.updated_since, shape.tags)  # fmt: skip
-    others = (shape.assignee, shape.overdue, shape.search)  # overdue=false filters too
-    return shape.scope == "all" and not any(flags) and all(f is None for f in others)
+    if shape.overdue is not None and shape.priority:
+        return False
+    return (
+        shape.scope == "all" and not any(flags) and shape.assignee is None and shape.search is None
+    )
 
 
 def counted_total(shape: ListShape) -> ColumnElement[int]:
     """The total of a `counted` shape, from the counts (stat_counts.counted_total)."""
     statuses = _parameters("any_status", shape.status)
     priorities = _parameters("any_priority", shape.priority)
-    return stat_counts.counted_total(shape.project, statuses, priorities, shape.completed)
+    return stat_counts.counted_total(
+        shape.project, statuses, priorities, shape.completed, shape.overdue
+    )

@@ -70,23 +70,35 @@ def counted_total(
     statuses: Sequence[ColumnElement[Any]] = (),
     priorities: Sequence[ColumnElement[Any]] = (),
     completed: bool | None = None,
+    overdue: bool | None = None,
 ) -> ColumnElement[int]:
-    """How many tasks the caller (`user_id`) sees, narrowed by `project` and by status and
-    priority, as a scalar subquery over these counts: the (status, priority) rows of each of the
-    caller's subjects, a few per subject (a partial index of their own, migration 0017). GET
-    /tasks answers its `total` with it where those are its only filters: counting the tasks
-    themselves read an index entry per task (50,150 for a member of 50 projects), each checked
-    against a visibility map spread over the whole table, so the count grew with everyone's
-    tasks. Part of the list's own statement: the same snapshot as its page."""
-    conditions = [_SUBJECTS[project], _D.priority.is_not(None)]
+    """How many tasks the caller (`user_id`) sees, narrowed by `project`, status, priority and
+    overdue (as of `today`; not with priorities: the due-date rows carry no priority), as a
+    scalar subquery over these counts: the (status, priority) rows of each of the caller's
+    subjects, a few per subject, and for overdue their (status, due date) rows (each kind in a
+    partial index of its own, migration 0017). GET /tasks answers its `total` with it where
+    those are its only filters: counting the tasks themselves read an index entry per task
+    (50,150 for a member of 50 projects), each checked against a visibility map spread over the
+    whole table, so the count grew with everyone's tasks. Part of the list's own statement: the
+    same snapshot as its page."""
+    if overdue is not None and priorities:
+        raise ValueError("the due-date rows carry no priority: count overdue without one")
+    by_status: list[ColumnElement[bool]] = []
     if statuses:
-        conditions.append(_D.status.in_(statuses))
-    if priorities:
-        conditions.append(_D.priority.in_(priorities))
+        by_status.append(_D.status.in_(statuses))
     if completed is not None:
         done = _D.status == TaskStatus.DONE
-        conditions.append(done if completed else not_(done))
-    return select(func.coalesce(func.sum(_D.n), 0)).where(*conditions).scalar_subquery()
+        by_status.append(done if completed else not_(done))
+    pairs = [_SUBJECTS[project], _D.priority.is_not(None), *by_status]
+    if priorities:
+        pairs.append(_D.priority.in_(priorities))
+    every = select(func.coalesce(func.sum(_D.n), 0)).where(*pairs).scalar_subquery()
+    if overdue is None:
+        return every
+    late = is_overdue(_D.due_date, _D.status, bindparam("today"))
+    dated = [_SUBJECTS[project], _D.due_date.is_not(None), late, *by_status]
+    overdue_ones = select(func.coalesce(func.sum(_D.n), 0)).where(*dated).scalar_subquery()
+    return overdue_ones if overdue else every - overdue_ones
 
 
 # Keys whose sum is zero (a tag nobody uses any more, every term of a deleted account) vanish.
