@@ -292,11 +292,11 @@ def _page(shape: ListShape, chosen: Select[Any], total: ColumnElement[int]) -> S
         .select_from(chosen_page.join(Task, Task.id == chosen_page.c.id))
         .lateral("page")
     )
-    counted = select(total.label("total")).subquery("counted")
+    one_total = select(total.label("total")).subquery("counted")
     columns = [rows.c[str(column.key)] for column in outputs]
     return (
-        select(*columns, counted.c.total)
-        .select_from(counted.outerjoin(rows, true()))
+        select(*columns, one_total.c.total)
+        .select_from(one_total.outerjoin(rows, true()))
         .order_by(*_order_by(_parts_of(shape, rows.c)))
     )
 
