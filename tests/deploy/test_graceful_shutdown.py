@@ -31,6 +31,8 @@ from tests.deploy.test_cli_and_socket import (
 # uvicorn's timeout_graceful_shutdown in `taskapi serve` is 30 s; exiting must not need more.
 EXIT_TIMEOUT = 35.0
 STEADY_CLIENTS = 4
+# Steady requests answered before the signal, at least (the drain is judged on them).
+STEADY_BEFORE_SIGNAL = 20
 # A request sent this shortly before SIGTERM may still sit unread in a socket buffer when the
 # server closes its idle keep-alive connections; clients retry those (the server never saw them).
 # Everything sent earlier had reached the server, so it must be answered.
@@ -81,8 +83,10 @@ async def steady_client(
     task_id: int,
     outcomes: list[Outcome],
     stop: asyncio.Event,
+    in_swing: asyncio.Event,
 ) -> None:
-    """Reads and writes back to back over one keep-alive connection, until told to stop."""
+    """Reads and writes back to back over one keep-alive connection, until told to stop;
+    `in_swing` is set once more than STEADY_BEFORE_SIGNAL requests (of all clients) are in."""
     requests = (
         ("GET", "/api/v1/tasks", None),
         ("POST", "/api/v1/tasks", {"title": "written during shutdown"}),
@@ -101,6 +105,8 @@ async def steady_client(
             except httpx.TransportError as error:
                 result = type(error).__name__
             outcomes.append(Outcome(started, time.monotonic(), result))
+            if len(outcomes) > STEADY_BEFORE_SIGNAL:
+                in_swing.set()
             if isinstance(result, str):
                 await asyncio.sleep(0.02)
 
@@ -147,9 +153,11 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(
             file_id = uploaded.json()["id"]
 
         outcomes: list[Outcome] = []
-        stop_steady = asyncio.Event()
+        stop_steady, in_swing = asyncio.Event(), asyncio.Event()
         steady = [
-            asyncio.create_task(steady_client(base_url, headers, task_id, outcomes, stop_steady))
+            asyncio.create_task(
+                steady_client(base_url, headers, task_id, outcomes, stop_steady, in_swing)
+            )
             for _ in range(STEADY_CLIENTS)
         ]
 
@@ -190,7 +198,10 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(
         download = asyncio.create_task(slow_download())
         await asyncio.wait_for(upload_under_way.wait(), 10)
         await asyncio.wait_for(download_under_way.wait(), 10)
-        await asyncio.sleep(0.2)  # the steady clients are in full swing too
+        # The steady clients in full swing too: enough of their requests answered (a fixed
+        # 0.2 s was not always enough on a loaded machine), while the upload still runs.
+        await asyncio.wait_for(in_swing.wait(), 2)
+        await asyncio.sleep(UNREAD_MARGIN)
 
         sigterm_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -244,7 +255,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(
     # The steady stream: everything sent before the signal was answered successfully, nothing
     # was ever a 5xx, and after the exit every attempt was refused.
     before = [o for o in outcomes if o.started < sigterm_at - UNREAD_MARGIN]
-    assert len(before) > 20
+    assert len(before) > STEADY_BEFORE_SIGNAL
     assert [o for o in before if o.result not in (200, 201)] == []
     assert [o for o in outcomes if isinstance(o.result, int) and o.result >= 500] == []
     assert all(
