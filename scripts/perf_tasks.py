@@ -17,7 +17,7 @@ size's p95 is within 20% of the smaller's and under 50 ms (issue 21: a query's c
 the caller's own data, not the table's).
 
 --explain prints EXPLAIN (ANALYZE, BUFFERS) of the statements the application itself runs for
-each scenario: the page statement `taskapi.tasks.queries.list_statements(shape)` for the shape
+each scenario: the page statement `taskapi.tasks.queries.list_statement(shape)` for the shape
 and values `taskapi.tasks.list_plan.plan_list` makes of the request's parameters, the stats
 read of `taskapi.tasks.stat_counts` (GET /tasks/stats, every visible task), and the feed's and
 activity's statements (scripts/perf_events.py).
@@ -141,7 +141,7 @@ def app_statement(
     path: str, params: Params, user_id: int, cursors: CursorCodec
 ) -> tuple[str, list[Any]]:
     """The SQL the application runs for this request, and its arguments: the list's page
-    statement for the plan of these parameters (taskapi.tasks.queries.list_statements), or the
+    statement for the plan of these parameters (taskapi.tasks.queries.list_statement), or the
     stats read (taskapi.tasks.stat_counts) for every visible task."""
     if path.endswith("/stats"):
         read = stat_counts._READS[None]  # the module's own statement for project=None
@@ -149,7 +149,7 @@ def app_statement(
         return read.sql, read.arguments(values)
     list_params = TaskListParams.model_validate({k: str(v) for k, v in params.items()})
     plan = plan_list(list_params, user_id, today(), cursors)
-    page = queries.list_statements(plan.shape).page
+    page = queries.list_statement(plan.shape)
     return page.sql, page.arguments(plan.values)
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.requests import Request
 
 from taskapi.kit import db as taskapi_db
+from taskapi.kit.db import CompiledQuery
 from taskapi.kit.errors import install_error_handlers
 from taskapi.kit.pagination import CursorCodec
 from taskapi.kit.services import services_of
@@ -750,7 +751,7 @@ async def test_list_statements_are_cached_per_shape_not_per_value(
 ) -> None:
     todo = await make_task(alice, title="alpha one")
     done = await make_task(alice, title="beta two", status="done")
-    queries.list_statements.cache_clear()
+    queries.list_statement.cache_clear()
 
     async def ids(**params: Any) -> list[int]:
         response = await client.get(TASKS, params=params, headers=alice.headers)
@@ -758,7 +759,7 @@ async def test_list_statements_are_cached_per_shape_not_per_value(
         return [t["id"] for t in response.json()["items"]]
 
     def size() -> int:
-        return queries.list_statements.cache_info().currsize
+        return queries.list_statement.cache_info().currsize
 
     # Same filter, other value: the cached statement, with the new value bound (not baked in).
     assert await ids(status="todo") == [todo["id"]]
@@ -774,7 +775,7 @@ async def test_list_statements_are_cached_per_shape_not_per_value(
     assert size() == 3
     assert await ids(status="done", priority="medium") == [done["id"]]
     assert size() == 3
-    info = queries.list_statements.cache_info()
+    info = queries.list_statement.cache_info()
     assert (info.hits, info.misses) == (3, 3)
 
 
@@ -840,16 +841,16 @@ async def test_restart_within_the_ping_window_costs_one_503_not_a_stream_of_500s
 
 async def _list_plan(
     session: AsyncSession, params: TaskListParams, user_id: int
-) -> tuple[queries.ListStatements, dict[str, Any], str]:
+) -> tuple[CompiledQuery, dict[str, Any], str]:
     """The list statement for `params`, its bind values, and its EXPLAIN as PostgreSQL plans
     it on the session's connection."""
     plan = plan_list(params, user_id, datetime.now(UTC).date(), CursorCodec("unused"))
-    statements = queries.list_statements(plan.shape)
+    statement = queries.list_statement(plan.shape)
     bound = plan.values
     driver = (await (await session.connection()).get_raw_connection()).driver_connection
     assert driver is not None
-    rows = await driver.fetch("EXPLAIN " + statements.page.sql, *statements.page.arguments(bound))
-    return statements, bound, "\n".join(row[0] for row in rows)
+    rows = await driver.fetch("EXPLAIN " + statement.sql, *statement.arguments(bound))
+    return statement, bound, "\n".join(row[0] for row in rows)
 
 
 # --- 8. the covering index serves filtered totals ------------------------------------------------
@@ -884,14 +885,14 @@ async def test_filtered_totals_use_the_status_priority_indexes(
     await db_session.execute(text("SET LOCAL enable_seqscan = off"))
     # A filter the trigger-kept counts do not hold (a due date): counted from the tasks.
     params = TaskListParams(status=["todo", "done"], priority=["high"], due_after=date(2025, 1, 1))
-    statements, bound, plan = await _list_plan(db_session, params, alice.id)
+    statement, bound, plan = await _list_plan(db_session, params, alice.id)
     # Each half's rows and count read its own status/priority index.
     assert "ix_tasks_personal_owner_status_priority" in plan, plan
     assert "ix_tasks_personal_assignee_status_priority" in plan, plan
     assert "task_stat_deltas" not in plan, plan
     assert re.search(COUNT_OF_TASKS, plan) is not None, plan
     # And the statement counts what it should: 500 owned + 250 assigned.
-    rows = await statements.page.fetch(db_session, bound)
+    rows = await statement.fetch(db_session, bound)
     assert int(rows[0]["total"]) == 750
 
 
@@ -924,14 +925,14 @@ async def test_totals_of_counted_filters_sum_the_counts_not_the_tasks(
         (TaskListParams(overdue=False, status=["todo", "in_progress"]), 1000),
     ]
     for params, expected in cases:
-        statements, bound, plan = await _list_plan(db_session, params, alice.id)
+        statement, bound, plan = await _list_plan(db_session, params, alice.id)
         # (Which of the deltas' indexes serves the overdue sum is the planner's choice at this
         # size; at scale the partial one, the smallest.)
         assert "on task_stat_deltas" in plan, plan
         if params.overdue is None:
             assert "ix_task_stat_deltas_user_pairs" in plan, plan
         assert re.search(COUNT_OF_TASKS, plan) is None, plan
-        rows = await statements.page.fetch(db_session, bound)
+        rows = await statement.fetch(db_session, bound)
         assert int(rows[0]["total"]) == expected, params
 
 

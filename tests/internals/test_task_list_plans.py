@@ -61,11 +61,11 @@ async def _page_plan(
     # The cursor the page ending at row DEPTH hands out, as the application makes it.
     start = TaskListParams.model_validate({**params, "limit": "1", "offset": str(DEPTH - 1)})
     plan = plan_list(start, user.id, today, cursors)
-    rows = await queries.list_statements(plan.shape).page.fetch(session, plan.values)
+    rows = await queries.list_statement(plan.shape).fetch(session, plan.values)
     cursor = build_page(plan, rows, int(rows[0]["total"]), cursors)["next_cursor"]
     deep = TaskListParams.model_validate({**params, "limit": str(LIMIT), "cursor": cursor})
     plan = plan_list(deep, user.id, today, cursors)
-    page = queries.list_statements(plan.shape).page
+    page = queries.list_statement(plan.shape)
     driver = (await (await session.connection()).get_raw_connection()).driver_connection
     assert driver is not None
     (row,) = await driver.fetch(

@@ -62,7 +62,7 @@ def filter_conditions(shape: ListShape) -> list[ColumnElement[bool]]:
         conditions.append(Task.updated_at >= bindparam("updated_since"))
     if shape.search == "nothing":
         conditions.append(false())
-    # (shape.search == "query": the match itself, in queries._matched_statements)
+    # (shape.search == "query": the match itself, in queries._matched_statement)
     return conditions
 
 

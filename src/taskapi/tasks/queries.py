@@ -1,8 +1,8 @@
 """The SQL of tasks: statements built here, run by taskapi.tasks.repository.
 
-GET /tasks, step 3 of 5: `list_statements(shape)` turns a plan's shape (taskapi.tasks.list_plan)
-into its page and total statements. They are built once per shape with a bind parameter for
-every value, and kept: building SQLAlchemy constructs costs more CPU per request than
+GET /tasks, step 3 of 5: `list_statement(shape)` turns a plan's shape (taskapi.tasks.list_plan)
+into its page statement (rows and total in one). Statements are built once per shape with a bind
+parameter for every value, and kept: building SQLAlchemy constructs costs more CPU per request than
 PostgreSQL spends answering them. Who may see a task comes from taskapi.tasks.visibility, when
 a task is overdue from taskapi.tasks.overdue.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from sqlalchemy import (
     ColumnElement,
@@ -222,30 +222,25 @@ def _parts_of(shape: ListShape, columns: Any) -> list[_Part]:
 # --- the list: statements ------------------------------------------------------------------------
 
 
-class ListStatements(NamedTuple):
-    # The page's rows (plus one), each with the filtered `total`; an empty page is one row of
-    # nulls carrying the total (`_page`).
-    page: CompiledQuery
-
-
 @lru_cache(maxsize=512)
-def list_statements(shape: ListShape) -> ListStatements:
-    """The page and total statements for one shape of list request.
+def list_statement(shape: ListShape) -> CompiledQuery:
+    """The page statement for one shape of list request: the page's rows (plus one), each with
+    the filtered `total`; an empty page is one row of nulls carrying the total (`_page`).
 
-    The page is one statement that also returns the filtered total. Each part of the visible set
-    (visibility.visible_parts) is read in list order and cut at `reach` (offset + limit + 1)
-    rows, so with the default order the owner's, the assignee's and each project's index yield a
-    few rows instead of the user's whole set being fetched and sorted; the parts are then merged
-    and cut again. The parts carry only ids and sort keys (`_page`). Rows carry the item
-    columns, `total`, and `rank` when ordered by relevance. The total is summed from the
-    trigger-kept counts where those hold the filters (list_filters.counted), else counted part
-    by part. Searches and tags filters take `_matched_statements`.
+    Each part of the visible set (visibility.visible_parts) is read in list order and cut at
+    `reach` (offset + limit + 1) rows, so with the default order the owner's, the assignee's
+    and each project's index yield a few rows instead of the user's whole set being fetched and
+    sorted; the parts are then merged and cut again. The parts carry only ids and sort keys
+    (`_page`). Rows carry the item columns, `total`, and `rank` when ordered by relevance. The
+    total is summed from the trigger-kept counts where those hold the filters
+    (list_filters.counted), else counted part by part. Searches and tags filters take
+    `_matched_statement`.
     """
     parts = [_Part(key, _expression(key)) for key in shape.order]
     conditions = filter_conditions(shape)
     sort_keys = [part.expression.label(f"sort_{i}") for i, part in enumerate(parts)]
     if shape.search == "query" or shape.tags:
-        return _matched_statements(shape, parts, conditions, sort_keys)
+        return _matched_statement(shape, parts, conditions, sort_keys)
     visible = visible_parts(USER_ID, shape.project)
     keysets: Sequence[Any] = [None] if shape.after_nulls is None else _keysets(parts, shape)
     branches = [_branch(p, k, parts, conditions, sort_keys) for p in visible for k in keysets]
@@ -253,7 +248,7 @@ def list_statements(shape: ListShape) -> ListStatements:
     total = counted_total(shape) if counted(shape) else _total(visible, conditions)
     chosen = select(merged.c.id, *(merged.c[f"sort_{i}"] for i in range(len(parts))))
     page = _page(shape, chosen.order_by(*_order_by(_parts_of(shape, merged.c))), total)
-    return ListStatements(page=CompiledQuery.of(page))
+    return CompiledQuery.of(page)
 
 
 def _total(visible: Sequence[VisiblePart], conditions: Sequence[ColumnElement[bool]]) -> Any:
@@ -329,12 +324,12 @@ def _branch(
     return select(*columns).select_from(driver.join(per_project, true()))
 
 
-def _matched_statements(
+def _matched_statement(
     shape: ListShape,
     parts: Sequence[_Part],
     conditions: Sequence[ColumnElement[bool]],
     sort_keys: Sequence[ColumnElement[Any]],
-) -> ListStatements:
+) -> CompiledQuery:
     """A search or a tags filter matches through a GIN index (one per visible part, each part's
     matches and no others), not in list order, and ranking needs every match anyway: the matches
     are found once (materialised) with only their ids and sort keys, then counted and paged, and
@@ -351,4 +346,4 @@ def _matched_statements(
         chosen = chosen.where(_keyset(matched_parts, shape))
     total = select(func.count()).select_from(matched).scalar_subquery()
     page = _page(shape, chosen.order_by(*_order_by(matched_parts)), total)
-    return ListStatements(page=CompiledQuery.of(page))
+    return CompiledQuery.of(page)

@@ -1,6 +1,6 @@
 """Running the statements of taskapi.tasks.queries: I/O only, no SQL is decided here.
 
-GET /tasks, step 4 of 5: `list_page` runs a plan's statements.
+GET /tasks, step 4 of 5: `list_page` runs a plan's statement.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ async def get_visible_item(
 async def list_page(session: AsyncSession, plan: ListPlan) -> tuple[list[Any], int]:
     """The plan's page plus one row (whether another page follows), and the filtered total:
     asyncpg records with the `LIST_ITEM_COLUMNS`, `total` and, when ranked, `rank`."""
-    rows = await queries.list_statements(plan.shape).page.fetch(session, plan.values)
+    rows = await queries.list_statement(plan.shape).fetch(session, plan.values)
     total = int(rows[0]["total"])
     # Nothing on this page (past the end, or nothing matches): one row of nulls and the total.
     return (rows if rows[0]["id"] is not None else []), total
