@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
 
 from taskapi.events.wakeup import EVENT_WAKER
 from taskapi.kit.services import services_of
@@ -32,6 +34,29 @@ async def subscribe(
     receiver.secrets.append(response.json()["secret"])
     webhook_id: int = response.json()["id"]
     return webhook_id
+
+
+async def queue_state(application: FastAPI) -> str:
+    """The delivery queue and the fan-out cursor, for the message of a test that timed out."""
+    async with services_of(application).sessionmaker() as session:
+        deliveries = await session.execute(
+            text(
+                "SELECT webhook_id, status, attempts, last_error, count(*),"
+                " max(next_attempt_at) - now() AS next_in, max(locked_until) - now() AS lease"
+                " FROM webhook_deliveries GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3"
+            )
+        )
+        fanout = await session.execute(text("SELECT after_xid::text, after_id FROM webhook_fanout"))
+        events = await session.execute(
+            text(
+                "SELECT count(*), max(id), pg_snapshot_xmin(pg_current_snapshot())::text"
+                " FROM events"
+            )
+        )
+        return (
+            f"deliveries {[tuple(row) for row in deliveries]};"
+            f" fan-out {[tuple(row) for row in fanout]}; events {tuple(events.one())}"
+        )
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -102,8 +127,14 @@ async def test_concurrent_writers_and_two_dispatchers_deliver_each_event_once(
                 expected = [event["id"] for event in events]
                 expected_created = [e["id"] for e in events if e["type"] == "task.created"]
                 assert len(expected) >= 40  # 60 writes, less the updates that changed nothing
-                await everything.wait_for(len(expected), within=30)
-                await created_only.wait_for(len(expected_created), within=30)
+                try:
+                    await everything.wait_for(len(expected), within=30)
+                    await created_only.wait_for(len(expected_created), within=30)
+                except TimeoutError:
+                    got_all = (len(everything.received), len(created_only.received))
+                    wanted = (len(expected), len(expected_created))
+                    state = await queue_state(application)
+                    pytest.fail(f"received {got_all} of {wanted} in 30 s: {state}")
                 await asyncio.sleep(0.5)  # anything extra would arrive now
             finally:
                 stop.set()
