@@ -220,6 +220,71 @@ async def test_a_500_is_retried_after_the_backoff_and_delivered_once(env: Env) -
     assert {k: after[k] - before[k] for k in after} == {"delivered": 1, "retry": 1, "failed": 0}
 
 
+async def test_answers_written_together_each_land_on_their_own_delivery(env: Env) -> None:
+    """A round's answers are written in batches (several webhooks, successes and failures in
+    one write): each delivery still gets its own outcome, each webhook its own state."""
+    alice = await register_and_login(env.client)
+    before = attempts_metric()
+
+    async def refuse(n: int, received: Any) -> int:
+        return 500
+
+    async with (
+        serving(Receiver(free_port())) as first,
+        serving(Receiver(free_port())) as second,
+        serving(Receiver(free_port(), answer=refuse)) as failing,
+    ):
+        hooks = [await env.subscribe(alice, r, ["task.created"]) for r in (first, second, failing)]
+        for n in range(6):
+            await create_task(env, alice, title=f"t{n}")
+        assert await env.deliver() == 18  # one round; the failures wait for their backoff
+        for hook in hooks[:2]:
+            log = await env.deliveries(alice, hook["id"])
+            assert [(d["status"], d["attempts"], d["response_status"]) for d in log] == [
+                ("delivered", 1, 200)
+            ] * 6
+            shown = await env.client.get(f"{WEBHOOKS}/{hook['id']}", headers=alice.headers)
+            assert shown.json()["last_delivery_at"] is not None
+        log = await env.deliveries(alice, hooks[2]["id"])
+        assert [(d["status"], d["attempts"], d["last_error"]) for d in log] == [
+            ("pending", 1, "HTTP 500")
+        ] * 6
+        shown = await env.client.get(f"{WEBHOOKS}/{hooks[2]['id']}", headers=alice.headers)
+        assert shown.json()["last_delivery_at"] is None
+    after = attempts_metric()
+    assert {k: after[k] - before[k] for k in after} == {"delivered": 12, "retry": 6, "failed": 0}
+
+
+async def test_a_slow_outcome_write_does_not_hold_the_receiver_s_share(env: Env) -> None:
+    """A webhook may have 8 requests in flight; a request that has been answered is no longer
+    in flight, even while its outcome waits to be written (here: behind a lock on the webhook's
+    row), so the receiver keeps getting the rest."""
+    alice = await register_and_login(env.client)
+    async with serving(Receiver(free_port())) as receiver:
+        hook = await env.subscribe(alice, receiver, ["task.created"])
+        for n in range(20):  # 20 tasks: none waits for another's delivery
+            await create_task(env, alice, title=f"t{n}")
+        await env.fanned_out()
+        stop = asyncio.Event()
+        async with services_of(env.app).sessionmaker() as holder:
+            await holder.execute(
+                text("SELECT 1 FROM webhooks WHERE id = :id FOR UPDATE"), {"id": hook["id"]}
+            )
+            running = asyncio.create_task(env.dispatcher.run(stop))
+            try:
+                await receiver.wait_for(20, within=10)
+                assert receiver.max_in_flight <= 8
+                log = await env.deliveries(alice, hook["id"])
+                assert {(d["status"], d["attempts"]) for d in log} == {("pending", 1)}
+            finally:
+                await holder.rollback()
+                stop.set()
+                await running  # the outcomes are written before it returns
+        log = await env.deliveries(alice, hook["id"])
+        assert [(d["status"], d["attempts"]) for d in log] == [("delivered", 1)] * 20
+        assert len(receiver.received) == 20
+
+
 async def test_a_receiver_down_for_hours_gets_everything_once_it_is_up(env: Env) -> None:
     alice = await register_and_login(env.client)
     port = free_port()

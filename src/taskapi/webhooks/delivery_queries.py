@@ -105,27 +105,46 @@ async def targets_by_id(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
     return {row["id"]: row for row in rows}
 
 
+# Successful attempts, any number in one statement: the dispatcher writes the outcomes that
+# arrived while its previous write was committing together (one commit, and one update of each
+# webhook's row instead of one per delivery, which every delivery to that webhook waited on).
+# The webhooks' rows are locked in id order, so two dispatchers writing overlapping sets of
+# webhooks wait for each other instead of deadlocking.
 _DELIVERED: Final = text(
     """
 WITH done AS (
-    UPDATE webhook_deliveries SET status = 1, locked_until = NULL, response_status = :status,
-           duration_ms = :duration_ms, last_error = NULL
-    WHERE id = :id AND status = 0
-    RETURNING webhook_id
+    UPDATE webhook_deliveries d SET status = 1, locked_until = NULL,
+           response_status = o.status, duration_ms = o.duration_ms, last_error = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS integer[]),
+                CAST(:durations AS integer[])) AS o(id, status, duration_ms)
+    WHERE d.id = o.id AND d.status = 0
+    RETURNING d.webhook_id
+), targets AS (
+    SELECT w.id FROM webhooks w
+    WHERE w.id IN (SELECT webhook_id FROM done)
+      AND (w.last_delivery_at IS NULL OR w.last_delivery_at < :now
+           OR w.failing_since IS NOT NULL)
+    ORDER BY w.id
+    FOR NO KEY UPDATE
 )
-UPDATE webhooks SET last_delivery_at = :now, failing_since = NULL
-WHERE id = (SELECT webhook_id FROM done)
-  AND (last_delivery_at IS NULL OR last_delivery_at < :now OR failing_since IS NOT NULL)
+UPDATE webhooks w SET last_delivery_at = :now, failing_since = NULL
+FROM targets WHERE w.id = targets.id
 """
 )
 
 
 async def mark_delivered(
-    session: AsyncSession, delivery_id: int, status: int, duration_ms: int, now: datetime
+    session: AsyncSession, outcomes: Sequence[tuple[int, int, int]], now: datetime
 ) -> None:
+    """Record successful attempts: (delivery id, response status, duration in ms) each."""
     await session.execute(
         _DELIVERED,
-        {"id": delivery_id, "status": status, "duration_ms": duration_ms, "now": now},
+        {
+            "ids": [delivery_id for delivery_id, _, _ in outcomes],
+            "statuses": [status for _, status, _ in outcomes],
+            "durations": [duration_ms for _, _, duration_ms in outcomes],
+            "now": now,
+        },
     )
 
 

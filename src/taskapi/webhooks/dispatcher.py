@@ -60,9 +60,9 @@ class WebhookDispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy: Counter[int] = Counter()
         self._freed = asyncio.Event()
-        # Outcomes are written a few at a time: a batch of deliveries answering together must
-        # not take every pooled connection from the API (and time out waiting for one).
-        self._recording = asyncio.Semaphore(max(1, settings.database_pool_size // 4))
+        # Outcomes waiting for the writer, and the writer while it runs (see _record).
+        self._outcomes: list[tuple[Outgoing, OutboundResult, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self.delivered = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -147,7 +147,10 @@ class WebhookDispatcher:
 
     async def start_due(self, client: httpx.AsyncClient) -> int:
         """Claim due deliveries up to the free capacity and start sending them."""
-        free = self._settings.webhook_max_in_flight - len(self._in_flight)
+        # Requests in flight are capped; so are deliveries whose outcome is still being
+        # written (their leases must not run out while they wait for the writer).
+        cap = self._settings.webhook_max_in_flight
+        free = min(cap - sum(self._busy.values()), 2 * cap - len(self._in_flight))
         if free <= 0:
             return 0
         async with self._sessionmaker() as session:
@@ -168,16 +171,21 @@ class WebhookDispatcher:
 
     async def _deliver(self, client: httpx.AsyncClient, outgoing: Outgoing) -> None:
         try:
-            result = await self.attempt(client, outgoing)
+            try:
+                result = await self.attempt(client, outgoing)
+            finally:
+                # The receiver has answered: its share is free for the next request while the
+                # outcome is written. The delivery stays pending (and leased) until then, so
+                # the next one about the same task still waits for it.
+                self._busy[outgoing.webhook_id] -= 1
+                if self._busy[outgoing.webhook_id] <= 0:
+                    del self._busy[outgoing.webhook_id]
+                self._freed.set()
             await self._record(outgoing, result)
         except Exception:
             # The outcome could not be written (database away): the lease runs out and the
             # delivery is sent again, which `webhook-id` makes harmless to the receiver.
             logger.exception("webhook delivery %s: outcome not recorded", outgoing.delivery_id)
-        finally:
-            self._busy[outgoing.webhook_id] -= 1
-            if self._busy[outgoing.webhook_id] <= 0:
-                del self._busy[outgoing.webhook_id]
 
     async def attempt(self, client: httpx.AsyncClient, outgoing: Outgoing) -> OutboundResult:
         # The URL was checked when saved, perhaps under other settings (http allowed in
@@ -211,33 +219,70 @@ class WebhookDispatcher:
         return result
 
     async def _record(self, outgoing: Outgoing, result: OutboundResult) -> None:
-        ok = result.error is None and result.status is not None and 200 <= result.status < 300
-        async with self._recording, self._sessionmaker() as session:
-            now = self._clock()
-            if ok:
-                assert result.status is not None
-                await queue.record_success(
-                    session, outgoing, result.status, result.duration_ms, now
-                )
-                retried = False
+        """Write the attempt's outcome; returns once it is committed.
+
+        Outcomes are written by one writer at a time, each write taking every outcome that
+        arrived while the previous one was committing (group commit): one connection, one
+        commit and one update of each webhook's row per batch. Written one per delivery, the
+        deliveries to one webhook queued on its row's lock for a commit each, and a burst of
+        answers took pooled connections from the API."""
+        written = asyncio.get_running_loop().create_future()
+        self._outcomes.append((outgoing, result, written))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_outcomes())
+        await written
+
+    async def _write_outcomes(self) -> None:
+        try:
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    await self._write(batch)
+                except Exception as error:
+                    for _, _, written in batch:
+                        if not written.done():
+                            written.set_exception(error)
+                else:
+                    for _, _, written in batch:
+                        if not written.done():
+                            written.set_result(None)
+        finally:
+            # No await since the loop found nothing left: an outcome arriving from now on
+            # starts a writer of its own.
+            self._writer = None
+
+    async def _write(
+        self, batch: list[tuple[Outgoing, OutboundResult, asyncio.Future[None]]]
+    ) -> None:
+        succeeded: list[tuple[Outgoing, int, int]] = []
+        failed: list[tuple[Outgoing, OutboundResult]] = []
+        for outgoing, result, _ in batch:
+            if result.error is None and result.status is not None and 200 <= result.status < 300:
+                succeeded.append((outgoing, result.status, result.duration_ms))
             else:
-                error = result.error or f"HTTP {result.status}"
-                retried = await queue.record_failure(
-                    session,
-                    outgoing,
-                    status=result.status,
-                    duration_ms=result.duration_ms,
-                    error=error,
-                    now=now,
+                failed.append((outgoing, result))
+        retried: list[bool] = []
+        async with self._sessionmaker() as session:
+            now = self._clock()
+            if succeeded:
+                await queue.record_successes(session, succeeded, now)
+            for outgoing, result in failed:
+                retried.append(
+                    await queue.record_failure(
+                        session,
+                        outgoing,
+                        status=result.status,
+                        duration_ms=result.duration_ms,
+                        error=result.error or f"HTTP {result.status}",
+                        now=now,
+                    )
                 )
             await session.commit()
-        if ok:
-            self.delivered += 1
-            _DELIVERED.inc()
+        self.delivered += len(succeeded)
+        _DELIVERED.inc(len(succeeded))
+        for outgoing, _, _ in succeeded:
             if outgoing.attempts == 1:
                 lag = (now - outgoing.occurred_at).total_seconds()
                 metrics.WEBHOOK_DELIVERY_LAG.observe(max(0.0, lag))
-        elif retried:
-            _RETRY.inc()
-        else:
-            _FAILED.inc()
+        _RETRY.inc(sum(retried))
+        _FAILED.inc(len(retried) - sum(retried))

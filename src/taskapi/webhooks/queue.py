@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -134,10 +134,13 @@ def retry_at(attempts: int, first_attempt_at: datetime, now: datetime) -> dateti
     return now + delay * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
 
 
-async def record_success(
-    session: AsyncSession, outgoing: Outgoing, status: int, duration_ms: int, now: datetime
+async def record_successes(
+    session: AsyncSession, outcomes: Sequence[tuple[Outgoing, int, int]], now: datetime
 ) -> None:
-    await delivery_queries.mark_delivered(session, outgoing.delivery_id, status, duration_ms, now)
+    """Deliveries that succeeded: (delivery, response status, duration in ms) each."""
+    await delivery_queries.mark_delivered(
+        session, [(outgoing.delivery_id, status, ms) for outgoing, status, ms in outcomes], now
+    )
 
 
 async def record_failure(
