@@ -62,7 +62,14 @@ async def list_page(session: AsyncSession, plan: ListPlan) -> tuple[list[Any], i
 
 
 async def user_exists(session: AsyncSession, user_id: int) -> bool:
-    return await session.get(User, user_id) is not None
+    """Whether the account exists; if it does, it stays until this transaction ends (FOR KEY
+    SHARE: the lock the foreign key takes anyway, only earlier). An account deleted meanwhile
+    is waited for and then not found, where the foreign key would have failed after the check
+    had passed (a 500)."""
+    found = await session.scalar(
+        select(User.id).where(User.id == user_id).with_for_update(read=True, key_share=True)
+    )
+    return found is not None
 
 
 async def project_member_ids(session: AsyncSession, project_ids: Iterable[int | None]) -> list[int]:
