@@ -124,6 +124,11 @@ async def test_concurrent_writers_and_two_dispatchers_deliver_each_event_once(
                 # The owner's feed, once it has passed every write (other tests' transactions
                 # may hold the horizon back for a while).
                 events, _ = await settle(client, application, owner, start["next_cursor"])
+                # The writes' events. The feed may also hold the project's own (the last member
+                # added, say) if another test's transaction held the horizon before them when
+                # `start` was read; those were committed before the webhooks existed, so they
+                # are not theirs to deliver.
+                events = [event for event in events if event["type"].startswith("task.")]
                 expected = [event["id"] for event in events]
                 expected_created = [e["id"] for e in events if e["type"] == "task.created"]
                 assert len(expected) >= 40  # 60 writes, less the updates that changed nothing
