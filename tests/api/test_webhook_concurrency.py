@@ -36,6 +36,18 @@ async def subscribe(
     return webhook_id
 
 
+async def starts_at(application: FastAPI, webhook_id: int) -> set[int]:
+    """The events at or after the webhook's start (the horizon when it was created)."""
+    async with services_of(application).sessionmaker() as session:
+        rows = await session.scalars(
+            text(
+                "SELECT e.id FROM events e JOIN webhooks w ON e.xid >= w.start_xid WHERE w.id = :id"
+            ),
+            {"id": webhook_id},
+        )
+        return set(rows.all())
+
+
 async def queue_state(application: FastAPI) -> str:
     """The delivery queue and the fan-out cursor, for the message of a test that timed out."""
     async with services_of(application).sessionmaker() as session:
@@ -88,8 +100,8 @@ async def test_concurrent_writers_and_two_dispatchers_deliver_each_event_once(
                 )
                 assert added.status_code in (200, 201), added.text
             start = (await client.get("/api/v1/events", headers=owner.headers)).json()
-            await subscribe(client, owner, everything, ["*"])
-            await subscribe(client, owner, created_only, ["task.created"])
+            everything_id = await subscribe(client, owner, everything, ["*"])
+            created_only_id = await subscribe(client, owner, created_only, ["task.created"])
 
             async def write(writer: UserHandle) -> None:
                 mine: list[int] = []
@@ -124,13 +136,18 @@ async def test_concurrent_writers_and_two_dispatchers_deliver_each_event_once(
                 # The owner's feed, once it has passed every write (other tests' transactions
                 # may hold the horizon back for a while).
                 events, _ = await settle(client, application, owner, start["next_cursor"])
-                # The writes' events. The feed may also hold the project's own (the last member
-                # added, say) if another test's transaction held the horizon before them when
-                # `start` was read; those were committed before the webhooks existed, so they
-                # are not theirs to deliver.
-                events = [event for event in events if event["type"].startswith("task.")]
-                expected = [event["id"] for event in events]
-                expected_created = [e["id"] for e in events if e["type"] == "task.created"]
+                # A webhook starts where a feed cursor taken at its creation would: at the
+                # horizon, which another test's transaction may hold back. So whether the
+                # project's own events (the last members added) are its to deliver depends on
+                # that moment; the writes' events always are.
+                since = await starts_at(application, everything_id)
+                expected = [e["id"] for e in events if e["id"] in since]
+                since = await starts_at(application, created_only_id)
+                expected_created = [
+                    e["id"] for e in events if e["type"] == "task.created" and e["id"] in since
+                ]
+                writes = [e["id"] for e in events if e["type"].startswith("task.")]
+                assert set(writes) <= set(expected)
                 assert len(expected) >= 40  # 60 writes, less the updates that changed nothing
                 try:
                     await everything.wait_for(len(expected), within=30)
