@@ -10,25 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 
-from taskapi.kit.services import services_of
 from taskapi.tasks import stat_counts
 from tests.conftest import register_and_login
+from tests.lock_helpers import until_waiting
 from tests.task_helpers import TASKS, assert_problem, task_url
-
-
-async def _until_waiting_for_a_lock(app: FastAPI) -> None:
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock'"
-    )
-    async with asyncio.timeout(10):
-        while True:
-            async with services_of(app).sessionmaker() as session:
-                if await session.scalar(query):
-                    return
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("how", ["patch", "assign", "create"])
@@ -68,7 +54,7 @@ async def test_assigning_to_an_account_being_deleted_is_422_not_500(
             TASKS, json={"title": "for bob", "assignee_id": bob.id}, headers=alice.headers
         )
     assignment = asyncio.create_task(request)
-    await _until_waiting_for_a_lock(live_app)  # the assignment waits for the deletion
+    await until_waiting(live_app)  # the assignment waits for the deletion
     release.set()
     deleted, assigned = await deletion, await assignment
 

@@ -27,11 +27,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 
 from taskapi.events import repository as event_repository
-from taskapi.kit.services import services_of
 from tests.conftest import UserHandle, register_and_login
+from tests.lock_helpers import until_waiting
 from tests.task_helpers import TASKS, assert_problem, task_url
 
 PROJECTS = "/api/v1/projects"
@@ -125,21 +124,6 @@ def _gate_event_inserts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(event_repository, "insert", gated_insert)
 
 
-async def _until_waiting(app: FastAPI, fragment: str, count: int = 1) -> None:
-    """Until `count` transactions of the app's database wait for a lock in statements
-    containing `fragment`."""
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND strpos(query, :fragment) > 0"
-    )
-    for _ in range(500):
-        async with services_of(app).sessionmaker() as session:
-            if await session.scalar(query, {"fragment": fragment}) >= count:
-                return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {count} wait in {fragment!r}")
-
-
 def _edit_held_open(
     client: httpx.AsyncClient, task_id: int, editor: Any
 ) -> tuple[Gate, asyncio.Task[httpx.Response]]:
@@ -175,14 +159,14 @@ async def test_a_task_moved_out_and_back_in_during_a_removal_deadlocks_nothing(
         removal = asyncio.create_task(
             client.delete(member_url(team.p, team.leaver.id), headers=team.admin.headers)
         )
-        await _until_waiting(app, "task.access_lost")
+        await until_waiting(app, "task.access_lost")
         # 3. `b` leaves the project (the removal's statement still counts it in), comes back.
         out = await client.patch(task_url(b), json={"project_id": team.q}, headers=second.headers)
         assert out.status_code == 200, out.text
         back = asyncio.create_task(
             client.patch(task_url(b), json={"project_id": team.p}, headers=third.headers)
         )
-        await _until_waiting(app, "FOR KEY SHARE")  # for the project, which the removal holds
+        await until_waiting(app, "FOR KEY SHARE")  # for the project, which the removal holds
     finally:
         # 4. The edit commits: the removal goes on to `b`.
         held.release.set()
@@ -220,13 +204,13 @@ async def test_an_account_deleted_while_a_bulk_change_holds_tasks_of_its_project
         deletion = asyncio.create_task(
             client.delete("/api/v1/users/me", headers=team.leaver.headers)
         )
-        await _until_waiting(app, "FOR UPDATE")
+        await until_waiting(app, "FOR UPDATE")
         # 3. A bulk change of both tasks (locked in id order: `early`, then `late`) waits too.
         body = {"task_ids": [early, late], "updates": {"priority": "high"}}
         change = asyncio.create_task(
             client.patch(f"{TASKS}/bulk", json=body, headers=editor.headers)
         )
-        await _until_waiting(app, "FOR UPDATE", 2)
+        await until_waiting(app, "FOR UPDATE", 2)
     finally:
         # 4. The edit commits.
         held.release.set()
