@@ -236,16 +236,18 @@ class WebhookDispatcher:
         try:
             while self._outcomes:
                 batch, self._outcomes = self._outcomes, []
+                failure: Exception | None = None
                 try:
                     await self._write(batch)
                 except Exception as error:
-                    for _, _, written in batch:
-                        if not written.done():
-                            written.set_exception(error)
-                else:
-                    for _, _, written in batch:
-                        if not written.done():
-                            written.set_result(None)
+                    failure = error  # each delivery of the batch reports it (_deliver)
+                for _, _, written in batch:
+                    if written.done():
+                        continue
+                    if failure is None:
+                        written.set_result(None)
+                    else:
+                        written.set_exception(failure)
         finally:
             # No await since the loop found nothing left: an outcome arriving from now on
             # starts a writer of its own.
