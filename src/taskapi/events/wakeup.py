@@ -43,8 +43,10 @@ CHANNEL: Final = "taskapi_events"
 
 # The servable frontier, the last event below the horizon (the oldest running transaction, as
 # the feed computes it), and the last committed event: when they differ, events are committed
-# but held back by an older transaction still running, whose end notifies nobody.
-_FRONTIER: Final = """
+# but held back by an older transaction still running, whose end notifies nobody. Each branch
+# is one backward step on the `(xid, id)` index: the ORDER BY names the table's columns, not
+# the output's `xid` (its text, which would sort the whole log, and in the wrong order).
+FRONTIER: Final = """
 WITH h AS (
     SELECT coalesce(
         (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
@@ -53,7 +55,7 @@ WITH h AS (
 (SELECT 0 AS k, e.xid::text AS xid, e.id FROM events e, h WHERE e.xid < h.horizon
  ORDER BY e.xid DESC, e.id DESC LIMIT 1)
 UNION ALL
-(SELECT 1, xid::text, id FROM events ORDER BY xid DESC, id DESC LIMIT 1)
+(SELECT 1, e.xid::text, e.id FROM events e ORDER BY e.xid DESC, e.id DESC LIMIT 1)
 """
 # While events are held back, the frontier is read this often (a cheap index step) instead of
 # once per tick: they are served as soon as the transaction holding them ends.
@@ -148,7 +150,7 @@ class EventWaker:
             try:
                 if self._connection is None or self._connection.is_closed():
                     await self._connect()
-                rows = await self._connection.fetch(_FRONTIER, timeout=self._poll * 5)
+                rows = await self._connection.fetch(FRONTIER, timeout=self._poll * 5)
                 ends = {row["k"]: (row["xid"], row["id"]) for row in rows}
                 frontier = ends.get(0)
                 held_back = ends.get(1) != frontier
