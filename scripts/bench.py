@@ -1201,6 +1201,21 @@ def _take(pool: list[int], count: int, what: str) -> list[int]:
     return taken
 
 
+def create_requests() -> list[Req]:
+    """The create scenario's requests (scripts/profile_api.py --create profiles the same)."""
+    due = (datetime.now(UTC).date() + timedelta(days=14)).isoformat()
+    return [
+        Req("POST", f"{API}/tasks", json.dumps({
+            "title": f"Benchmark task {n}",
+            "description": "Created by make bench.",
+            "priority": ("low", "medium", "high", "urgent")[n % 4],
+            "due_date": due,
+            "tags": ["bench", ("backend", "ops", "docs")[n % 3]],
+        }).encode())
+        for n in range(12)
+    ]  # fmt: skip
+
+
 def upload_body(name: str, size: int, boundary: str) -> bytes:
     line = b"The quick brown fox jumps over the lazy dog; benchmark notes, line by line.\n"
     content = (line * (size // len(line) + 1))[:size]
@@ -1252,17 +1267,7 @@ def build_scenarios(
         ("PATCH", f"{API}/tasks/{{id}}", b'{"title": "Renamed by the benchmark (a)"}'),
         ("PATCH", f"{API}/tasks/{{id}}", b'{"title": "Renamed by the benchmark (b)"}'),
     ]
-    due = (datetime.now(UTC).date() + timedelta(days=14)).isoformat()
-    creates = [
-        Req("POST", f"{API}/tasks", json.dumps({
-            "title": f"Benchmark task {n}",
-            "description": "Created by make bench.",
-            "priority": ("low", "medium", "high", "urgent")[n % 4],
-            "due_date": due,
-            "tags": ["bench", ("backend", "ops", "docs")[n % 3]],
-        }).encode())
-        for n in range(12)
-    ]  # fmt: skip
+    creates = create_requests()
     logins = [
         Req("POST", f"{API}/auth/login",
             json.dumps({"username": name, "password": PASSWORD}).encode())

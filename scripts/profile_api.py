@@ -2,7 +2,7 @@
 
     make profile [PROFILE_ARGS="--path /api/v1/tasks --size typical --seconds 20"]
     .venv/bin/python scripts/profile_api.py [--size typical|heavy] [--path PATH] [--seconds N]
-        [--connections N] [--rate HZ] [--raw FILE] [--top N]
+        [--connections N] [--rate HZ] [--raw FILE] [--create]
 
 On `make bench`'s seeded template (built afresh: 5 s), one `taskapi serve --workers 1` configured
 as `make bench` runs it (production settings, JSON access log into a file, rate limits on) and,
@@ -15,6 +15,9 @@ middleware as logging. Printed per layer: its share of the samples and its CPU t
 (that share of the server process's own CPU time, read from /proc, over the requests wrk
 completed). The CPU time per request of both servers, measured the same way, is the comparison
 that holds on a busy machine, where req/s does not.
+
+`--create` profiles `make bench`'s create scenario instead (POST /tasks, its bodies); the
+ceiling still answers the list, the yardstick `make bench` measures a create against.
 """
 
 from __future__ import annotations
@@ -100,11 +103,10 @@ def measure(
     wrk: bench.Wrk,
     server: bench.Server,
     headers: dict[str, str],
-    path: str,
+    workload: bench.Workload,
     options: argparse.Namespace,
     raw: Path | None,
 ) -> Run:
-    workload = bench.Workload.cycle([bench.Req("GET", path)])
     wrk.run(server.url, headers, workload, options.connections, 2)  # warm-up
     pid = server.pid
     spy = None
@@ -125,16 +127,16 @@ def measure(
         spy.wait(60)
         layers, total = read_raw(raw)
     if result.error_count:
-        raise bench.BenchError(f"{result.describe_errors()} errors while profiling {path}")
+        raise bench.BenchError(f"{result.describe_errors()} errors while profiling")
     return Run(result.requests, used, layers, total)
 
 
-def report(api: Run, ceiling: Run, options: argparse.Namespace, path: str) -> str:
+def report(api: Run, ceiling: Run, options: argparse.Namespace, request: str) -> str:
     api_us = api.cpu_seconds / api.requests * 1e6
     ceiling_us = ceiling.cpu_seconds / ceiling.requests * 1e6
     settings = f" with {', '.join(options.env)}" if options.env else ""
     lines = [
-        f"GET {path}{settings} as make bench's {options.size} user, "
+        f"{request}{settings} as make bench's {options.size} user, "
         f"{options.connections} connections, {options.seconds} s, py-spy at {options.rate} Hz "
         f"({api.total_samples:,} samples)",
         "",
@@ -165,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here")
     parser.add_argument(
+        "--create", action="store_true", help="profile make bench's creates (POST /tasks)"
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -188,14 +193,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             api.start("/ops/ready")
             headers = {"Authorization": f"Bearer {bench.login(api.url, size.user)}"}
             ceiling.start(options.path, headers=headers)
-            ceiling_run = measure(wrk, ceiling, headers, options.path, options, None)
-            api_run = measure(wrk, api, headers, options.path, options, raw)
+            listing = bench.Workload.cycle([bench.Req("GET", options.path)])
+            ceiling_run = measure(wrk, ceiling, headers, listing, options, None)
+            api_workload = listing
+            if options.create:
+                headers = {**headers, "Content-Type": "application/json"}
+                api_workload = bench.Workload.cycle(bench.create_requests())
+            api_run = measure(wrk, api, headers, api_workload, options, raw)
     except bench.BenchError as error:
         print(f"profile: {error}", file=sys.stderr)
         return 1
     finally:
         bench.drop_databases()
-    print(report(api_run, ceiling_run, options, options.path))
+    request = f"POST {bench.API}/tasks" if options.create else f"GET {options.path}"
+    print(report(api_run, ceiling_run, options, request))
     return 0
 
 

@@ -52,12 +52,6 @@ WHERE r.user_id IS NOT NULL
 )
 
 
-# Wakes the event streams of every process (events/wakeup.py). PostgreSQL delivers it at commit
-# (never for a rolled-back transaction) and folds a transaction's identical notifications into
-# one; it carries nothing: the streams re-read the log, which stays the truth.
-_NOTIFY: Final = text("SELECT pg_notify('taskapi_events', '')")
-
-
 def _row(ord_: int, spec: EventSpec) -> dict[str, Any]:
     audience = spec.audience
     return {
@@ -81,8 +75,9 @@ async def insert(session: AsyncSession, specs: Sequence[EventSpec]) -> None:
     payload = json.dumps(
         [_row(i, spec) for i, spec in enumerate(specs)], separators=(",", ":"), default=str
     )
+    # The INSERT also wakes the event streams of every process, at commit: a trigger on
+    # `events` notifies (migration 0019, events/wakeup.py).
     await session.execute(_RECORD, {"payload": payload})
-    await session.execute(_NOTIFY)
 
 
 # Every task.access_lost of a member leaving a project: one event per task of it, each the
@@ -114,7 +109,6 @@ async def insert_project_access_lost(
     await session.execute(
         _LOST_PROJECT, {"actor_id": actor_id, "project_id": project_id, "user_id": user_id}
     )
-    await session.execute(_NOTIFY)
 
 
 # The horizon: the oldest transaction still running, the reader's own left out. Public, as FEED:

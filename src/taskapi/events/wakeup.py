@@ -1,8 +1,9 @@
 """What wakes the event streams of this process (GET /events/stream): one listening connection,
 one asyncio primitive, whatever the number of streams.
 
-Every transaction that records events also runs `pg_notify('taskapi_events', '')`, which
-PostgreSQL delivers to every listener at commit, in every process and replica. One asyncpg
+Every statement that inserts events notifies `taskapi_events` (a statement-level trigger on
+`events`, migration 0019), which PostgreSQL delivers to every listener at commit, in every
+process and replica. One asyncpg
 connection per process LISTENs on that channel (started and stopped with the app's lifespan).
 A notification, or a tick every `event_stream_poll_seconds`, makes the waker read the log's
 *frontier*: the greatest `(xid, id)` below the horizon (`pg_snapshot_xmin`), one backward step
