@@ -72,7 +72,7 @@ faults: install  ## break PostgreSQL, Redis and S3 under load (own throwaway ser
 bench: install services  ## wrk vs a bare ceiling app: 1 then 2 workers, a typical and a heavy user (~30 min)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
-profile: install services  ## where the list's CPU goes, by layer (py-spy on one server under wrk; ~1 min)
+profile: install services  ## where a list's (or, --create, a create's) CPU goes, by layer (py-spy under wrk; ~1 min)
 	$(BIN)/python scripts/profile_api.py $(PROFILE_ARGS)
 
 # `make load` defaults; override on the command line: make load USERS=50 DURATION=5m

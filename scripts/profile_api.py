@@ -36,7 +36,6 @@ from pathlib import Path
 
 import bench
 
-# (layer, pattern matched against "function (file)" of each frame), in priority order.
 # (layer, pattern matched against each frame: "function (package/module.py:line)"), in
 # priority order.
 LAYERS: tuple[tuple[str, str], ...] = (
