@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -26,6 +27,11 @@ from taskapi.storage.base import (
     content_disposition,
     single_chunk,
 )
+
+# A server that cannot be reached or answers with nothing usable. botocore wraps the request's
+# own failures, but an object's body is read from aiohttp's stream unwrapped: a connection cut
+# after the headers is aiohttp's ClientPayloadError, neither botocore's error nor an OSError.
+_TRANSPORT_ERRORS = (BotoCoreError, OSError, aiohttp.ClientError)
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
 PRESIGNED_URL_SECONDS = 300
@@ -78,7 +84,7 @@ class _S3Sink(UploadSink):
         try:
             while len(self._buffer) >= PART_SIZE:
                 await self._flush_part()
-        except (BotoCoreError, ClientError, OSError) as error:
+        except (*_TRANSPORT_ERRORS, ClientError) as error:
             raise StorageUnavailable() from error
 
     async def commit(self) -> None:
@@ -100,13 +106,13 @@ class _S3Sink(UploadSink):
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
-        except (BotoCoreError, ClientError, OSError) as error:
+        except (*_TRANSPORT_ERRORS, ClientError) as error:
             raise StorageUnavailable() from error
 
     async def abort(self) -> None:
         self._buffer.clear()
         if self._upload_id is not None:
-            with contextlib.suppress(BotoCoreError, ClientError, OSError):
+            with contextlib.suppress(*_TRANSPORT_ERRORS, ClientError):
                 await self._client.abort_multipart_upload(
                     Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
                 )
@@ -138,10 +144,10 @@ class S3Storage(Storage):
             )
         )
         # Convenience for local stacks (moto, MinIO): create the bucket if it is missing.
-        with contextlib.suppress(BotoCoreError, ClientError, OSError):
+        with contextlib.suppress(*_TRANSPORT_ERRORS, ClientError):
             await self._client.head_bucket(Bucket=self._bucket)
             return
-        with contextlib.suppress(BotoCoreError, ClientError, OSError):
+        with contextlib.suppress(*_TRANSPORT_ERRORS, ClientError):
             await self._client.create_bucket(Bucket=self._bucket)
 
     async def close(self) -> None:
@@ -157,7 +163,7 @@ class S3Storage(Storage):
             if _missing(error):
                 raise FileNotFoundError(key) from error
             raise StorageUnavailable() from error
-        except (BotoCoreError, OSError) as error:
+        except _TRANSPORT_ERRORS as error:
             raise StorageUnavailable() from error
         body = response["Body"]
         size = int(response["ContentLength"])
@@ -166,7 +172,7 @@ class S3Storage(Storage):
             # response, and the object can be sent as one body (and kept by HotObjectCache).
             try:
                 whole = await body.read()
-            except (BotoCoreError, ClientError, OSError) as error:
+            except (*_TRANSPORT_ERRORS, ClientError) as error:
                 raise StorageUnavailable() from error
             finally:
                 body.close()
@@ -187,7 +193,7 @@ class S3Storage(Storage):
         except ClientError as error:
             if not _missing(error):
                 raise StorageUnavailable() from error
-        except (BotoCoreError, OSError) as error:
+        except _TRANSPORT_ERRORS as error:
             raise StorageUnavailable() from error
 
     async def list_objects(self) -> AsyncIterator[StoredObject]:
@@ -196,13 +202,13 @@ class S3Storage(Storage):
             async for page in paginator.paginate(Bucket=self._bucket, Prefix="attachments/"):
                 for item in page.get("Contents", []):
                     yield StoredObject(key=item["Key"], modified_at=item["LastModified"])
-        except (BotoCoreError, ClientError, OSError) as error:
+        except (*_TRANSPORT_ERRORS, ClientError) as error:
             raise StorageUnavailable() from error
 
     async def check(self) -> bool:
         try:
             await self._client.head_bucket(Bucket=self._bucket)
-        except (BotoCoreError, ClientError, OSError):
+        except (*_TRANSPORT_ERRORS, ClientError):
             return False
         return True
 
