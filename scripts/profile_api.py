@@ -194,9 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ceiling.start(options.path, headers=headers)
             listing = bench.Workload.cycle([bench.Req("GET", options.path)])
             ceiling_run = measure(wrk, ceiling, headers, listing, options, None)
-            api_workload = listing
+            request, api_workload = f"GET {options.path}", listing
             if options.create:
                 headers = {**headers, "Content-Type": "application/json"}
+                request = f"POST {bench.API}/tasks"
                 api_workload = bench.Workload.cycle(bench.create_requests())
             api_run = measure(wrk, api, headers, api_workload, options, raw)
     except bench.BenchError as error:
@@ -204,7 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         bench.drop_databases()
-    request = f"POST {bench.API}/tasks" if options.create else f"GET {options.path}"
     print(report(api_run, ceiling_run, options, request))
     return 0
 

@@ -56,11 +56,14 @@ def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 async def _plan(session: AsyncSession, statement: Any, values: dict[str, Any]) -> list[dict]:
     query = CompiledQuery.of(statement)
+    return await _plan_sql(session, query.sql, *query.arguments(values))
+
+
+async def _plan_sql(session: AsyncSession, sql: str, *arguments: Any) -> list[dict]:
+    """The nodes of PostgreSQL's executed plan of `sql`, run on the session's connection."""
     driver = (await (await session.connection()).get_raw_connection()).driver_connection
     assert driver is not None
-    (row,) = await driver.fetch(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + query.sql, *query.arguments(values)
-    )
+    (row,) = await driver.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *arguments)
     document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
     return list(_nodes(document[0]["Plan"]))
 
@@ -153,15 +156,12 @@ async def test_the_stream_wakers_frontier_is_two_index_steps_whatever_the_logs_s
         {"u": alice.id},
     )
     await db_session.execute(text("ANALYZE events"))
-    driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
-    (row,) = await driver.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + FRONTIER)
-    document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
-    nodes = list(_nodes(document[0]["Plan"]))
+    nodes = await _plan_sql(db_session, FRONTIER)
     assert "Sort" not in [node["Node Type"] for node in nodes]
     read = sum(n["Actual Rows"] * n["Actual Loops"] for n in nodes if n.get("Relation Name"))
     assert read <= 2, [(n["Node Type"], n["Actual Rows"]) for n in nodes]
-    rows = {r["k"]: (int(r["xid"]), r["id"]) for r in await driver.fetch(FRONTIER)}
+    ends = await db_session.execute(text(FRONTIER))
+    rows = {row.k: (int(row.xid), row.id) for row in ends}
     last = await db_session.execute(
         text("SELECT xid::text::bigint, id FROM events ORDER BY xid DESC, id DESC LIMIT 1")
     )

@@ -3,8 +3,8 @@ one asyncio primitive, whatever the number of streams.
 
 Every statement that inserts events notifies `taskapi_events` (a statement-level trigger on
 `events`, migration 0019), which PostgreSQL delivers to every listener at commit, in every
-process and replica. One asyncpg
-connection per process LISTENs on that channel (started and stopped with the app's lifespan).
+process and replica. One asyncpg connection per process LISTENs on that channel (started and
+stopped with the app's lifespan).
 A notification, or a tick every `event_stream_poll_seconds`, makes the waker read the log's
 *frontier*: the greatest `(xid, id)` below the horizon (`pg_snapshot_xmin`), one backward step
 on the `(xid, id)` index. Only when it moved are the streams woken; each then re-reads the

@@ -32,6 +32,9 @@ from taskapi.storage.base import (
 # own failures, but an object's body is read from aiohttp's stream unwrapped: a connection cut
 # after the headers is aiohttp's ClientPayloadError, neither botocore's error nor an OSError.
 _TRANSPORT_ERRORS = (BotoCoreError, OSError, aiohttp.ClientError)
+# ...and those plus the errors S3 answered with (each caller tells a missing object apart first
+# where that matters).
+_ANY_ERROR = (*_TRANSPORT_ERRORS, ClientError)
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
 PRESIGNED_URL_SECONDS = 300
@@ -84,7 +87,7 @@ class _S3Sink(UploadSink):
         try:
             while len(self._buffer) >= PART_SIZE:
                 await self._flush_part()
-        except (*_TRANSPORT_ERRORS, ClientError) as error:
+        except _ANY_ERROR as error:
             raise StorageUnavailable() from error
 
     async def commit(self) -> None:
@@ -106,13 +109,13 @@ class _S3Sink(UploadSink):
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
-        except (*_TRANSPORT_ERRORS, ClientError) as error:
+        except _ANY_ERROR as error:
             raise StorageUnavailable() from error
 
     async def abort(self) -> None:
         self._buffer.clear()
         if self._upload_id is not None:
-            with contextlib.suppress(*_TRANSPORT_ERRORS, ClientError):
+            with contextlib.suppress(*_ANY_ERROR):
                 await self._client.abort_multipart_upload(
                     Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
                 )
@@ -144,10 +147,10 @@ class S3Storage(Storage):
             )
         )
         # Convenience for local stacks (moto, MinIO): create the bucket if it is missing.
-        with contextlib.suppress(*_TRANSPORT_ERRORS, ClientError):
+        with contextlib.suppress(*_ANY_ERROR):
             await self._client.head_bucket(Bucket=self._bucket)
             return
-        with contextlib.suppress(*_TRANSPORT_ERRORS, ClientError):
+        with contextlib.suppress(*_ANY_ERROR):
             await self._client.create_bucket(Bucket=self._bucket)
 
     async def close(self) -> None:
@@ -172,7 +175,7 @@ class S3Storage(Storage):
             # response, and the object can be sent as one body (and kept by HotObjectCache).
             try:
                 whole = await body.read()
-            except (*_TRANSPORT_ERRORS, ClientError) as error:
+            except _ANY_ERROR as error:
                 raise StorageUnavailable() from error
             finally:
                 body.close()
@@ -202,13 +205,13 @@ class S3Storage(Storage):
             async for page in paginator.paginate(Bucket=self._bucket, Prefix="attachments/"):
                 for item in page.get("Contents", []):
                     yield StoredObject(key=item["Key"], modified_at=item["LastModified"])
-        except (*_TRANSPORT_ERRORS, ClientError) as error:
+        except _ANY_ERROR as error:
             raise StorageUnavailable() from error
 
     async def check(self) -> bool:
         try:
             await self._client.head_bucket(Bucket=self._bucket)
-        except (*_TRANSPORT_ERRORS, ClientError):
+        except _ANY_ERROR:
             return False
         return True
 
