@@ -32,8 +32,17 @@ async def load_visible_task_for_update(
     return await service.visible_for_update(session, user, task_id)
 
 
+def patch_body(data: TaskPatch) -> TaskPatch:
+    """PATCH's body, for the handler and for `load_task_to_patch`: a dependency, so FastAPI
+    validates it once per request (a body parameter declared by both was validated twice)."""
+    return data
+
+
+PatchBody = Annotated[TaskPatch, Depends(patch_body)]
+
+
 async def load_task_to_patch(
-    task_id: TaskId, data: TaskPatch, user: CurrentUser, session: DbSession
+    task_id: TaskId, data: PatchBody, user: CurrentUser, session: DbSession
 ) -> Task:
     """`load_visible_task_for_update` for PATCH, which may move the task: the project it names
     is held before the task is locked (the lock order, taskapi.tasks.access)."""

@@ -16,7 +16,13 @@ from taskapi.models import Task
 from taskapi.tasks import batch, bulk, reads, service, trash
 from taskapi.tasks.batch_schemas import BATCH_RESULT_JSON, BatchResult
 from taskapi.tasks.conditional import IfMatchDep, etag_for, none_match
-from taskapi.tasks.dependencies import PaidBatch, TaskId, TaskToPatch, VisibleTaskForUpdate
+from taskapi.tasks.dependencies import (
+    PaidBatch,
+    PatchBody,
+    TaskId,
+    TaskToPatch,
+    VisibleTaskForUpdate,
+)
 from taskapi.tasks.list_params import TaskListParams
 from taskapi.tasks.list_query import QUERY_PARAMETERS, read_list_params
 from taskapi.tasks.overdue import today
@@ -32,7 +38,6 @@ from taskapi.tasks.schemas import (
     TaskCreate,
     TaskOut,
     TaskPage,
-    TaskPatch,
     TaskReplace,
     TaskStats,
     TransitionIn,
@@ -212,7 +217,7 @@ async def get_task(
     summary="Update some fields of a task",
 )
 async def update_task(
-    data: TaskPatch,
+    data: PatchBody,
     task: TaskToPatch,
     user: CurrentUser,
     session: DbSession,
