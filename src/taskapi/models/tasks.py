@@ -206,13 +206,15 @@ class Task(Base):
         ),
         # Tags filters and searches, per visible part (migration 0015): each word and tag joined
         # to the part's scope (`task_scoped_terms`), so a search reads the entries of the
-        # caller's own scopes, and no one else's matches.
+        # caller's own scopes, and no one else's matches. No pending list (migration 0020): a
+        # search would read every user's recently written entries first.
         *(
             Index(
                 f"ix_tasks_{prefix}_scoped",
                 text(f"task_scoped_terms({column}, search_vector, tags)"),
                 postgresql_using="gin",
                 postgresql_where=text(where),
+                postgresql_with={"fastupdate": "off"},
             )
             for prefix, column, where in (
                 *_SORTED_PARTS,
