@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Iterator
 
@@ -35,3 +36,19 @@ def test_each_request_body_is_validated_once(built_app: FastAPI) -> None:
         )
         repeated = {name: count for name, count in bodies.items() if count > 1}
         assert not repeated, (route.methods, route.path, repeated)
+
+
+def test_every_dependency_of_ours_runs_on_the_event_loop(built_app: FastAPI) -> None:
+    # FastAPI runs a dependency that is a plain function in its thread pool: a thread hop per
+    # request for what takes microseconds (PATCH's body dependency was one).
+    threaded = {
+        (dependant.call.__qualname__, route.path)
+        for route in built_app.routes
+        if isinstance(route, APIRoute)
+        for dependant in solved(route.dependant)
+        if inspect.isfunction(dependant.call)
+        and dependant.call.__module__.startswith("taskapi.")
+        and not inspect.iscoroutinefunction(dependant.call)
+        and not inspect.isasyncgenfunction(dependant.call)
+    }
+    assert not threaded

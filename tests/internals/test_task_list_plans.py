@@ -171,7 +171,7 @@ FROM generate_series(1, :tasks) g
 """
 )
 # The search indexes: every GIN index of `tasks`.
-_SCOPED_INDEXES = [
+_SEARCH_INDEXES = [
     index.name
     for index in Task.metadata.tables["tasks"].indexes
     if index.dialect_options["postgresql"]["using"] == "gin"
@@ -186,8 +186,8 @@ async def test_writes_leave_no_index_entries_pending_for_searches_to_read(
     # cost followed bob's writes (make bench's heavy user: 710 us with nothing pending, 1,924 us
     # with 375 pages of other users' tasks pending). Migration 0020 turned it off: each write's
     # entries go into the index itself, under their own scope.
-    assert len(_SCOPED_INDEXES) == 3
-    for index in _SCOPED_INDEXES:  # what VACUUM does: a start with nothing pending
+    assert len(_SEARCH_INDEXES) == 3
+    for index in _SEARCH_INDEXES:  # what VACUUM does: a start with nothing pending
         await db_session.execute(text(f"SELECT gin_clean_pending_list('{index}')"))
     await db_session.execute(_SEED, {"user_id": alice.id, "tasks": 200})
     await db_session.execute(_WORDY_TASKS, {"user_id": bob.id, "tasks": 500})
@@ -197,9 +197,9 @@ async def test_writes_leave_no_index_entries_pending_for_searches_to_read(
     # the pending list: 144 pages in the owner's index and 72 in the assignee's).
     pending = {
         index: await db_session.scalar(text(f"SELECT gin_clean_pending_list('{index}')"))
-        for index in _SCOPED_INDEXES
+        for index in _SEARCH_INDEXES
     }
-    assert pending == dict.fromkeys(_SCOPED_INDEXES, 0)
+    assert pending == dict.fromkeys(_SEARCH_INDEXES, 0)
     # And the new entries are in the index: bob's words find his tasks, alice's find hers.
     for user, word, expected in ((alice, "task", 200), (bob, "wordy", 500)):
         params = TaskListParams.model_validate({"search": word})

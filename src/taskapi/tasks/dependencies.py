@@ -32,9 +32,10 @@ async def load_visible_task_for_update(
     return await service.visible_for_update(session, user, task_id)
 
 
-def patch_body(data: TaskPatch) -> TaskPatch:
+async def patch_body(data: TaskPatch) -> TaskPatch:
     """PATCH's body, for the handler and for `load_task_to_patch`: a dependency, so FastAPI
-    validates it once per request (a body parameter declared by both was validated twice)."""
+    validates it once per request (a body parameter declared by both was validated twice).
+    A coroutine, as every dependency here: FastAPI runs a plain function in a thread."""
     return data
 
 
