@@ -956,18 +956,20 @@ async def test_search_parses_its_query_once_in_a_generic_plan(
 
 async def test_the_search_s_query_time_functions_keep_their_plans(db_session: AsyncSession) -> None:
     """`task_search_expand` and `task_scoped_query` run on every search (the scoped query once
-    per visible part). As SQL functions, PostgreSQL 15 planned their bodies again on every call,
-    most of a search's own time in the database; as PL/pgSQL they keep the plan for the session
-    (migration 0018). A later migration recreating either as SQL would bring the cost back."""
+    per scope of the caller, through `task_scoped_queries`). As SQL functions, PostgreSQL 15
+    planned their bodies again on every call, most of a search's own time in the database; as
+    PL/pgSQL they keep the plan for the session (migrations 0018, 0021). A later migration
+    recreating any of them as SQL would bring the cost back."""
     rows = await db_session.execute(
         text(
             "SELECT p.proname, l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
-            " WHERE p.proname IN ('task_search_expand', 'task_scoped_query')"
+            " WHERE p.proname IN ('task_search_expand', 'task_scoped_query', 'task_scoped_queries')"
         )
     )
     assert dict(rows.tuples().all()) == {
         "task_search_expand": "plpgsql",
         "task_scoped_query": "plpgsql",
+        "task_scoped_queries": "plpgsql",
     }
 
 

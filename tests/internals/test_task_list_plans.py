@@ -139,7 +139,11 @@ SELECT coalesce(v @@ q, true) AND coalesce(t @> w, true) AS plain,
        coalesce(task_scoped_terms(7, v, t) @@ task_scoped_query(ARRAY[7, 9], q, w), false)
          AS scoped,
        coalesce(task_scoped_terms(8, v, t) @@ task_scoped_query(ARRAY[7, 9], q, w), false)
-         AS other_scope
+         AS other_scope,
+       coalesce(task_scoped_terms(7, v, t) @@ ANY(task_scoped_queries(ARRAY[9, 7], q, w)), false)
+         AS scoped_one_by_one,
+       coalesce(task_scoped_terms(8, v, t) @@ ANY(task_scoped_queries(ARRAY[9, 7], q, w)), false)
+         AS other_scope_one_by_one
 FROM (SELECT to_tsvector('english', :title) AS v, CAST(:tags AS varchar[]) AS t,
              to_tsquery('english', :query) AS q, CAST(:wanted AS varchar[]) AS w) x
 """
@@ -150,6 +154,9 @@ FROM (SELECT to_tsvector('english', :title) AS v, CAST(:tags AS varchar[]) AS t,
     assert row.plain is matches
     assert row.scoped is matches
     assert row.other_scope is False  # another scope's terms never match
+    # As the searches ask it (migration 0021): one query per scope, any of them matching.
+    assert row.scoped_one_by_one is matches
+    assert row.other_scope_one_by_one is False
 
 
 async def test_scoped_terms_of_no_scope_are_null(db_session: AsyncSession) -> None:
@@ -206,3 +213,59 @@ async def test_writes_leave_no_index_entries_pending_for_searches_to_read(
         plan = plan_list(params, user.id, date(2026, 6, 1), CursorCodec("plan-test-secret"))
         rows = await queries.list_statement(plan.shape).fetch(db_session, plan.values)
         assert int(rows[0]["total"]) == expected
+
+
+async def test_a_member_s_search_looks_each_project_up_on_its_own(
+    db_session: AsyncSession, alice: UserHandle, bob: UserHandle
+) -> None:
+    # One tsquery OR'ing the scopes of all a member's projects had GIN weigh every one of them
+    # against each match, and recheck a phrase's candidates against all of them, so a search's
+    # cost per match grew with the member's projects (migration 0021: a scan per project).
+    # Bob's 30 projects, alice a viewer of each; every third task mentions redis and cache,
+    # every sixth the phrase "redis cache".
+    projects = 30
+    await db_session.execute(
+        text(
+            """
+WITH made AS (
+    INSERT INTO projects (owner_id, name, member_count)
+    SELECT :bob, 'Plan ' || g, 2 FROM generate_series(1, :projects) g RETURNING id
+), members AS (
+    INSERT INTO project_members (project_id, user_id, role)
+    SELECT id, u, CASE WHEN u = :bob THEN 'admin' ELSE 'viewer' END::project_role
+    FROM made, (VALUES (CAST(:bob AS bigint)), (:alice)) AS who(u)
+)
+INSERT INTO tasks (owner_id, project_id, title)
+SELECT :bob, id, CASE WHEN g % 6 = 0 THEN 'Redis cache ' || g
+                      WHEN g % 6 = 3 THEN 'Cache of redis ' || g ELSE 'Other ' || g END
+FROM made, generate_series(1, 12) g
+"""
+        ),
+        {"bob": bob.id, "alice": alice.id, "projects": projects},
+    )
+    await db_session.execute(text("ANALYZE tasks"))  # plan as for tasks by the thousand
+    await db_session.execute(text("SET LOCAL enable_seqscan = off"))
+    for search, found in (("redis", projects * 4), ('"redis cache"', projects * 2)):
+        params = TaskListParams.model_validate({"search": search})
+        plan = plan_list(params, alice.id, date(2026, 6, 1), CursorCodec("plan-test-secret"))
+        page = queries.list_statement(plan.shape)
+        assert (await page.fetch(db_session, plan.values))[0]["total"] == found
+        driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
+        assert driver is not None
+        (row,) = await driver.fetch(
+            "EXPLAIN (FORMAT JSON) " + page.sql, *page.arguments(plan.values)
+        )
+        document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+        scans = [
+            node
+            for node in _all_nodes(document[0]["Plan"])
+            if node.get("Index Name") == "ix_tasks_project_scoped"
+        ]
+        assert len(scans) == 1, search
+        assert "@@ ANY" in scans[0]["Index Cond"], scans[0]["Index Cond"]
+
+
+def _all_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _all_nodes(child)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, String, bindparam, cast, func, literal, null, select
+from sqlalchemy import ColumnElement, String, any_, bindparam, cast, func, literal, null, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 
 from taskapi.models import SEARCH_CONFIG, Task
@@ -43,14 +44,19 @@ TAGS: Final = bindparam("tags", type_=ARRAY(String(50)))
 def scoped_match(search: bool, tags: bool) -> ScopedMatch:
     """A search and/or tags filter as each visible part's index answers it (migration 0015):
     the part's scoped terms of a task (`task_scoped_terms`: its words and tags, each joined to
-    the part's scope) against the query and tags joined to each of the caller's scopes, built
-    once per statement (an InitPlan)."""
+    the part's scope) against the query and tags joined to one of the caller's scopes. The
+    queries, one per scope, are built once per statement (an InitPlan); `@@ ANY` makes the
+    bitmap index scan look each scope up on its own (migration 0021), where one query OR'ing
+    every scope had GIN weigh all of them against every match."""
 
     def matches(column: ColumnElement[Any], scopes: ColumnElement[Any]) -> ColumnElement[bool]:
-        query = func.task_scoped_query(
+        queries = func.task_scoped_queries(
             scopes, MATCHING if search else null(), TAGS if tags else null()
         )
         terms = func.task_scoped_terms(column, Task.search_vector, Task.tags)
-        return terms.bool_op("@@")(select(query).scalar_subquery())
+        # The cast makes the InitPlan's array an expression: `ANY ((SELECT ...))` alone would
+        # be PostgreSQL's ANY over a subquery's rows, one array row.
+        per_scope = cast(select(queries).scalar_subquery(), ARRAY(postgresql.TSQUERY))
+        return terms.bool_op("@@")(any_(per_scope))
 
     return matches
