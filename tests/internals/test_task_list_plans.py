@@ -220,7 +220,8 @@ async def test_a_member_s_search_looks_each_project_up_on_its_own(
 ) -> None:
     # One tsquery OR'ing the scopes of all a member's projects had GIN weigh every one of them
     # against each match, and recheck a phrase's candidates against all of them, so a search's
-    # cost per match grew with the member's projects (migration 0021: a scan per project).
+    # cost per match grew with the member's projects (migration 0021: a scan per project;
+    # 0022: a phrase's candidates found by its words, then checked on their own vectors).
     # Bob's 30 projects, alice a viewer of each; every third task mentions redis and cache,
     # every sixth the phrase "redis cache".
     projects = 30
@@ -253,19 +254,54 @@ FROM made, generate_series(1, 12) g
         driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
         assert driver is not None
         (row,) = await driver.fetch(
-            "EXPLAIN (FORMAT JSON) " + page.sql, *page.arguments(plan.values)
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + page.sql, *page.arguments(plan.values)
         )
         document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
-        scans = [
-            node
-            for node in _all_nodes(document[0]["Plan"])
-            if node.get("Index Name") == "ix_tasks_project_scoped"
-        ]
+        nodes = list(_all_nodes(document[0]["Plan"]))
+        scans = [node for node in nodes if node.get("Index Name") == "ix_tasks_project_scoped"]
         assert len(scans) == 1, search
         assert "@@ ANY" in scans[0]["Index Cond"], scans[0]["Index Cond"]
+        # GIN answered exactly, a phrase included (its words, migration 0022): no row was
+        # rechecked against the index's condition, each computing its scoped terms again.
+        heaps = [node for node in nodes if "task_scoped_terms" in node.get("Recheck Cond", "")]
+        assert heaps, search
+        assert all(heap["Rows Removed by Index Recheck"] == 0 for heap in heaps), search
 
 
 def _all_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", ()):
         yield from _all_nodes(child)
+
+
+# (query, documents): `task_search_candidates` of the query must match every document the query
+# matches, and need no recheck (no phrase operator left) wherever an index can answer it.
+CANDIDATE_CASES = [
+    ("redis <-> cache", ["redis cache", "cache of redis", "redis", "a redis warm cache"]),
+    ("(redis <-> cache) & !(draft <-> copy)", ["redis cache draft copy", "redis cache copy draft"]),
+    ("'e-mail':* & !spam", ["e-mail spam", "email the e-mails", "mail e"]),
+    ("redis <2> cache & warm:*", ["redis warm cache", "redis the cache warmed", "cache redis"]),
+    ("redis & !cache", ["redis", "redis cache"]),
+]
+
+
+@pytest.mark.parametrize(("query", "documents"), CANDIDATE_CASES)
+async def test_a_phrase_s_candidates_include_every_match_and_need_no_recheck(
+    db_session: AsyncSession, query: str, documents: list[str]
+) -> None:
+    rows = await db_session.execute(
+        text(
+            """
+SELECT to_tsvector('english', d) @@ q AS matches,
+       to_tsvector('english', d) @@ task_search_candidates(q) AS candidate,
+       task_search_candidates(q)::text AS candidates
+FROM unnest(CAST(:documents AS text[])) AS d, to_tsquery('english', :query) AS q
+"""
+        ),
+        {"query": query, "documents": documents},
+    )
+    results = rows.all()
+    assert any(row.matches for row in results)  # the case means something
+    for row in results:
+        assert row.candidate or not row.matches, row
+        assert "<" not in row.candidates, row.candidates

@@ -7,7 +7,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, cast, func, literal, null, select
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 
@@ -26,14 +38,31 @@ SEARCH_PREFIX_WORDS: Final = 64
 _TERMS: Final = select(
     func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery")).label("query")
 ).subquery("parsed")
-SEARCH_TERMS: Final = select(
+_EXPANDED: Final = select(
     _TERMS.c.query,
     func.coalesce(
         func.task_search_expand(_TERMS.c.query, literal(SEARCH_PREFIX_WORDS)), _TERMS.c.query
     ).label("matching"),
+).subquery("expanded")
+# What the indexes are asked: the matching query, or for a phrase its words in any order
+# (`task_search_candidates`, migration 0022), which GIN answers without rechecking each
+# candidate; `checked` says whether the candidates still need the query itself (PHRASE_CHECK).
+_CANDIDATES: Final = func.task_search_candidates(_EXPANDED.c.matching)
+SEARCH_TERMS: Final = select(
+    _EXPANDED.c.query,
+    _EXPANDED.c.matching,
+    _CANDIDATES.label("candidates"),
+    (_EXPANDED.c.matching != _CANDIDATES).label("checked"),
 ).cte("search_terms")
 TSQUERY: Final = select(SEARCH_TERMS.c.query).scalar_subquery()
 MATCHING: Final = select(SEARCH_TERMS.c.matching).scalar_subquery()
+CANDIDATES: Final = select(SEARCH_TERMS.c.candidates).scalar_subquery()
+# The query on each candidate's own search vector, when the indexes were asked a looser one:
+# one InitPlan flag read per row otherwise.
+PHRASE_CHECK: Final = or_(
+    not_(select(SEARCH_TERMS.c.checked).scalar_subquery()),
+    Task.search_vector.bool_op("@@")(MATCHING),
+)
 # ts_rank, not ts_rank_cd: cover density also weighs proximity, at four times the cost per match;
 # title-over-description weights and term frequency still order the results. Ranked by the query
 # as written, so the expansion changes which index finds the rows, never their order.
@@ -51,7 +80,7 @@ def scoped_match(search: bool, tags: bool) -> ScopedMatch:
 
     def matches(column: ColumnElement[Any], scopes: ColumnElement[Any]) -> ColumnElement[bool]:
         queries = func.task_scoped_queries(
-            scopes, MATCHING if search else null(), TAGS if tags else null()
+            scopes, CANDIDATES if search else null(), TAGS if tags else null()
         )
         terms = func.task_scoped_terms(column, Task.search_vector, Task.tags)
         # The cast makes the InitPlan's array an expression: `ANY ((SELECT ...))` alone would
