@@ -337,7 +337,10 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings = {"plan_cache_mode": PLAN_CACHE_MODE} if PLAN_CACHE_MODE else None
+    # The API's sessions run without JIT (taskapi.kit.db): so does the ceiling's.
+    settings = {"jit": "off"}
+    if PLAN_CACHE_MODE:
+        settings["plan_cache_mode"] = PLAN_CACHE_MODE
     app.state.pool = await asyncpg.create_pool(
         DSN, min_size=1, max_size=POOL_SIZE, init=init_connection, server_settings=settings
     )

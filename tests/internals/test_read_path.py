@@ -973,6 +973,30 @@ async def test_the_search_s_query_time_functions_keep_their_plans(db_session: As
     }
 
 
+async def test_no_statement_of_the_api_s_sessions_is_jit_compiled(
+    db_session: AsyncSession,
+) -> None:
+    """A statement the planner prices past `jit_above_cost` is compiled before it runs: 150-500
+    ms, which a search of a few milliseconds paid at 5M tasks, its estimate grown with the table
+    (docs/performance.md). The API's sessions run with JIT off (kit.db.engine_options)."""
+    # A billion rows estimated (each series' length is unknown: 1,000 rows), a thousand read.
+    priced_high = (
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM generate_series(1, (SELECT 10)) a,"
+        " generate_series(1, (SELECT 10)) b, generate_series(1, (SELECT 10)) c"
+    )
+
+    async def compiled() -> bool:
+        plan = await db_session.scalar(text(priced_high))
+        document = json.loads(plan) if isinstance(plan, str) else plan
+        return "JIT" in document[0]
+
+    assert await db_session.scalar(text("SHOW jit")) == "off"
+    assert not await compiled()
+    if await db_session.scalar(text("SELECT pg_jit_available()")):
+        await db_session.execute(text("SET LOCAL jit = on"))
+        assert await compiled()  # what the setting keeps away
+
+
 # --- routes added flat, documented as included ---------------------------------------------------
 
 
