@@ -73,16 +73,28 @@ TAGS: Final = bindparam("tags", type_=ARRAY(String(50)))
 def scoped_match(search: bool, tags: bool) -> ScopedMatch:
     """A search and/or tags filter as each visible part's index answers it (migration 0015):
     the part's scoped terms of a task (`task_scoped_terms`: its words and tags, each joined to
-    the part's scope) against the query and tags joined to one of the caller's scopes. The
-    queries, one per scope, are built once per statement (an InitPlan); `@@ ANY` makes the
-    bitmap index scan look each scope up on its own (migration 0021), where one query OR'ing
-    every scope had GIN weigh all of them against every match."""
+    the part's scope) against the query and tags joined to one of the caller's scopes, built
+    once per statement (InitPlans).
 
-    def matches(column: ColumnElement[Any], scopes: ColumnElement[Any]) -> ColumnElement[bool]:
-        queries = func.task_scoped_queries(
-            scopes, CANDIDATES if search else null(), TAGS if tags else null()
-        )
+    Where the caller may hold many scopes (their projects) the queries are one per scope and
+    the match is `@@ ANY` (migration 0021): the bitmap index scan looks each scope up on its
+    own, where one query OR'ing every scope had GIN weigh all of them against every match. A
+    part of exactly one scope (their own tasks, those assigned to them) keeps the one query:
+    the planner prices an array it cannot see as ten elements, and priced so, the heavy user's
+    search was planned anew on every request instead of running its generic plan (or, where a
+    part was nearly empty, read by a btree over the part with each row's scoped terms
+    computed to filter it)."""
+    question = CANDIDATES if search else null()
+    wanted = TAGS if tags else null()
+
+    def matches(
+        column: ColumnElement[Any], scopes: ColumnElement[Any], many: bool
+    ) -> ColumnElement[bool]:
         terms = func.task_scoped_terms(column, Task.search_vector, Task.tags)
+        if not many:
+            query = func.task_scoped_query(scopes, question, wanted)
+            return terms.bool_op("@@")(select(query).scalar_subquery())
+        queries = func.task_scoped_queries(scopes, question, wanted)
         # The cast makes the InitPlan's array an expression: `ANY ((SELECT ...))` alone would
         # be PostgreSQL's ANY over a subquery's rows, one array row.
         per_scope = cast(select(queries).scalar_subquery(), ARRAY(postgresql.TSQUERY))

@@ -99,9 +99,12 @@ class PersonalGrant:
         )
         return or_(tasks["project_id"].is_not(None), tasks["deleted_at"].is_not(None), other)
 
-    def scope(self, tasks: Columns, user: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-        """The column that scopes this grant's part, and the caller's scopes in it (an array)."""
-        return tasks[self.column], postgresql.array([cast(user, BigInteger)])
+    def scope(
+        self, tasks: Columns, user: Any
+    ) -> tuple[ColumnElement[Any], ColumnElement[Any], bool]:
+        """The column that scopes this grant's part, the caller's scopes in it (an array), and
+        whether they may be many (else exactly one)."""
+        return tasks[self.column], postgresql.array([cast(user, BigInteger)]), False
 
     def part(self, tasks: Columns) -> ColumnElement[bool]:
         """Every row this grant could show anyone: its indexes' predicate."""
@@ -136,8 +139,10 @@ class ProjectGrant:
             tasks["project_id"].not_in(member_projects(user)),
         )
 
-    def scope(self, tasks: Columns, user: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-        return tasks["project_id"], member_project_ids(user)
+    def scope(
+        self, tasks: Columns, user: Any
+    ) -> tuple[ColumnElement[Any], ColumnElement[Any], bool]:
+        return tasks["project_id"], member_project_ids(user), True
 
     def part(self, tasks: Columns) -> ColumnElement[bool]:
         return and_(tasks["project_id"].is_not(None), live(tasks))
@@ -174,8 +179,9 @@ def visible_to(user: Any, tasks: Columns = TASK_COLUMNS) -> ColumnElement[bool]:
     return or_(*(grant.holds(tasks, user) for grant in GRANTS))
 
 
-# A match answered in a part's own index: (scope column, the caller's scopes) -> condition.
-ScopedMatch = Callable[[ColumnElement[Any], ColumnElement[Any]], ColumnElement[bool]]
+# A match answered in a part's own index: (scope column, the caller's scopes, whether they may
+# be many) -> condition.
+ScopedMatch = Callable[[ColumnElement[Any], ColumnElement[Any], bool], ColumnElement[bool]]
 
 
 def visible_matching(user: Any, matches: ScopedMatch) -> ColumnElement[bool]:
