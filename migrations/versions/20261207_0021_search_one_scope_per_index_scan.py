@@ -8,10 +8,11 @@ A phrase is worse: GIN cannot check word positions, so every task holding the ph
 rechecked, and the recheck computes `task_scoped_terms` of the row for every visible part.
 
 `task_scoped_queries` returns the same search as an array, one query per scope, for
-`terms @@ ANY(array)`: a bitmap index scan runs one scan per element, each reading one scope's
-entries, and ORs their results into one bitmap; the rows are read once. Member of 50 projects,
-1M tasks, matches counted in PostgreSQL (p50 of 20): `postgres` 9.2 -> 4.4 ms, `p` (16,769
-matches) 45 -> 29 ms, the phrase "redis cache" 78 -> 8.8 ms.
+`terms @@ ANY(array)` in the project part (the parts of one scope keep `task_scoped_query`:
+taskapi.tasks.search_match says why): a bitmap index scan runs one scan per element, each
+reading one scope's entries, and ORs their results into one bitmap; the rows are read once.
+Member of 50 projects, 1M tasks, matches counted in PostgreSQL (p50 of 20): `postgres` 9.2 ->
+4.4 ms, `p` (16,769 matches) 45 -> 29 ms, the phrase "redis cache" 78 -> 8.8 ms.
 
 Revision ID: 0021
 Revises: 0020

@@ -47,12 +47,16 @@ _EXPANDED: Final = select(
 # What the indexes are asked: the matching query, or for a phrase its words in any order
 # (`task_search_candidates`, migration 0022), which GIN answers without rechecking each
 # candidate; `checked` says whether the candidates still need the query itself (PHRASE_CHECK).
-_CANDIDATES: Final = func.task_search_candidates(_EXPANDED.c.matching)
-SEARCH_TERMS: Final = select(
+_LOOSENED: Final = select(
     _EXPANDED.c.query,
     _EXPANDED.c.matching,
-    _CANDIDATES.label("candidates"),
-    (_EXPANDED.c.matching != _CANDIDATES).label("checked"),
+    func.task_search_candidates(_EXPANDED.c.matching).label("candidates"),
+).subquery("loosened")
+SEARCH_TERMS: Final = select(
+    _LOOSENED.c.query,
+    _LOOSENED.c.matching,
+    _LOOSENED.c.candidates,
+    (_LOOSENED.c.matching != _LOOSENED.c.candidates).label("checked"),
 ).cte("search_terms")
 TSQUERY: Final = select(SEARCH_TERMS.c.query).scalar_subquery()
 MATCHING: Final = select(SEARCH_TERMS.c.matching).scalar_subquery()
