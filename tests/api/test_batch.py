@@ -452,6 +452,49 @@ async def test_500_creates_cost_a_few_statements_and_changes_one_each(
     assert sql_log.count <= 1 + (1 + 1) + (1 + 1) + 1 + 2, sql_log.statements
 
 
+def _project_holds(log: StatementLog) -> list[str]:
+    return [s for s in log.statements if "FROM projects" in s and "FOR KEY SHARE" in s]
+
+
+async def test_a_move_holds_its_target_project_once_per_transaction(
+    client: httpx.AsyncClient, alice: UserHandle, sql_log: StatementLog
+) -> None:
+    project_id = await project_with(client, alice)
+    other_id = await project_with(client, alice, bob=(alice, "admin"))
+    ids = [
+        (await client.post(TASKS, json={"title": f"t{i}"}, headers=alice.headers)).json()["id"]
+        for i in range(21)
+    ]
+    # PATCH: held by its dependency before the task is locked (the lock order), and not asked
+    # for again when the change is checked.
+    sql_log.clear()
+    moved = await client.patch(
+        task_url(ids[0]), json={"project_id": project_id}, headers=alice.headers
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["project_id"] == project_id
+    assert len(_project_holds(sql_log)) == 1, sql_log.statements
+    # A batch: each target held once at its start, however many operations move tasks there.
+    sql_log.clear()
+    moves = [
+        {"op": "update", "task_id": task_id, "changes": {"project_id": target}}
+        for i, task_id in enumerate(ids[1:])
+        for target in [(project_id, other_id)[i % 2]]
+    ]
+    result = await batch(client, alice, *moves)
+    assert all(item["success"] for item in result["results"]), result
+    assert len(_project_holds(sql_log)) == 2, sql_log.statements
+    listed = await client.get(TASKS, params={"project_id": other_id}, headers=alice.headers)
+    assert listed.json()["total"] == 10
+    # The next transaction holds nothing yet: its own move asks again.
+    sql_log.clear()
+    back = await client.patch(
+        task_url(ids[1]), json={"project_id": other_id}, headers=alice.headers
+    )
+    assert back.status_code == 200, back.text
+    assert len(_project_holds(sql_log)) == 1, sql_log.statements
+
+
 async def test_one_rate_limit_token_per_ten_operations(
     connection: AsyncConnection, alice: UserHandle
 ) -> None:

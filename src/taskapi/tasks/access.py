@@ -69,13 +69,31 @@ async def hold_target(session: AsyncSession, project_id: int | None) -> None:
     (FOR KEY SHARE, what the foreign key check would take) so a deletion or a membership change
     running now finishes first, and the membership read next sees its outcome: a project
     deleted meanwhile is then a 404, never a foreign-key error. Taken before the task is locked
-    (the lock order above); taking it again in the same transaction costs no wait."""
-    if project_id is not None:
-        await session.execute(
-            select(Project.id)
-            .where(Project.id == project_id)
-            .with_for_update(read=True, key_share=True)
-        )
+    (the lock order above), once per transaction: a project it holds already is not asked for
+    again (a PATCH's move held by its dependency, each move of a batch held at its start)."""
+    if project_id is None or project_id in _held(session):
+        return
+    await session.execute(
+        select(Project.id)
+        .where(Project.id == project_id)
+        .with_for_update(read=True, key_share=True)
+    )
+    _held(session).add(project_id)
+
+
+_HELD: Final = "taskapi.projects_held"
+
+
+def _held(session: AsyncSession) -> set[int]:
+    """The projects the session's transaction holds. Kept with the transaction they were held
+    in (the innermost: rolling back to a savepoint releases what was locked after it), so a
+    later transaction of the same session starts with none."""
+    sync = session.sync_session
+    transaction = sync.get_nested_transaction() or sync.get_transaction()
+    kept: tuple[object, set[int]] | None = session.info.get(_HELD)
+    if kept is None or kept[0] is not transaction:
+        kept = session.info[_HELD] = (transaction, set())
+    return kept[1]
 
 
 async def memberships(

@@ -203,9 +203,9 @@ async def check_change(
     now = utc_now()
     if changes.get("project_id") != task.project_id:
         # Held already, before the task was locked (the lock order, taskapi.tasks.access: PATCH
-        # by its dependency, a batch for all of its operations at its start); taken again here
-        # without a wait. A task already there needs no hold: it is locked, as a deletion of
-        # that project would lock it.
+        # by its dependency, a batch for all of its operations at its start): no statement
+        # here. A task already there needs no hold: it is locked, as a deletion of that
+        # project would lock it.
         await access.hold_target(session, changes.get("project_id"))
     members = await access.memberships(
         session, user.id, [task.project_id, changes.get("project_id")]
