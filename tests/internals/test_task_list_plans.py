@@ -108,6 +108,58 @@ async def test_a_deep_cursor_starts_the_index_scan_at_the_cursor(
     assert len(started) == 1, [(s.get("Index Cond"), s.get("Filter")) for s in owned]
 
 
+def _literal(value: Any) -> str:
+    return (
+        "NULL"
+        if value is None
+        else "'" + str(getattr(value, "value", value)).replace("'", "''") + "'"
+    )
+
+
+@pytest.mark.parametrize("params", [{}, {"sort": "due_date"}, {"sort": "-title"}])
+async def test_a_first_page_s_generic_plan_is_priced_for_the_page(
+    db_session: AsyncSession, alice: UserHandle, params: dict[str, str]
+) -> None:
+    """PostgreSQL runs a prepared statement's generic plan only while it looks no dearer than
+    planning each request anew. A `LIMIT $n` it prices as a tenth of the rows it expects (the
+    average owner's share of the table, not the caller's), so as the table grew past the
+    callers' own tasks, first pages were planned on every request (5M tasks: 0.85 ms a
+    statement against 0.19 with the generic plan). A page from its first row carries its limit
+    in the SQL; offset pages share one statement whatever their offset."""
+    await db_session.execute(_SEED, {"user_id": alice.id, "tasks": TASKS})
+    await db_session.execute(text("ANALYZE tasks"))
+    cursors = CursorCodec("plan-test-secret")
+    plan = plan_list(
+        TaskListParams.model_validate({**params, "limit": str(LIMIT)}),
+        alice.id,
+        date(2026, 6, 1),
+        cursors,
+    )
+    page = queries.list_statement(plan.shape)
+    driver = (await (await db_session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+    await driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    await driver.execute("PREPARE first_page AS " + page.sql)
+    arguments = ", ".join(_literal(value) for value in page.arguments(plan.values))
+    (row,) = await driver.fetch(f"EXPLAIN (FORMAT JSON) EXECUTE first_page({arguments})")
+    await driver.execute("DEALLOCATE first_page")
+    document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    limits = [n for n in _nodes(document[0]["Plan"]) if n["Node Type"] == "Limit"]
+    assert limits, document
+    assert all(n["Plan Rows"] <= LIMIT + 1 for n in limits), [n["Plan Rows"] for n in limits]
+    # An offset is a bound value: every offset page of a shape runs one prepared statement.
+    deeper = [
+        plan_list(
+            TaskListParams.model_validate({**params, "limit": str(LIMIT), "offset": str(offset)}),
+            alice.id,
+            date(2026, 6, 1),
+            cursors,
+        )
+        for offset in (20, 40, 2_000)
+    ]
+    assert len({queries.list_statement(p.shape).sql for p in deeper}) == 1
+
+
 # (title, tags, search, tags filter, matches?): the scoped match (migration 0015) against plain
 # `search_vector @@ query AND tags @> tags`, on words, prefixes, phrases, exclusions, weights'
 # positions and tags a tsquery must quote.

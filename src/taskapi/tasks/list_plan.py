@@ -48,6 +48,10 @@ class ListShape(NamedTuple):
     search: Literal["query", "nothing"] | None  # "nothing": only exclusions/punctuation given
     order: tuple[OrderKey, ...]
     after_nulls: tuple[bool, ...] | None  # following a cursor: which of its values are null
+    # A page from the first row on (no offset: a first page, or one after a cursor): how many
+    # rows it reads (limit + 1), written into the SQL as a constant. None: an offset page, its
+    # window bound (`reach`, `page_limit`, `page_offset`), so offsets share one statement.
+    window: int | None
 
     @property
     def ranked(self) -> bool:
@@ -106,6 +110,7 @@ def plan_list(params: TaskListParams, user_id: int, today: date, cursors: Cursor
         search=search,
         order=order,
         after_nulls=None if after is None else tuple(value is None for value in after),
+        window=None if params.offset else params.limit + 1,
     )
     offset = params.offset or 0
     values: dict[str, Any] = {

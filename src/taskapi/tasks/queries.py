@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
     Update,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     false,
     func,
+    literal_column,
     or_,
     select,
     true,
@@ -243,12 +245,23 @@ def list_statement(shape: ListShape) -> CompiledQuery:
         return _matched_statement(shape, parts, conditions, sort_keys)
     visible = visible_parts(USER_ID, shape.project)
     keysets: Sequence[Any] = [None] if shape.after_nulls is None else _keysets(parts, shape)
-    branches = [_branch(p, k, parts, conditions, sort_keys) for p in visible for k in keysets]
+    branches = [
+        _branch(p, k, parts, conditions, sort_keys, shape.window) for p in visible for k in keysets
+    ]
     merged = union_all(*branches).subquery("visible_page")
     total = counted_total(shape) if counted(shape) else _total(visible, conditions)
     chosen = select(merged.c.id, *(merged.c[f"sort_{i}"] for i in range(len(parts))))
     page = _page(shape, chosen.order_by(*_order_by(_parts_of(shape, merged.c))), total)
     return CompiledQuery.of(page)
+
+
+def _rows(count: int) -> ColumnElement[Any]:
+    """A LIMIT written into the statement. A generic plan, which PostgreSQL settles on for a
+    prepared statement whose estimate does not depend on its values, prices `LIMIT $n` as a
+    tenth of the rows it expects: an estimate that grows with the table, not with the
+    caller's tasks, until the generic plan looks dearer than planning each request anew
+    (docs/performance.md, point 5, item 10)."""
+    return literal_column(str(int(count)), Integer)
 
 
 def _total(visible: Sequence[VisiblePart], conditions: Sequence[ColumnElement[bool]]) -> Any:
@@ -275,9 +288,11 @@ def _page(shape: ListShape, chosen: Select[Any], total: ColumnElement[int]) -> S
     empty page still answers one row, of nulls and the total: a second statement for the total
     alone saw another snapshot, and a write between the two could answer `total: 1` with no
     items."""
-    chosen_page = (
-        chosen.limit(bindparam("page_limit")).offset(bindparam("page_offset")).subquery("chosen")
-    )
+    if shape.window is not None:
+        chosen_page = chosen.limit(_rows(shape.window)).subquery("chosen")
+    else:
+        chosen = chosen.limit(bindparam("page_limit")).offset(bindparam("page_offset"))
+        chosen_page = chosen.subquery("chosen")
     outputs = [_ITEM_COLUMNS[name] for name in LIST_ITEM_COLUMNS]
     if shape.ranked:
         outputs.append(chosen_page.c.sort_0.label("rank"))  # the first key, computed once
@@ -302,6 +317,7 @@ def _branch(
     parts: Sequence[_Part],
     conditions: Sequence[ColumnElement[bool]],
     sort_keys: Sequence[ColumnElement[Any]],
+    window: int | None,
 ) -> Select[Any]:
     """One visible part's first `reach` rows in list order, as ids and sort keys. A part read
     project by project is a LATERAL subquery per project id: each project's index gives its
@@ -316,7 +332,8 @@ def _branch(
     branch = select(Task.id.label("id"), *sort_keys).where(condition, *conditions)
     if keyset is not None:
         branch = branch.where(keyset)
-    branch = branch.order_by(*_order_by(parts)).limit(bindparam("reach"))
+    reach = bindparam("reach") if window is None else _rows(window)
+    branch = branch.order_by(*_order_by(parts)).limit(reach)
     if driver is None:
         return branch
     per_project = branch.lateral("project_page")
