@@ -32,32 +32,53 @@ from taskapi.tasks.visibility import ScopedMatch
 SEARCH_PREFIX_WORDS: Final = 64
 # The search's query, parsed and stemmed once per statement, and the query it is matched by:
 # the same with each prefix replaced by the words it stands for (`task_search_expand`,
-# migration 0011), or as written when a prefix stands for too many. A CTE read by scalar
+# migration 0011), or as written when a prefix stands for too many. CTEs read by scalar
 # subqueries (InitPlans): as plain calls in a prepared statement's generic plan they would run
-# again for every matching row, in the recheck and in ts_rank.
-_TERMS: Final = select(
-    func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery")).label("query")
-).subquery("parsed")
-_EXPANDED: Final = select(
-    _TERMS.c.query,
-    func.coalesce(
-        func.task_search_expand(_TERMS.c.query, literal(SEARCH_PREFIX_WORDS)), _TERMS.c.query
-    ).label("matching"),
-).subquery("expanded")
+# again for every matching row, in the recheck and in ts_rank. Each step is MATERIALIZED: as
+# plain subqueries PostgreSQL pulled them up into one row of expressions, each step's calls
+# copied into every step after it, and a search ran the expansion four times and the
+# candidates twice (140-170 us of PostgreSQL's time a search, against ~50 us once each).
+_TERMS: Final = (
+    select(
+        func.to_tsquery(cast(literal(SEARCH_CONFIG), REGCONFIG), bindparam("tsquery")).label(
+            "query"
+        )
+    )
+    .cte("parsed")
+    .prefix_with("MATERIALIZED")
+)
+_EXPANDED: Final = (
+    select(
+        _TERMS.c.query,
+        func.coalesce(
+            func.task_search_expand(_TERMS.c.query, literal(SEARCH_PREFIX_WORDS)), _TERMS.c.query
+        ).label("matching"),
+    )
+    .cte("expanded")
+    .prefix_with("MATERIALIZED")
+)
 # What the indexes are asked: the matching query, or for a phrase its words in any order
 # (`task_search_candidates`, migration 0022), which GIN answers without rechecking each
 # candidate; `checked` says whether the candidates still need the query itself (PHRASE_CHECK).
-_LOOSENED: Final = select(
-    _EXPANDED.c.query,
-    _EXPANDED.c.matching,
-    func.task_search_candidates(_EXPANDED.c.matching).label("candidates"),
-).subquery("loosened")
-SEARCH_TERMS: Final = select(
-    _LOOSENED.c.query,
-    _LOOSENED.c.matching,
-    _LOOSENED.c.candidates,
-    (_LOOSENED.c.matching != _LOOSENED.c.candidates).label("checked"),
-).cte("search_terms")
+_LOOSENED: Final = (
+    select(
+        _EXPANDED.c.query,
+        _EXPANDED.c.matching,
+        func.task_search_candidates(_EXPANDED.c.matching).label("candidates"),
+    )
+    .cte("loosened")
+    .prefix_with("MATERIALIZED")
+)
+SEARCH_TERMS: Final = (
+    select(
+        _LOOSENED.c.query,
+        _LOOSENED.c.matching,
+        _LOOSENED.c.candidates,
+        (_LOOSENED.c.matching != _LOOSENED.c.candidates).label("checked"),
+    )
+    .cte("search_terms")
+    .prefix_with("MATERIALIZED")
+)
 TSQUERY: Final = select(SEARCH_TERMS.c.query).scalar_subquery()
 MATCHING: Final = select(SEARCH_TERMS.c.matching).scalar_subquery()
 CANDIDATES: Final = select(SEARCH_TERMS.c.candidates).scalar_subquery()
