@@ -78,7 +78,7 @@ async def hold_target(session: AsyncSession, project_id: int | None) -> None:
         .where(Project.id == project_id)
         .with_for_update(read=True, key_share=True)
     )
-    _held(session).add(project_id)
+    _held(session).add(project_id)  # looked up again: the statement may have begun the transaction
 
 
 _HELD: Final = "taskapi.projects_held"

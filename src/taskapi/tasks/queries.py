@@ -245,8 +245,10 @@ def list_statement(shape: ListShape) -> CompiledQuery:
         return _matched_statement(shape, parts, conditions, sort_keys)
     visible = visible_parts(USER_ID, shape.project)
     keysets: Sequence[Any] = [None] if shape.after_nulls is None else _keysets(parts, shape)
+    # Each part cut at `reach`: offset + limit + 1, which is the page's window from its first row.
+    reach = bindparam("reach") if shape.window is None else _rows(shape.window)
     branches = [
-        _branch(p, k, parts, conditions, sort_keys, shape.window) for p in visible for k in keysets
+        _branch(p, k, parts, conditions, sort_keys, reach) for p in visible for k in keysets
     ]
     merged = union_all(*branches).subquery("visible_page")
     total = counted_total(shape) if counted(shape) else _total(visible, conditions)
@@ -317,7 +319,7 @@ def _branch(
     parts: Sequence[_Part],
     conditions: Sequence[ColumnElement[bool]],
     sort_keys: Sequence[ColumnElement[Any]],
-    window: int | None,
+    reach: ColumnElement[Any],
 ) -> Select[Any]:
     """One visible part's first `reach` rows in list order, as ids and sort keys. A part read
     project by project is a LATERAL subquery per project id: each project's index gives its
@@ -332,7 +334,6 @@ def _branch(
     branch = select(Task.id.label("id"), *sort_keys).where(condition, *conditions)
     if keyset is not None:
         branch = branch.where(keyset)
-    reach = bindparam("reach") if window is None else _rows(window)
     branch = branch.order_by(*_order_by(parts)).limit(reach)
     if driver is None:
         return branch
